@@ -1,0 +1,202 @@
+"""The sections of a pangu-pro YAML file and the function that loads one.
+
+A config file has one mapping per section::
+
+    model:     {...}   # ModelConfig: the network's shape and the PanGu-pi switches
+    parallel:  {...}   # ParallelConfig: device layout (data / tensor / pipeline parallel)
+    data:      {...}   # DataConfig: where the packed training data lies
+    train:     {...}   # TrainConfig: optimizer, schedule, run length, checkpoints
+
+Only `model` is required. `load_config(path, overrides)` reads, type-checks and validates all of
+it before any graph is built; errors name the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
+                                   to_mapping)
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a PanGu-pi decoder. With `siaf` and `aug_shortcut` off it is exactly LLaMA-2."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    num_kv_heads: Optional[int] = None  # None: plain multi-head attention (= num_heads)
+    seq_length: int = 2048  # longest sequence (RoPE table, KV cache)
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    # PanGu-pi modules (paper-notes §1)
+    siaf: bool = True  # series informed activation on the SwiGLU gate
+    siaf_terms: int = 2  # n in sum_i act(a_i x + b_i)
+    aug_shortcut: bool = True  # T(norm(x)) = W_up GELU(W_down norm(x)) beside attention
+    aug_shortcut_ratio: int = 32  # bottleneck = hidden_size / ratio
+    tie_word_embeddings: bool = False
+    init_std: float = 0.02
+    # Numerics and kernels: parameters are always fp32, matmuls run in compute_dtype.
+    compute_dtype: DType = "float32"
+    use_flash_attention: bool = False  # Ascend only
+    use_fused_kernels: bool = False  # fused RMSNorm / RoPE, Ascend only
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    ignore_index: int = -100
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def aug_shortcut_dim(self) -> int:
+        return self.hidden_size // self.aug_shortcut_ratio
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "seq_length", "siaf_terms", "aug_shortcut_ratio"):
+            require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        require(self.hidden_size % self.num_heads == 0, "num_heads",
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        require(self.head_dim % 2 == 0, "num_heads",
+                f"head_dim {self.head_dim} (hidden_size / num_heads) must be even for RoPE")
+        if self.num_kv_heads is not None:
+            require(self.num_kv_heads > 0, "num_kv_heads", f"must be positive, got {self.num_kv_heads}")
+            require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+                    f"num_kv_heads {self.num_kv_heads} does not divide num_heads {self.num_heads}")
+        if self.aug_shortcut:
+            require(self.hidden_size % self.aug_shortcut_ratio == 0, "aug_shortcut_ratio",
+                    f"hidden_size {self.hidden_size} is not divisible by aug_shortcut_ratio "
+                    f"{self.aug_shortcut_ratio}")
+        require(self.rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+        require(self.rope_theta > 0, "rope_theta", "must be positive")
+        require(self.init_std > 0, "init_std", "must be positive")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            require(0 <= value < self.vocab_size, name, f"{value} is outside the vocabulary [0, {self.vocab_size})")
+
+
+@dataclass
+class ParallelConfig:
+    """Device layout. On the CPU only data parallel runs; the rest is checked and used on Ascend."""
+
+    data_parallel: int = 1
+    model_parallel: int = 1
+    pipeline_stage: int = 1
+    micro_batch_num: int = 1
+    optimizer_shard: bool = False
+
+    def validate(self) -> None:
+        for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num"):
+            require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        require(self.micro_batch_num >= self.pipeline_stage, "micro_batch_num",
+                f"{self.micro_batch_num} micro batches cannot fill {self.pipeline_stage} pipeline stages")
+
+    @property
+    def device_num(self) -> int:
+        return self.data_parallel * self.model_parallel * self.pipeline_stage
+
+
+@dataclass
+class DataConfig:
+    """Packed MindRecord data of `seq_length + 1` tokens per sample."""
+
+    train_files: list[str] = field(default_factory=list)
+    eval_files: list[str] = field(default_factory=list)
+    tokenizer: Optional[str] = None  # SentencePiece .model used to make the data
+    shuffle: bool = True
+    seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper-notes §6) and the run's bookkeeping."""
+
+    batch_size: int = 8  # per data-parallel rank, per micro step
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    steps: int = 1000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 1234
+    output_dir: str = "runs/default"
+
+    def validate(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", "must be positive")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
+        require(self.steps >= 1, "steps", "must be at least 1")
+        require(0 <= self.warmup_steps <= self.steps, "warmup_steps", "must lie in [0, steps]")
+
+
+@dataclass
+class Config:
+    """A whole pangu-pro config file."""
+
+    model: ModelConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = field(default="", compare=False)
+
+    def validate(self) -> None:
+        pass
+
+
+def config_from_dict(data: dict, source: str = "") -> Config:
+    """Build and validate a Config from a raw mapping; errors name `source` and the key."""
+    data = dict(data)
+    data.pop("source", None)
+    try:
+        config = from_mapping(Config, data)
+    except ConfigError as err:
+        raise err.within(source=source or None) from None
+    config.source = source
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read `path` (YAML), apply ``section.key=value`` overrides, and validate everything."""
+    data = read_yaml(path)
+    try:
+        apply_overrides(data, overrides)
+    except ConfigError as err:
+        raise err.within(source=str(path)) from None
+    return config_from_dict(data, str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write `config` as YAML (atomically), so that a run directory describes itself."""
+    import yaml
+
+    from pangu_pro.io import atomic_write_text
+
+    data = to_mapping(config)
+    data.pop("source", None)
+    atomic_write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
+
+
+def replace_model(config: Config, **changes) -> Config:
+    """A copy of `config` whose model section has `changes` applied and re-validated."""
+    model = dataclasses.replace(config.model, **changes)
+    try:
+        model.validate()
+    except ConfigError as err:
+        raise err.within("model", config.source or None) from None
+    return dataclasses.replace(config, model=model)

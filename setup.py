@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pangu-pro",
+    version="0.1.0",
+    description="PanGu-pi Pro for MindSpore: tiny language models, compact tokenizers, "
+    "parameter inheritance and multi-round pretraining",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9,<3.12",
+    packages=find_packages(include=["pangu_pro", "pangu_pro.*"]),
+    package_data={"pangu_pro": ["convert/hf_modeling/*.py"]},
+    install_requires=[
+        "mindspore==2.9.0",
+        "mindformers==1.9.0",
+        "numpy<2",
+        "sentencepiece",
+        "pyyaml",
+        "tqdm",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "hf": ["torch==2.13.0", "transformers==4.57.1"],
+    },
+    entry_points={"console_scripts": ["pangu-pro=pangu_pro.cli:main"]},
+)
