@@ -1,0 +1,27 @@
+"""Shared test set-up: MindSpore in graph mode on the CPU, unless an Ascend device is present."""
+import os
+
+import pytest
+
+os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
+os.environ.setdefault("LOG_MF_PATH", os.path.join(os.path.expanduser("~"), ".cache", "pangu-pro", "mf_log"))
+
+
+def _on_ascend() -> bool:
+    return os.environ.get("PANGU_PRO_DEVICE", "CPU").lower() == "ascend"
+
+
+def pytest_configure(config):
+    import mindspore as ms
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("Ascend" if _on_ascend() else "CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _on_ascend():
+        return
+    skip = pytest.mark.skip(reason="needs an Ascend NPU (set PANGU_PRO_DEVICE=ascend on a cluster)")
+    for item in items:
+        if "ascend" in item.keywords:
+            item.add_marker(skip)
