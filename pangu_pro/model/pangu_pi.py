@@ -1,0 +1,266 @@
+"""The PanGu-pi decoder (paper-notes §1), top to bottom.
+
+    x = embed(ids)
+    for each layer:
+        h = norm_1(x)
+        x = x + Attention(h) + AugShortcut(h)        # AugShortcut only if `aug_shortcut`
+        x = x + W2( SIAF(W1 norm_2(x)) * W3 norm_2(x) )   # SIAF = silu if not `siaf`
+    logits = lm_head(norm(x))
+
+With both PanGu-pi switches off this is exactly LLaMA-2. Parameters are fp32; matmuls run in
+`compute_dtype`; the residual stream, norms, softmax, RoPE and the loss stay fp32.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import Normal, initializer
+from mindspore.ops.auto_generate import SiLU
+
+from pangu_pro.config import ModelConfig
+from pangu_pro.model.layers import (DTYPES, AugmentedShortcut, Linear, RMSNorm, RotaryEmbedding,
+                                    SeriesInformedActivation, rope_tables)
+
+MASK_VALUE = -1e9  # added to fp32 scores only, never cast to fp16
+
+
+class Attention(nn.Cell):
+    """Causal multi-head attention with RoPE and optional grouped-query heads.
+
+    Without a cache it attends within the given tokens. With a cache ([S_max, B, KV, D] Parameters)
+    it first writes this call's keys and values at rows `positions`, then attends over the whole
+    cache; `mask` hides rows that are in the future or padding.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtype = DTYPES[cfg.compute_dtype]
+        self.num_heads = cfg.num_heads
+        self.kv_heads = cfg.kv_heads
+        self.head_dim = cfg.head_dim
+        self.groups = cfg.num_heads // cfg.kv_heads
+        self.compute_dtype = dtype
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        d, kv = cfg.hidden_size, cfg.kv_heads * cfg.head_dim
+        self.wq = Linear(d, cfg.num_heads * cfg.head_dim, dtype, cfg.init_std)
+        self.wk = Linear(d, kv, dtype, cfg.init_std)
+        self.wv = Linear(d, kv, dtype, cfg.init_std)
+        self.wo = Linear(cfg.num_heads * cfg.head_dim, d, dtype, cfg.init_std)
+        self.rope = RotaryEmbedding(cfg.head_dim, fused=cfg.use_fused_kernels)
+        self.use_flash_attention = cfg.use_flash_attention
+        if self.use_flash_attention:  # Ascend kernel; causal via a [S, S] "discard" mask
+            from mindspore.ops.operations.nn_ops import FlashAttentionScore
+            self.flash_attention = FlashAttentionScore(head_num=cfg.num_heads, scale_value=self.scale,
+                                                       input_layout="BNSD", sparse_mode=0)
+        self.reshape = ops.Reshape()
+        self.transpose = ops.Transpose()
+        self.cast = ops.Cast()
+        self.qk_matmul = ops.BatchMatMul(transpose_b=True)
+        self.pv_matmul = ops.BatchMatMul()
+        self.mul_scale = ops.Mul()
+        self.add_mask = ops.Add()
+        self.softmax = ops.Softmax(axis=-1)
+        self.tile_kv = ops.Tile()
+
+    def split_heads(self, x, heads):
+        b, t = x.shape[0], x.shape[1]
+        return self.transpose(self.reshape(x, (b, t, heads, self.head_dim)), (0, 2, 1, 3))
+
+    def repeat_kv(self, x):
+        """[B, KV, S, D] -> [B, H, S, D], each key/value head serving `groups` query heads."""
+        if self.groups == 1:
+            return x
+        b, kv, s, dim = x.shape
+        x = self.tile_kv(self.reshape(x, (b, kv, 1, s, dim)), (1, 1, self.groups, 1, 1))
+        return self.reshape(x, (b, kv * self.groups, s, dim))
+
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None):
+        b, t = x.shape[0], x.shape[1]
+        q = self.rope(self.split_heads(self.wq(x), self.num_heads), cos, sin)
+        k = self.rope(self.split_heads(self.wk(x), self.kv_heads), cos, sin)
+        v = self.split_heads(self.wv(x), self.kv_heads)
+        if k_cache is not None:
+            # rows of the cache are positions: [T, B, KV, D] slices written at `positions`
+            k = self.transpose(ops.scatter_update(k_cache, positions, self.transpose(k, (2, 0, 1, 3))),
+                               (1, 2, 0, 3))
+            v = self.transpose(ops.scatter_update(v_cache, positions, self.transpose(v, (2, 0, 1, 3))),
+                               (1, 2, 0, 3))
+        if self.use_flash_attention and k_cache is None:
+            out = self.flash_attention(self.cast(q, self.compute_dtype), self.cast(k, self.compute_dtype),
+                                       self.cast(v, self.compute_dtype), None, None, None, mask)[3]
+        else:
+            k = self.repeat_kv(self.cast(k, self.compute_dtype))
+            v = self.repeat_kv(self.cast(v, self.compute_dtype))
+            scores = self.cast(self.qk_matmul(self.cast(q, self.compute_dtype), k), ms.float32)
+            probs = self.softmax(self.add_mask(self.mul_scale(scores, self.scale), mask))
+            out = self.pv_matmul(self.cast(probs, self.compute_dtype), v)
+        out = self.reshape(self.transpose(out, (0, 2, 1, 3)), (b, t, self.num_heads * self.head_dim))
+        return self.wo(out)
+
+
+class FeedForward(nn.Cell):
+    """SwiGLU FFN, W2(act(W1 x) * W3 x), with SIAF as `act` when enabled (paper-notes §1)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtype = DTYPES[cfg.compute_dtype]
+        self.w1 = Linear(cfg.hidden_size, cfg.intermediate_size, dtype, cfg.init_std)  # gate
+        self.w3 = Linear(cfg.hidden_size, cfg.intermediate_size, dtype, cfg.init_std)  # up
+        self.w2 = Linear(cfg.intermediate_size, cfg.hidden_size, dtype, cfg.init_std)  # down
+        self.use_siaf = cfg.siaf
+        if cfg.siaf:
+            self.siaf = SeriesInformedActivation(cfg.intermediate_size, cfg.siaf_terms, dtype)
+        else:
+            self.silu = SiLU()
+        self.mul = ops.Mul()
+
+    def construct(self, x):
+        gate = self.w1(x)
+        gate = self.siaf(gate) if self.use_siaf else self.silu(gate)
+        return self.w2(self.mul(gate, self.w3(x)))
+
+
+class DecoderLayer(nn.Cell):
+    """Pre-norm block: attention (+ augmented shortcut) then FFN, each with a residual."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dtype = DTYPES[cfg.compute_dtype]
+        self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.use_fused_kernels)
+        self.attention = Attention(cfg)
+        self.use_aug_shortcut = cfg.aug_shortcut
+        if cfg.aug_shortcut:
+            self.aug_shortcut = AugmentedShortcut(cfg.hidden_size, cfg.aug_shortcut_dim, dtype, cfg.init_std)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, cfg.use_fused_kernels)
+        self.feed_forward = FeedForward(cfg)
+        self.cast = ops.Cast()
+        self.add_attention = ops.Add()
+        self.add_shortcut = ops.Add()
+        self.add_ffn = ops.Add()
+
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None):
+        h = self.attention_norm(x)
+        mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, positions), ms.float32)
+        if self.use_aug_shortcut:
+            mixed = self.add_shortcut(mixed, self.cast(self.aug_shortcut(h), ms.float32))
+        x = self.add_attention(x, mixed)
+        return self.add_ffn(x, self.cast(self.feed_forward(self.ffn_norm(x)), ms.float32))
+
+
+def causal_mask(seq_length: int, flash: bool) -> np.ndarray:
+    """[S, S] causal mask: additive (0 / MASK_VALUE) for manual attention, 1 = discard for flash."""
+    future = np.triu(np.ones((seq_length, seq_length), dtype=bool), k=1)
+    if flash:
+        return future.astype(np.uint8)
+    return np.where(future, MASK_VALUE, 0.0).astype(np.float32)
+
+
+class PanGuPiModel(nn.Cell):
+    """Token embedding, the decoder layers and the final norm: ids [B, T] -> hidden [B, T, d] (fp32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
+        self.layers = nn.CellList([DecoderLayer(cfg) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ms.float32, cfg.use_fused_kernels)
+        cos, sin = rope_tables(cfg.seq_length, cfg.head_dim, cfg.rope_theta)
+        self.rope_cos = Tensor(cos)
+        self.rope_sin = Tensor(sin)
+        self.causal_mask = Tensor(causal_mask(cfg.seq_length, cfg.use_flash_attention))
+        self.gather_rows = ops.Gather()
+
+    def construct(self, input_ids):
+        t = input_ids.shape[1]
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        mask = self.causal_mask[:t, :t]
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
+
+    def forward_cached(self, input_ids, positions, mask, k_caches, v_caches):
+        """Incremental forward: tokens at `positions` [T] attend to the caches under `mask`."""
+        x = self.embed_tokens(input_ids)
+        cos = self.gather_rows(self.rope_cos, positions, 0)
+        sin = self.gather_rows(self.rope_sin, positions, 0)
+        for i in range(len(self.layers)):
+            x = self.layers[i](x, cos, sin, mask, k_caches[i], v_caches[i], positions)
+        return self.norm(x)
+
+
+class Embedding(nn.Cell):
+    """Token embedding table [V, d], fp32."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, init_std: float = 0.02):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(init_std), (vocab_size, hidden_size), ms.float32), name="weight")
+        self.gather = ops.Gather()
+
+    def construct(self, input_ids):
+        return self.gather(self.weight, input_ids, 0)
+
+
+class PanGuPiForCausalLM(nn.Cell):
+    """PanGu-pi with its LM head: ids [B, T] -> logits [B, T, V] (fp32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = PanGuPiModel(cfg)
+        self.tie_word_embeddings = cfg.tie_word_embeddings
+        dtype = DTYPES[cfg.compute_dtype]
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, dtype, cfg.init_std)
+        else:
+            self.tied_matmul = ops.MatMul(transpose_b=True)
+        self.compute_dtype = dtype
+        self.cast = ops.Cast()
+        self.reshape = ops.Reshape()
+
+    def head(self, hidden):
+        if self.tie_word_embeddings:
+            b, t, d = hidden.shape
+            flat = self.cast(self.reshape(hidden, (-1, d)), self.compute_dtype)
+            logits = self.tied_matmul(flat, self.cast(self.model.embed_tokens.weight, self.compute_dtype))
+            logits = self.reshape(logits, (b, t, -1))
+        else:
+            logits = self.lm_head(hidden)
+        return self.cast(logits, ms.float32)
+
+    def construct(self, input_ids):
+        return self.head(self.model(input_ids))
+
+
+class PanGuPiWithLoss(nn.Cell):
+    """Causal-LM loss over packed samples.
+
+    `input_ids` [B, S+1] holds inputs and shifted labels; `loss_mask` [B, S+1] (optional) marks which
+    label positions count (the mask of position i+1 weighs the prediction made at i). Labels equal to
+    `ignore_index` never count. The loss is the mean over counted positions, computed in fp32.
+    """
+
+    def __init__(self, network: PanGuPiForCausalLM):
+        super().__init__(auto_prefix=False)  # keep the network's parameter names unchanged
+        self.network = network
+        self.ignore_index = network.config.ignore_index
+        self.log_softmax = ops.LogSoftmax(axis=-1)
+        self.gather_d = ops.GatherD()
+        self.cast = ops.Cast()
+        self.reduce_sum = ops.ReduceSum()
+        self.maximum = ops.Maximum()
+
+    def construct(self, input_ids, loss_mask=None):
+        tokens = input_ids[:, :-1]
+        labels = input_ids[:, 1:]
+        valid = self.cast(labels != self.ignore_index, ms.float32)
+        if loss_mask is not None:
+            valid = valid * self.cast(loss_mask[:, 1:], ms.float32)
+        labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
+        log_probs = self.log_softmax(self.network(tokens))
+        picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
+        total = self.reduce_sum(-picked * valid)
+        return total / self.maximum(self.reduce_sum(valid), 1.0)
