@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pangu_pro.io import atomic_path
+from pangu_pro.tokenizer.vocab import read_model_proto
 
 
 def train_tokenizer(inputs: Sequence[str | Path], model_path: str | Path, vocab_size: int,
@@ -55,6 +56,9 @@ def train_tokenizer(inputs: Sequence[str | Path], model_path: str | Path, vocab_
             split_digits=True, allow_whitespace_only_pieces=True, max_sentence_length=max_sentence_length,
             input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
             num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
-        os.replace(f"{prefix}.model", tmp_model)
+        proto = read_model_proto(f"{prefix}.model")
+        proto.trainer_spec.model_prefix = str(model_path.with_suffix(""))  # not the temporary name
+        tmp_model.write_bytes(proto.SerializeToString())
+        os.remove(f"{prefix}.model")
         os.replace(f"{prefix}.vocab", tmp_vocab)
     return model_path

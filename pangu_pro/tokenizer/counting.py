@@ -1,0 +1,189 @@
+"""Token-id frequencies of a corpus: packed MindRecord shards, or raw text tokenized on the fly.
+
+Counting is vectorised: ids are gathered into chunks of about a million and counted with
+``np.bincount``. MindRecord shards are spread over worker processes (one file each); raw text is
+encoded by SentencePiece's own thread pool. The result is an int64 array of length vocab, saved as
+``.npy`` with a JSON sidecar naming the tokenizer (path and SHA-256) and the totals.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from pangu_pro.io import atomic_path, atomic_write_json
+from pangu_pro.tokenizer.vocab import sha256_file
+
+CHUNK_TOKENS = 1 << 20
+MINDRECORD_COLUMN = "input_ids"
+
+
+def bincount_chunks(chunks: Iterable[np.ndarray], vocab_size: int, source: str = "") -> np.ndarray:
+    """Sum of ``np.bincount`` over integer id arrays; ids outside [0, vocab_size) raise ValueError."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for chunk in chunks:
+        if chunk.size == 0:
+            continue
+        low, high = int(chunk.min()), int(chunk.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{source or 'input'}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+        counts += np.bincount(chunk, minlength=vocab_size)
+    return counts
+
+
+def is_mindrecord(path: str | Path) -> bool:
+    """A MindRecord shard has a `<name>.db` index beside it."""
+    return Path(f"{path}.db").is_file()
+
+
+def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS,
+                           progress: Optional[mp.Queue] = None) -> Iterator[np.ndarray]:
+    """Concatenated `input_ids` of a MindRecord shard, about `chunk_tokens` ids at a time."""
+    from mindspore.mindrecord import FileReader
+
+    reader = FileReader(str(path), num_consumer=1, columns=[MINDRECORD_COLUMN])
+    try:
+        buffer: list[np.ndarray] = []
+        size = 0
+        for row in reader.get_next():
+            ids = np.asarray(row[MINDRECORD_COLUMN]).reshape(-1)
+            buffer.append(ids)
+            size += ids.size
+            if size >= chunk_tokens:
+                yield np.concatenate(buffer)
+                if progress is not None:
+                    progress.put(size)
+                buffer, size = [], 0
+        if buffer:
+            yield np.concatenate(buffer)
+            if progress is not None:
+                progress.put(size)
+    finally:
+        reader.close()
+
+
+_PROGRESS: Optional[mp.Queue] = None
+
+
+def _init_worker(queue: mp.Queue) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+
+
+def _count_shard(task: tuple[str, int]) -> np.ndarray:
+    path, vocab_size = task
+    return bincount_chunks(iter_mindrecord_chunks(path, progress=_PROGRESS), vocab_size, path)
+
+
+def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
+                     show_progress: bool = True) -> np.ndarray:
+    """Counts over MindRecord shards, one worker process per shard at a time, tqdm in tokens."""
+    from tqdm import tqdm
+
+    paths = [str(p) for p in paths]
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: MindRecord shard not found")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    bar = tqdm(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
+    if workers == 1:
+        for path in paths:
+            for chunk in iter_mindrecord_chunks(path):
+                counts += bincount_chunks([chunk], vocab_size, path)
+                bar.update(chunk.size)
+        bar.close()
+        return counts
+    ctx = mp.get_context("spawn")  # MindSpore's threads do not survive fork
+    queue = ctx.Queue()
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(queue,)) as pool:
+        pending = pool.map_async(_count_shard, [(p, vocab_size) for p in paths])
+        while not pending.ready() or not queue.empty():
+            try:
+                bar.update(queue.get(timeout=0.1))
+            except Exception:  # queue.Empty
+                pass
+        for part in pending.get():
+            counts += part
+    bar.close()
+    return counts
+
+
+def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Optional[int] = None,
+               lines_per_chunk: int = 20000, show_progress: bool = True) -> np.ndarray:
+    """Counts of the ids SentencePiece model `model_path` gives the lines of text files `paths`."""
+    import sentencepiece as spm
+    from tqdm import tqdm
+
+    processor = spm.SentencePieceProcessor(model_file=str(model_path))
+    vocab_size = processor.get_piece_size()
+    threads = workers or os.cpu_count() or 1
+    total_bytes = 0
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: text file not found")
+        total_bytes += Path(path).stat().st_size
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    with tqdm(total=total_bytes, desc="counting", unit="B", unit_scale=True, disable=not show_progress) as bar:
+        for path in paths:
+            with open(path, encoding="utf-8") as handle:
+                while True:
+                    lines = [line.rstrip("\n") for _, line in zip(range(lines_per_chunk), handle)]
+                    if not lines:
+                        break
+                    pieces = processor.encode(lines, num_threads=threads)
+                    flat = np.fromiter((i for ids in pieces for i in ids), dtype=np.int64)
+                    counts += bincount_chunks([flat], vocab_size, str(path))
+                    bar.update(sum(len(line.encode("utf-8")) + 1 for line in lines))
+    return counts
+
+
+@dataclass(frozen=True)
+class CountsFile:
+    counts: np.ndarray
+    info: dict
+
+
+def sidecar_path(counts_path: str | Path) -> Path:
+    return Path(counts_path).with_suffix(".json")
+
+
+def save_counts(path: str | Path, counts: np.ndarray, tokenizer: str | Path, sources: Sequence[str],
+                source_format: str) -> dict:
+    """Write `counts` to `path` (.npy, int64) and the sidecar `<path stem>.json`; returns the sidecar."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"{path}: the counts file must end in .npy")
+    counts = np.asarray(counts, dtype=np.int64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, counts)
+    info = {"tokenizer": str(tokenizer), "tokenizer_sha256": sha256_file(tokenizer), "vocab_size": int(counts.size),
+            "total_tokens": int(counts.sum()), "distinct_tokens": int(np.count_nonzero(counts)),
+            "format": source_format, "sources": [str(s) for s in sources]}
+    atomic_write_json(sidecar_path(path), info)
+    return info
+
+
+def load_counts(path: str | Path, tokenizer: Optional[str | Path] = None) -> CountsFile:
+    """Read a counts file; with `tokenizer`, check the sidecar says it was counted with that model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: counts file not found")
+    counts = np.load(path)
+    if counts.ndim != 1 or counts.dtype.kind not in "iu":
+        raise ValueError(f"{path}: expected a 1-D integer array, got {counts.dtype} {counts.shape}")
+    side = sidecar_path(path)
+    info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+    if tokenizer is not None and info.get("tokenizer_sha256"):
+        sha = sha256_file(tokenizer)
+        if sha != info["tokenizer_sha256"]:
+            raise ValueError(f"{path}: counted with tokenizer {info.get('tokenizer')} (sha256 "
+                             f"{info['tokenizer_sha256'][:12]}…), not with {tokenizer} (sha256 {sha[:12]}…)")
+    return CountsFile(counts.astype(np.int64), info)
