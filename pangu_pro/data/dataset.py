@@ -1,0 +1,154 @@
+"""Reading packed MindRecord data for training and scoring.
+
+The training loader is a `mindspore.dataset.MindDataset` driven by a `SubsetSampler` whose index list
+this module computes in numpy (`sample_order`). Doing the order ourselves, rather than with the
+dataset's own shuffle and sharding, makes every property exact and easy to check:
+
+* shuffling: epoch e uses ``default_rng([seed, e]).permutation(n)``, the same on every machine;
+* data parallel: rank r of w reads ``order[r::w]``, cut to ``n // w`` samples so that all ranks run
+  the same number of steps (disjoint, and together covering all but ``n % w`` samples per epoch);
+* a subset (multi-round training): `indices` (an array or a ``.npy`` file) replaces the epoch order
+  (no shuffling: the list fixes the order) and is split the same way;
+* several epochs: the per-rank orders of the epochs are concatenated before batching, so a batch may
+  straddle two epochs and only the very last partial batch is dropped;
+* exact resume: `skip_batches=k` removes the first ``k * batch_size`` entries of that list, so the
+  batches after skipping are the batches an uninterrupted run would have read next. Skipped samples
+  are never read.
+
+Sample indices count across `files` in the order given (file 0's rows first). `resolve_files` turns
+a preprocess output folder into its shard files in that order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from pangu_pro.data.preprocess import SHARD_PREFIX, SHARD_SUFFIX
+
+Files = Union[str, Path, Sequence[Union[str, Path]]]
+Indices = Union[None, str, Path, Sequence[int], np.ndarray]
+COLUMN = "input_ids"
+
+
+def resolve_files(paths: Files) -> list[str]:
+    """Shard files from files and/or preprocess output folders (a folder gives its shards, sorted)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            shards = sorted(path.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}"))
+            if not shards:
+                raise FileNotFoundError(f"{path}: no {SHARD_PREFIX}*{SHARD_SUFFIX} shards in this folder")
+            files.extend(str(p) for p in shards)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise FileNotFoundError(f"{path}: MindRecord file or folder not found")
+    if not files:
+        raise ValueError("no MindRecord files given")
+    return files
+
+
+def count_samples(files: Files) -> int:
+    """Number of samples in `files` (read from the MindRecord headers)."""
+    import mindspore.dataset as ds
+
+    return ds.MindDataset(resolve_files(files), columns_list=[COLUMN], shuffle=False).get_dataset_size()
+
+
+def load_indices(indices: Indices, num_samples: int) -> Optional[np.ndarray]:
+    """Indices as int64 [k] (from a list, an array or a .npy file), checked against `num_samples`."""
+    if indices is None:
+        return None
+    where = "indices"
+    if isinstance(indices, (str, Path)):
+        where = str(indices)
+        if not Path(indices).is_file():
+            raise FileNotFoundError(f"{where}: index file not found")
+        try:
+            indices = np.load(where, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{where}: not a numpy .npy file ({err})") from None
+    array = np.asarray(indices)
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{where}: expected a 1-D integer array, got shape {array.shape} dtype {array.dtype}")
+    array = array.astype(np.int64)
+    bad = np.flatnonzero((array < 0) | (array >= num_samples))
+    if bad.size:
+        raise ValueError(f"{where}: index {array[bad[0]]} at position {bad[0]} is outside the data's "
+                         f"{num_samples} samples ({bad.size} indices out of range)")
+    return array
+
+
+def sample_order(num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
+                 world: int = 1, skip_batches: int = 0, indices: Optional[np.ndarray] = None,
+                 num_epochs: int = 1) -> np.ndarray:
+    """The global sample indices rank `rank` reads, in order, after skipping (see the module doc)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside [0, {world})")
+    if batch_size < 1 or num_epochs < 1 or skip_batches < 0:
+        raise ValueError(f"need batch_size >= 1, num_epochs >= 1, skip_batches >= 0; got {batch_size}, "
+                         f"{num_epochs}, {skip_batches}")
+    epochs = []
+    for epoch in range(num_epochs):
+        if indices is not None:
+            order = indices
+        elif shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+        else:
+            order = np.arange(num_samples)
+        per_rank = len(order) // world
+        epochs.append(order[rank::world][:per_rank])
+    order = np.concatenate(epochs).astype(np.int64)
+    return order[skip_batches * batch_size:]
+
+
+def create_dataset(files: Files, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
+                   world: int = 1, skip_batches: int = 0, indices: Indices = None, drop_remainder: bool = True,
+                   num_epochs: int = 1, num_parallel_workers: int = 2):
+    """A MindDataset yielding ``input_ids`` int32 [batch_size, seq_length + 1], ordered by `sample_order`.
+
+    `files`: shard files or preprocess folders. `indices`: a subset (array or .npy path) read in its
+    own order instead of a shuffle. Raises ValueError when nothing is left to read (e.g. `skip_batches`
+    past the end), naming the numbers.
+    """
+    import mindspore.dataset as ds
+
+    paths = resolve_files(files)
+    total = count_samples(paths)
+    order = sample_order(total, batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
+                         skip_batches=skip_batches, indices=load_indices(indices, total), num_epochs=num_epochs)
+    full_batches = len(order) // batch_size
+    if full_batches == 0 and (drop_remainder or len(order) == 0):
+        raise ValueError(f"no batch of {batch_size} left for rank {rank}/{world} after skipping {skip_batches} "
+                         f"batches ({total} samples in {len(paths)} files, {num_epochs} epochs)")
+    dataset = ds.MindDataset(paths, columns_list=[COLUMN], sampler=ds.SubsetSampler(order),
+                             num_parallel_workers=num_parallel_workers)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def read_samples(files: Files, indices: Indices = None) -> np.ndarray:
+    """Samples as int32 [k, L], read sequentially with `FileReader` (all of them when `indices` is None).
+
+    Independent of `create_dataset`'s sampler path, so tests can check one against the other; it
+    reads every file, so it is meant for tests and scoring sets, not for training data.
+    """
+    from mindspore.mindrecord import FileReader
+
+    rows = []
+    for path in resolve_files(files):
+        reader = FileReader(path, num_consumer=1, columns=[COLUMN])
+        try:
+            rows.extend(np.asarray(item[COLUMN], dtype=np.int32) for item in reader.get_next())
+        finally:
+            reader.close()
+    lengths = {row.size for row in rows}
+    if len(lengths) > 1:
+        raise ValueError(f"samples of different lengths {sorted(lengths)} in {files}: not packed data")
+    data = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int32)
+    chosen = load_indices(indices, len(data))
+    return data if chosen is None else data[chosen]
