@@ -111,13 +111,31 @@ class ParallelConfig:
 
 @dataclass
 class DataConfig:
-    """Packed MindRecord data of `seq_length + 1` tokens per sample."""
+    """Packed MindRecord data of `seq_length + 1` tokens per sample (`pangu-pro preprocess` output).
+
+    `train_files` / `eval_files` list shard files or preprocess output folders (a folder means its
+    shards, sorted). `index_file` is a .npy of sample indices: training then reads exactly those
+    samples in that order (a multi-round training subset) instead of a shuffle.
+    """
 
     train_files: list[str] = field(default_factory=list)
     eval_files: list[str] = field(default_factory=list)
     tokenizer: Optional[str] = None  # SentencePiece .model used to make the data
     shuffle: bool = True
     seed: int = 1234
+    index_file: Optional[str] = None
+
+    def validate(self) -> None:
+        for name in ("train_files", "eval_files"):
+            for i, path in enumerate(getattr(self, name)):
+                require(bool(path.strip()), f"{name}[{i}]", "empty path")
+        require(self.seed >= 0, "seed", f"must be non-negative (numpy seeds the shuffle), got {self.seed}")
+        if self.index_file is not None:
+            require(self.index_file.endswith(".npy"), "index_file",
+                    f"expected a numpy .npy file of sample indices, got {self.index_file!r}")
+        if self.tokenizer is not None:
+            require(self.tokenizer.endswith(".model"), "tokenizer",
+                    f"expected a SentencePiece .model file, got {self.tokenizer!r}")
 
 
 @dataclass
