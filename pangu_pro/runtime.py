@@ -1,0 +1,53 @@
+"""Process-wide MindSpore set-up: graph mode on the device named by PANGU_PRO_DEVICE (CPU by default)."""
+from __future__ import annotations
+
+import os
+
+import mindspore as ms
+
+DEVICE_ENV = "PANGU_PRO_DEVICE"
+
+
+def device_target() -> str:
+    """'CPU' or 'Ascend', from the PANGU_PRO_DEVICE environment variable."""
+    name = os.environ.get(DEVICE_ENV, "CPU").strip().lower()
+    targets = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend"}
+    if name not in targets:
+        raise ValueError(f"{DEVICE_ENV}={name!r}: expected 'cpu' or 'ascend'")
+    return targets[name]
+
+
+def init_mindspore(seed: int | None = None) -> str:
+    """Graph mode on the configured device; returns the device target."""
+    os.environ.setdefault("GLOG_v", "3")
+    target = device_target()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(target, int(os.environ.get("DEVICE_ID", "0")) if target == "Ascend" else None)
+    if seed is not None:
+        ms.set_seed(seed)
+    return target
+
+
+def adapt_to_device(cfg, target: str | None = None, announce=print):
+    """The model config as it can run on `target`.
+
+    The CPU has no bf16 kernels and none of the fused Ascend kernels (mindspore-notes), so there the
+    model computes in fp32 with the pure-op fallbacks; the numbers are the same up to rounding. Each
+    change is announced, never made silently.
+    """
+    import dataclasses
+
+    target = target or device_target()
+    if target != "CPU":
+        return cfg
+    changes = {}
+    if cfg.compute_dtype != "float32":
+        changes["compute_dtype"] = "float32"
+    if cfg.use_flash_attention:
+        changes["use_flash_attention"] = False
+    if cfg.use_fused_kernels:
+        changes["use_fused_kernels"] = False
+    if changes and announce is not None:
+        announce(f"note: on the CPU the model runs with {', '.join(f'{k}={v}' for k, v in changes.items())} "
+                 "(no bf16 or fused Ascend kernels there)")
+    return dataclasses.replace(cfg, **changes) if changes else cfg
