@@ -21,6 +21,7 @@ from pangu_pro.tokenizer.vocab import sha256_file
 
 CHUNK_TOKENS = 1 << 20
 MINDRECORD_COLUMN = "input_ids"
+PROCESS_POOL_BYTES = 256 << 20  # with workers=None, shards smaller in total are read in-process
 
 
 def bincount_chunks(chunks: Iterable[np.ndarray], vocab_size: int, source: str = "") -> np.ndarray:
@@ -83,14 +84,20 @@ def _count_shard(task: tuple[str, int]) -> np.ndarray:
 
 def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
                      show_progress: bool = True) -> np.ndarray:
-    """Counts over MindRecord shards, one worker process per shard at a time, tqdm in tokens."""
+    """Counts over MindRecord shards, one worker process per shard at a time, tqdm in tokens.
+
+    `workers=None`: all cores when the shards total at least 256 MiB, else in-process.
+    """
     from tqdm import tqdm
 
     paths = [str(p) for p in paths]
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: MindRecord shard not found")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
+    if workers is None:  # starting a process costs ~2 s (MindSpore import): only worth it on big data
+        size = sum(Path(p).stat().st_size for p in paths)
+        workers = (os.cpu_count() or 1) if size >= PROCESS_POOL_BYTES else 1
+    workers = max(1, min(workers, len(paths)))
     counts = np.zeros(vocab_size, dtype=np.int64)
     bar = tqdm(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
     if workers == 1:
