@@ -64,6 +64,8 @@ class Attention(nn.Cell):
         self.add_mask = ops.Add()
         self.softmax = ops.Softmax(axis=-1)
         self.tile_kv = ops.Tile()
+        self.merge_heads = ops.Transpose()  # [B, N, T, D] -> [B, T, N, D]; its own layout, so its own primitive
+        self.mul_head_mask = ops.Mul()  # head_mask only (parameter inheritance)
 
     def split_heads(self, x, heads):
         b, t = x.shape[0], x.shape[1]
@@ -77,7 +79,7 @@ class Attention(nn.Cell):
         x = self.tile_kv(self.reshape(x, (b, kv, 1, s, dim)), (1, 1, self.groups, 1, 1))
         return self.reshape(x, (b, kv * self.groups, s, dim))
 
-    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None):
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None, head_mask=None):
         b, t = x.shape[0], x.shape[1]
         q = self.rope(self.split_heads(self.wq(x), self.num_heads), cos, sin)
         k = self.rope(self.split_heads(self.wk(x), self.kv_heads), cos, sin)
@@ -97,7 +99,9 @@ class Attention(nn.Cell):
             scores = self.cast(self.qk_matmul(self.cast(q, self.compute_dtype), k), ms.float32)
             probs = self.softmax(self.add_mask(self.mul_scale(scores, self.scale), mask))
             out = self.pv_matmul(self.cast(probs, self.compute_dtype), v)
-        out = self.reshape(self.transpose(out, (0, 2, 1, 3)), (b, t, self.num_heads * self.head_dim))
+        if head_mask is not None:  # [H]: scales each head's output (inheritance masks)
+            out = self.mul_head_mask(out, self.cast(self.reshape(head_mask, (1, -1, 1, 1)), out.dtype))
+        out = self.reshape(self.merge_heads(out, (0, 2, 1, 3)), (b, t, self.num_heads * self.head_dim))
         return self.wo(out)
 
 
@@ -116,11 +120,16 @@ class FeedForward(nn.Cell):
         else:
             self.silu = SiLU()
         self.mul = ops.Mul()
+        self.mul_neuron_mask = ops.Mul()  # neuron_mask only (parameter inheritance)
+        self.cast = ops.Cast()
 
-    def construct(self, x):
+    def construct(self, x, neuron_mask=None):
         gate = self.w1(x)
         gate = self.siaf(gate) if self.use_siaf else self.silu(gate)
-        return self.w2(self.mul(gate, self.w3(x)))
+        hidden = self.mul(gate, self.w3(x))
+        if neuron_mask is not None:  # [F]
+            hidden = self.mul_neuron_mask(hidden, self.cast(neuron_mask, hidden.dtype))
+        return self.w2(hidden)
 
 
 class DecoderLayer(nn.Cell):
@@ -140,14 +149,25 @@ class DecoderLayer(nn.Cell):
         self.add_attention = ops.Add()
         self.add_shortcut = ops.Add()
         self.add_ffn = ops.Add()
+        self.mul_mask = ops.Mul()  # inheritance masks only
 
-    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None):
-        h = self.attention_norm(x)
-        mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, positions), ms.float32)
+    def gate_branch(self, y, hidden_mask, layer_gate):
+        """A residual branch's output under the inheritance masks: hidden [d] and layer gate []."""
+        if hidden_mask is not None:
+            y = self.mul_mask(y, hidden_mask)
+        if layer_gate is not None:
+            y = self.mul_mask(y, layer_gate)
+        return y
+
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None,
+                  head_mask=None, neuron_mask=None, hidden_mask=None, layer_gate=None):
+        h = self.attention_norm(x, hidden_mask)
+        mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, positions, head_mask), ms.float32)
         if self.use_aug_shortcut:
             mixed = self.add_shortcut(mixed, self.cast(self.aug_shortcut(h), ms.float32))
-        x = self.add_attention(x, mixed)
-        return self.add_ffn(x, self.cast(self.feed_forward(self.ffn_norm(x)), ms.float32))
+        x = self.add_attention(x, self.gate_branch(mixed, hidden_mask, layer_gate))
+        ffn = self.cast(self.feed_forward(self.ffn_norm(x, hidden_mask), neuron_mask), ms.float32)
+        return self.add_ffn(x, self.gate_branch(ffn, hidden_mask, layer_gate))
 
 
 def causal_mask(seq_length: int, flash: bool) -> np.ndarray:
@@ -173,14 +193,18 @@ class PanGuPiModel(nn.Cell):
         self.causal_mask = Tensor(causal_mask(cfg.seq_length, cfg.use_flash_attention))
         self.gather_rows = ops.Gather()
 
-    def construct(self, input_ids):
+    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None):
+        """Optional inheritance masks: head_mask [L, H], neuron_mask [L, F], hidden_mask [d], layer_mask [L]."""
         t = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
+        if hidden_mask is not None:
+            x = x * hidden_mask
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         mask = self.causal_mask[:t, :t]
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
-        return self.norm(x)
+        for i in range(len(self.layers)):
+            x = self.layers[i](x, cos, sin, mask, None, None, None, _row(head_mask, i), _row(neuron_mask, i),
+                               hidden_mask, _row(layer_mask, i))
+        return self.norm(x, hidden_mask)
 
     def forward_cached(self, input_ids, positions, mask, k_caches, v_caches):
         """Incremental forward: tokens at `positions` [T] attend to the caches under `mask`."""
@@ -190,6 +214,13 @@ class PanGuPiModel(nn.Cell):
         for i in range(len(self.layers)):
             x = self.layers[i](x, cos, sin, mask, k_caches[i], v_caches[i], positions)
         return self.norm(x)
+
+
+def _row(masks, i):
+    """Row `i` of an optional per-layer mask (None stays None, resolved when the graph compiles)."""
+    if masks is None:
+        return None
+    return masks[i]
 
 
 class Embedding(nn.Cell):
@@ -207,9 +238,9 @@ class Embedding(nn.Cell):
 class PanGuPiForCausalLM(nn.Cell):
     """PanGu-pi with its LM head: ids [B, T] -> logits [B, T, V] (fp32)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.config = cfg
+        cfg = self.config = config
         self.model = PanGuPiModel(cfg)
         self.tie_word_embeddings = cfg.tie_word_embeddings
         dtype = DTYPES[cfg.compute_dtype]
@@ -231,8 +262,8 @@ class PanGuPiForCausalLM(nn.Cell):
             logits = self.lm_head(hidden)
         return self.cast(logits, ms.float32)
 
-    def construct(self, input_ids):
-        return self.head(self.model(input_ids))
+    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None):
+        return self.head(self.model(input_ids, head_mask, neuron_mask, hidden_mask, layer_mask))
 
 
 class PanGuPiWithLoss(nn.Cell):
@@ -253,14 +284,15 @@ class PanGuPiWithLoss(nn.Cell):
         self.reduce_sum = ops.ReduceSum()
         self.maximum = ops.Maximum()
 
-    def construct(self, input_ids, loss_mask=None):
+    def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
+                  layer_mask=None):
         tokens = input_ids[:, :-1]
         labels = input_ids[:, 1:]
         valid = self.cast(labels != self.ignore_index, ms.float32)
         if loss_mask is not None:
             valid = valid * self.cast(loss_mask[:, 1:], ms.float32)
         labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
-        log_probs = self.log_softmax(self.network(tokens))
+        log_probs = self.log_softmax(self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask))
         picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
         total = self.reduce_sum(-picked * valid)
         return total / self.maximum(self.reduce_sum(valid), 1.0)
