@@ -207,6 +207,9 @@ def test_loader_shuffle_is_deterministic_by_seed(packed):
     order = sample_order(len(data), 4, seed=7)
     np.testing.assert_array_equal(first.reshape(-1, SEQ + 1), data[order[:first.shape[0] * 4]])
     assert sorted(order) == list(range(len(data)))  # a permutation
+    two = sample_order(len(data), 4, seed=7, num_epochs=2)
+    np.testing.assert_array_equal(two[:len(data)], order)  # epoch 0 unchanged; epoch 1 reshuffled
+    assert sorted(two[len(data):]) == list(range(len(data))) and not np.array_equal(two[len(data):], order)
     plain = batches(create_dataset(packed, 4, shuffle=False))
     np.testing.assert_array_equal(plain.reshape(-1, SEQ + 1), data[:plain.shape[0] * 4])
 
