@@ -19,6 +19,7 @@ from pangu_pro.model.pangu_pi import PanGuPiForCausalLM
 
 
 @MindFormerRegister.register(MindFormerModuleType.CONFIG)
+@dataclasses.dataclass
 class PanGuPiConfig(ModelConfig):
     """ModelConfig under the name MindFormers' YAML uses; validated on construction."""
 
