@@ -22,7 +22,9 @@ class ConfigError(ValueError):
     `key` is the dotted path of the offending entry (``model.num_heads``); `source` the file.
     """
 
-    def __init__(self, key: str, message: str, source: str | None = None):
+    def __init__(self, key: str, message: str | None = None, source: str | None = None):
+        if message is None:  # re-raised by libraries as type(err)(text)
+            key, message = "", key
         self.key = key
         self.message = message
         self.source = source
