@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from pangu_pro.inherit.config import InheritConfig
 from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
                                    to_mapping)
 
@@ -90,23 +91,56 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """Device layout. On the CPU only data parallel runs; the rest is checked and used on Ascend."""
+    """Device layout (docs/parallel.md). On the CPU only data parallel runs; the rest is checked here,
+    laid out by `pangu_pro.model.sharding` and run on Ascend. `check_layout` adds the checks that need
+    the model section or the device count."""
 
     data_parallel: int = 1
-    model_parallel: int = 1
+    model_parallel: int = 1  # tensor parallel: heads, kv-heads and the FFN channels are split
     pipeline_stage: int = 1
-    micro_batch_num: int = 1
-    optimizer_shard: bool = False
+    micro_batch_num: int = 1  # pipeline micro batches per step (>= pipeline_stage)
+    pipeline_offset: list[int] = field(default_factory=list)  # per stage: layers added to the even split
+    sequence_parallel: bool = False  # norms/residuals split along the sequence over model_parallel
+    vocab_parallel: bool = False  # embedding and LM head split by vocabulary over model_parallel
+    optimizer_shard: bool = False  # ZeRO: optimizer state (and weights) split over data_parallel
+    optimizer_shard_threshold_kb: int = 64  # parameters smaller than this stay whole
+    recompute: Literal["none", "full", "selective"] = "none"
+    allreduce_fusion_mb: int = 32  # gradient all-reduce fusion buffer; 0 = no size-based fusion
+    micro_batch_interleave_num: int = 1  # nn.MicroBatchInterleaved: overlap compute and communication
 
     def validate(self) -> None:
-        for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num"):
+        for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
+                     "micro_batch_interleave_num"):
             require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         require(self.micro_batch_num >= self.pipeline_stage, "micro_batch_num",
-                f"{self.micro_batch_num} micro batches cannot fill {self.pipeline_stage} pipeline stages")
+                f"{self.micro_batch_num} micro batches cannot fill {self.pipeline_stage} pipeline stages "
+                f"(micro_batch_num must be >= pipeline_stage)")
+        if self.pipeline_offset:
+            require(len(self.pipeline_offset) == self.pipeline_stage, "pipeline_offset",
+                    f"needs one entry per pipeline stage ({self.pipeline_stage}), got {len(self.pipeline_offset)}")
+            require(sum(self.pipeline_offset) == 0, "pipeline_offset",
+                    f"entries move layers between stages and must sum to 0, got {sum(self.pipeline_offset)}")
+        require(self.optimizer_shard_threshold_kb >= 0, "optimizer_shard_threshold_kb",
+                f"must be non-negative, got {self.optimizer_shard_threshold_kb}")
+        require(self.allreduce_fusion_mb >= 0, "allreduce_fusion_mb",
+                f"must be 0 (off) or positive, got {self.allreduce_fusion_mb}")
+        require(not (self.sequence_parallel and self.model_parallel == 1), "sequence_parallel",
+                "splits the sequence over model_parallel, which is 1")
 
     @property
     def device_num(self) -> int:
         return self.data_parallel * self.model_parallel * self.pipeline_stage
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """Decoder layers per pipeline stage: layer i sits on stage floor(i * pp / layers) (the even
+        split `i // (layers / pp)`, earlier stages taking the remainder), plus `pipeline_offset`."""
+        pp = self.pipeline_stage
+        even = [-((-num_layers * (s + 1)) // pp) + ((-num_layers * s) // pp) for s in range(pp)]
+        return [n + o for n, o in zip(even, self.pipeline_offset or [0] * pp)]
+
+    def layer_stages(self, num_layers: int) -> list[int]:
+        """The pipeline stage of each decoder layer, in order."""
+        return [stage for stage, n in enumerate(self.stage_layers(num_layers)) for _ in range(n)]
 
 
 @dataclass
@@ -140,10 +174,13 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (paper-notes §6) and the run's bookkeeping."""
+    """Optimisation (paper-notes §6) and the run's bookkeeping (docs/training.md describes each key)."""
 
     batch_size: int = 8  # per data-parallel rank, per micro step
+    grad_accum_steps: int = 1  # micro steps per optimizer step
     lr: float = 3e-4
+    lr_base_batch: Optional[int] = None  # if set: lr *= (global_batch / lr_base_batch) ** lr_scaling_power
+    lr_scaling_power: float = 0.5
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
     steps: int = 1000
@@ -151,16 +188,43 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global-norm clip; 0 turns clipping off
+    loss_scale: Literal["none", "static", "dynamic"] = "none"
+    loss_scale_value: float = 65536.0  # initial (dynamic) or fixed (static) scale
+    loss_scale_factor: float = 2.0  # dynamic: divide on overflow, multiply after a clean window
+    loss_scale_window: int = 1000  # dynamic: clean steps before the scale grows
     seed: int = 1234
     output_dir: str = "runs/default"
+    save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 3  # checkpoints kept (older ones are deleted)
+    log_every: int = 1  # steps between metrics.jsonl lines
+    eval_every: int = 0  # steps between held-out evaluations on data.eval_files; 0 = never
+    eval_batches: int = 8  # batches of batch_size per evaluation
+    peak_flops: Optional[float] = None  # per device, for MFU; None = the device default (docs/training.md)
 
     def validate(self) -> None:
-        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        require(self.lr > 0, "lr", "must be positive")
-        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
-        require(self.steps >= 1, "steps", "must be at least 1")
-        require(0 <= self.warmup_steps <= self.steps, "warmup_steps", "must lie in [0, steps]")
+        for name in ("batch_size", "grad_accum_steps", "steps", "keep_last", "log_every", "eval_batches",
+                     "loss_scale_window"):
+            require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every"):
+            require(getattr(self, name) >= 0, name, f"must be 0 (off) or positive, got {getattr(self, name)}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must lie in [0, 1], got {self.min_lr_ratio}")
+        require(0 <= self.warmup_steps <= self.steps, "warmup_steps",
+                f"must lie in [0, steps={self.steps}], got {self.warmup_steps}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            require(0 <= getattr(self, name) < 1, name, f"must lie in [0, 1), got {getattr(self, name)}")
+        require(self.eps > 0, "eps", f"must be positive, got {self.eps}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be 0 (off) or positive, got {self.grad_clip}")
+        if self.lr_base_batch is not None:
+            require(self.lr_base_batch >= 1, "lr_base_batch", f"must be at least 1, got {self.lr_base_batch}")
+        require(self.loss_scale_value >= 1, "loss_scale_value", f"must be at least 1, got {self.loss_scale_value}")
+        require(self.loss_scale_factor > 1, "loss_scale_factor", f"must exceed 1, got {self.loss_scale_factor}")
+        if self.peak_flops is not None:
+            require(self.peak_flops > 0, "peak_flops", f"must be positive, got {self.peak_flops}")
+        require(self.seed >= 0, "seed", f"must be non-negative, got {self.seed}")
+        require(bool(self.output_dir.strip()), "output_dir", "empty path")
 
 
 @dataclass
@@ -171,10 +235,47 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inherit: Optional[InheritConfig] = None  # parameter inheritance (pangu_pro.inherit.config)
     source: str = field(default="", compare=False)
 
     def validate(self) -> None:
-        pass
+        check_layout(self, None)
+
+
+def check_layout(config: Config, device_num: int | None) -> None:
+    """Cross-section checks of `config.parallel` against `config.model` (and the device count).
+
+    `device_num=None` skips the device-count check (Config.validate runs that way); launchers pass
+    the real count. Raises ConfigError naming the parallel key at fault.
+    """
+    p, m = config.parallel, config.model
+    if device_num is not None:
+        require(p.device_num == device_num, "parallel",
+                f"data_parallel {p.data_parallel} x model_parallel {p.model_parallel} x pipeline_stage "
+                f"{p.pipeline_stage} = {p.device_num}, but the run has {device_num} devices")
+    mp = p.model_parallel
+    require(m.num_heads % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.num_heads {m.num_heads}")
+    require(m.kv_heads % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.num_kv_heads {m.kv_heads}")
+    require(m.intermediate_size % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.intermediate_size {m.intermediate_size}")
+    if p.vocab_parallel:
+        require(m.vocab_size % mp == 0, "parallel.vocab_parallel",
+                f"model.vocab_size {m.vocab_size} is not divisible by model_parallel {mp}")
+    if p.sequence_parallel:
+        require(m.seq_length % mp == 0, "parallel.sequence_parallel",
+                f"model.seq_length {m.seq_length} is not divisible by model_parallel {mp}")
+    require(m.num_layers >= p.pipeline_stage, "parallel.pipeline_stage",
+            f"{p.pipeline_stage} stages need at least as many layers, model.num_layers is {m.num_layers}")
+    if p.pipeline_stage > 1:
+        require(not m.tie_word_embeddings, "parallel.pipeline_stage",
+                "tied embeddings would share one weight between the first and the last stage; "
+                "set model.tie_word_embeddings: false or pipeline_stage: 1")
+    if p.pipeline_offset:
+        counts = p.stage_layers(m.num_layers)
+        require(min(counts) >= 1, "parallel.pipeline_offset",
+                f"leaves a stage without layers: layers per stage would be {counts}")
 
 
 def config_from_dict(data: dict, source: str = "") -> Config:

@@ -1,5 +1,70 @@
-"""CLI commands of the train stage."""
+"""CLI commands of the train stage: train, perplexity, plot."""
+from __future__ import annotations
+
+import sys
+
+RESUME_AUTO = "auto"
 
 
 def register(subparsers) -> None:
-    """Add this stage's commands (filled in by its issue)."""
+    p = subparsers.add_parser("train", help="train a model from a config (docs/training.md)",
+                              description="Train (or resume training) as CONFIG says; override any key with "
+                              "section.key=value.")
+    p.add_argument("config", help="YAML config (model, data, train, parallel sections)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=100 train.lr=1e-3")
+    p.add_argument("--resume", nargs="?", const=RESUME_AUTO, default=None, metavar="DIR",
+                   help="continue from a checkpoint folder or run dir (default: the newest checkpoint of "
+                   "train.output_dir)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("perplexity", help="held-out loss and perplexity of a checkpoint")
+    p.add_argument("config", help="YAML config (its model section must fit the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
+    p.add_argument("--data", nargs="+", required=True, help="MindRecord files or preprocess folders")
+    p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.set_defaults(func=_perplexity)
+
+    p = subparsers.add_parser("plot", help="draw a run's loss and learning-rate curves to PNG")
+    p.add_argument("run_dir", help="a training output dir (holding metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=_plot)
+
+
+def _train(args) -> int:
+    from pangu_pro.config import load_config
+    from pangu_pro.train.trainer import NonFiniteLossError, train
+
+    config = load_config(args.config, args.overrides)
+    try:
+        summary = train(config, resume=args.resume, progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        print(f"pangu-pro train: error: {err}", file=sys.stderr)
+        return 3
+    if summary.get("steps_run"):
+        print(f"trained to step {summary['step']}: loss {summary['loss']:.4f}; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+def _perplexity(args) -> int:
+    import json
+
+    from pangu_pro.config import load_config
+    from pangu_pro.train.evaluate import perplexity
+
+    config = load_config(args.config, args.overrides)
+    result = perplexity(config, args.checkpoint, args.data, args.batch_size, args.max_batches)
+    print(json.dumps(result))
+    return 0
+
+
+def _plot(args) -> int:
+    from pathlib import Path
+
+    from pangu_pro.train.plot import plot_run
+
+    out = plot_run(args.run_dir, Path(args.out) if args.out else None)
+    print(out)
+    return 0

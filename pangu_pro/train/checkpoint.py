@@ -1,0 +1,141 @@
+"""Training checkpoints: one folder per save, written atomically, the last K kept.
+
+    OUTPUT_DIR/checkpoints/step_00000200/
+        model.safetensors       the model's parameters, named as in the model (weights.WEIGHTS_NAME)
+        optimizer.safetensors   AdamW moments (adam_m.*, adam_v.*) and its update count (adam_step)
+        state.json              step, data position, loss scale, lr, RNG seeds, config snapshot
+
+A save writes everything into ``.tmp-step_N-<pid>/`` beside the final folder and renames it in one
+step, so a killed job leaves either a complete checkpoint or a temporary folder that the next run
+deletes (`clean_partial`); it never leaves a half `step_N` folder. Old checkpoints are renamed to
+``.trash-...`` before being deleted, for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from mindspore import Tensor
+
+from pangu_pro.io import atomic_write_json, load_tensors, save_tensors
+from pangu_pro.model.weights import WEIGHTS_NAME, load_state, model_state
+
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "state.json"
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def optimizer_state(optimizer) -> dict[str, np.ndarray]:
+    """The optimizer's state parameters as numpy arrays, by name."""
+    return {p.name: p.asnumpy() for p in optimizer.state_parameters()}
+
+
+def load_optimizer_state(optimizer, tensors: dict[str, np.ndarray], source: str) -> None:
+    params = {p.name: p for p in optimizer.state_parameters()}
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"{source}: does not fit the optimizer: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, param in params.items():
+        value = tensors[name]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+        param.set_data(Tensor(value.astype(param.asnumpy().dtype)))
+
+
+def save_checkpoint(directory: str | Path, model, optimizer, state: dict) -> Path:
+    """Write model, optimizer and `state` (JSON-ready) as the folder `directory`, atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_tensors(tmp / WEIGHTS_NAME, model_state(model), {"format": "pangu-pro", "step": str(state.get("step", ""))})
+    if optimizer is not None:
+        save_tensors(tmp / OPTIMIZER_NAME, optimizer_state(optimizer))
+    atomic_write_json(tmp / STATE_NAME, state)
+    if directory.exists():  # re-saving the same step: move the old one out of the way first
+        _discard(directory)
+    os.rename(tmp, directory)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, model, optimizer=None) -> dict:
+    """Load a checkpoint folder into `model` (and `optimizer`); returns its state.json."""
+    directory = Path(directory)
+    state_path = directory / STATE_NAME
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a training checkpoint (no {STATE_NAME})")
+    tensors, _ = load_tensors(directory / WEIGHTS_NAME)
+    load_state(model, tensors, str(directory / WEIGHTS_NAME))
+    if optimizer is not None:
+        opt_tensors, _ = load_tensors(directory / OPTIMIZER_NAME)
+        load_optimizer_state(optimizer, opt_tensors, str(directory / OPTIMIZER_NAME))
+    return json.loads(state_path.read_text(encoding="utf-8"))
+
+
+def list_checkpoints(checkpoints_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `checkpoints_dir` as (step, folder), oldest first."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / STATE_NAME).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoints_dir: str | Path) -> Optional[Path]:
+    found = list_checkpoints(checkpoints_dir)
+    return found[-1][1] if found else None
+
+
+def resolve_resume(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, a run's output dir or its checkpoints/ folder."""
+    path = Path(path)
+    if (path / STATE_NAME).is_file():
+        return path
+    for root in (path / CHECKPOINTS, path):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    raise FileNotFoundError(f"{path}: no checkpoint to resume from (expected {CHECKPOINTS}/step_*/{STATE_NAME})")
+
+
+def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints; returns what was deleted."""
+    found = list_checkpoints(checkpoints_dir)
+    doomed = [path for _, path in found[:max(len(found) - keep_last, 0)]]
+    for path in doomed:
+        _discard(path)
+    return doomed
+
+
+def clean_partial(checkpoints_dir: str | Path) -> list[Path]:
+    """Remove temporary and half-deleted folders left by a killed run."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    leftovers = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
+def _discard(path: Path) -> None:
+    trash = path.parent / f".trash-{path.name}-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash)

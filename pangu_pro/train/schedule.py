@@ -1,0 +1,32 @@
+"""Learning-rate schedule and batch-size scaling: pure functions of plain numbers.
+
+Steps are counted from 1: ``lr_at(n, ...)`` is the rate used by the n-th optimizer update.
+
+    warmup   (1 <= n <= W):  lr * n / W                     (linear, reaches lr at n = W)
+    decay    (W <  n <= T):  floor + (lr - floor) * (1 + cos(pi * (n - W) / (T - W))) / 2
+    floor = lr * min_lr_ratio                               (reached at the last step n = T)
+
+Batch-size scaling (paper-notes §6): ``lr = lr0 * (B / B0) ** power`` with power 0.5.
+"""
+from __future__ import annotations
+
+import math
+
+
+def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
+    """The learning rate of update number `step` (1-based) under linear warmup then cosine decay."""
+    if not 1 <= step <= total_steps:
+        raise ValueError(f"step {step} is outside [1, {total_steps}]")
+    if step <= warmup_steps:
+        return lr * step / warmup_steps
+    floor = lr * min_lr_ratio
+    decay_steps = total_steps - warmup_steps
+    progress = (step - warmup_steps) / decay_steps
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def scaled_lr(lr: float, batch: int, base_batch: int, power: float = 0.5) -> float:
+    """`lr` tuned for a global batch of `base_batch` samples, rescaled for `batch`: lr * (B/B0)^power."""
+    if batch <= 0 or base_batch <= 0:
+        raise ValueError(f"batch sizes must be positive, got {batch} and {base_batch}")
+    return lr * (batch / base_batch) ** power

@@ -1,0 +1,148 @@
+"""One training step as compiled cells: forward, backward, (accumulate), reduce, check, clip, update.
+
+    TrainStep(loss_net, optimizer, grad_clip=1.0, grad_accum_steps=k, world=w)
+    out = step(batches, lr, loss_scale)   # k batches of input_ids [B, S+1] -> StepOutput
+
+With k = 1 a single graph (`FusedStep`) does everything. With k > 1, `MicroStep` runs k times, each
+adding its gradients into zeroed accumulators (``ops.assign_add``, no communication), then
+`AccumulatedUpdate` divides by k and applies them once (mindspore-notes, gradient accumulation).
+Both end in the shared `GradientUpdate`:
+
+    grads /= loss_scale                       (the loss was multiplied by it before backward)
+    grads  = mean over data-parallel ranks    (DistributedGradReducer, world > 1 only)
+    finite = all(isfinite(g)) for every g     (works on the CPU, unlike TrainOneStepWithLossScaleCell)
+    norm   = sqrt(sum ||g||^2);  grads *= clip / max(norm, clip)
+    if finite: optimizer(grads, lr)           (otherwise nothing changes: weights, moments, step count)
+
+The loss returned is the mean over the k micro batches and, in data parallel, over the ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    finite: bool  # loss and every gradient finite; False means the update was not applied
+    grad_norm: float  # global norm before clipping (unscaled)
+
+
+class GradientUpdate(nn.Cell):
+    """grads -> unscale, data-parallel mean, overflow check, global-norm clip, optimizer (if finite)."""
+
+    def __init__(self, optimizer, grad_clip: float, world: int = 1):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.grad_clip = float(grad_clip)
+        self.world = world
+        self.reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=world) if world > 1 else None
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, grads, lr, loss_scale):
+        grads = tuple(g / loss_scale for g in grads)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
+        norm = ops.sqrt(ops.stack([ops.square(g).sum() for g in grads]).sum())
+        if self.grad_clip > 0:
+            factor = self.grad_clip / ops.maximum(norm, self.grad_clip)
+            grads = tuple(g * factor for g in grads)
+        if finite:
+            self.optimizer(grads, lr)
+        return finite, norm
+
+
+class FusedStep(nn.Cell):
+    """k = 1: input_ids, lr, loss_scale -> (loss, finite, grad_norm) in one graph."""
+
+    def __init__(self, loss_net, update: GradientUpdate):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.update = update
+        self.weights = update.optimizer.params
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.world = update.world
+        self.allreduce = ops.AllReduce() if self.world > 1 else None
+
+    def construct(self, input_ids, lr, loss_scale):
+        loss = self.loss_net(input_ids)
+        grads = self.grad(self.loss_net, self.weights)(input_ids, ops.cast(loss_scale, loss.dtype))
+        if self.allreduce is not None:
+            loss = self.allreduce(loss) / self.world
+        finite, norm = self.update(grads, lr, loss_scale)
+        return loss, ops.logical_and(finite, ops.isfinite(loss)), norm
+
+
+class MicroStep(nn.Cell):
+    """k > 1: one micro batch's forward and backward, gradients added into the accumulators."""
+
+    def __init__(self, loss_net, weights, accumulators, world: int = 1):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.world = world
+        self.allreduce = ops.AllReduce() if world > 1 else None
+        self.weights = weights
+        self.accumulators = accumulators
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, input_ids, loss_scale):
+        loss = self.loss_net(input_ids)
+        grads = self.grad(self.loss_net, self.weights)(input_ids, ops.cast(loss_scale, loss.dtype))
+        added = self.hyper_map(ops.assign_add, self.accumulators, grads)
+        if self.allreduce is not None:  # report the mean over ranks (gradients are reduced once, later)
+            loss = self.allreduce(loss) / self.world
+        return ops.depend(loss, added)
+
+
+class AccumulatedUpdate(nn.Cell):
+    """k > 1: the mean of the accumulated gradients through GradientUpdate, then zero the accumulators."""
+
+    def __init__(self, update: GradientUpdate, accumulators, grad_accum_steps: int):
+        super().__init__(auto_prefix=False)
+        self.update = update
+        self.accumulators = accumulators
+        self.inv_k = 1.0 / grad_accum_steps
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, lr, loss_scale):
+        grads = tuple(a * self.inv_k for a in self.accumulators)
+        finite, norm = self.update(grads, lr, loss_scale)
+        zeroed = self.hyper_map(ops.assign, self.accumulators, tuple(ops.zeros_like(a) for a in self.accumulators))
+        return ops.depend(finite, zeroed), norm
+
+
+class TrainStep:
+    """One optimizer step over `grad_accum_steps` micro batches (see the module doc)."""
+
+    def __init__(self, loss_net: nn.Cell, optimizer, *, grad_clip: float = 1.0, grad_accum_steps: int = 1,
+                 world: int = 1):
+        self.grad_accum_steps = grad_accum_steps
+        self.world = world
+        loss_net.set_train(True)
+        self.update = GradientUpdate(optimizer, grad_clip, world)
+        if grad_accum_steps == 1:
+            self.fused = FusedStep(loss_net, self.update)
+        else:
+            self.accumulators = optimizer.params.clone(prefix="grad_accum", init="zeros")
+            self.micro = MicroStep(loss_net, optimizer.params, self.accumulators, world)
+            self.apply = AccumulatedUpdate(self.update, self.accumulators, grad_accum_steps)
+
+    def __call__(self, batches: Sequence[Tensor], lr: float, loss_scale: float = 1.0) -> StepOutput:
+        if len(batches) != self.grad_accum_steps:
+            raise ValueError(f"expected {self.grad_accum_steps} micro batches, got {len(batches)}")
+        lr_t = Tensor(lr, ms.float32)
+        scale_t = Tensor(loss_scale, ms.float32)
+        if self.grad_accum_steps == 1:
+            loss, finite, norm = self.fused(batches[0], lr_t, scale_t)
+            return StepOutput(float(loss.asnumpy()), bool(finite.asnumpy()), float(norm.asnumpy()))
+        losses = [self.micro(batch, scale_t) for batch in batches]
+        finite, norm = self.apply(lr_t, scale_t)
+        loss = sum(float(l.asnumpy()) for l in losses) / len(losses)
+        return StepOutput(loss, bool(finite.asnumpy()) and math.isfinite(loss), float(norm.asnumpy()))

@@ -1,0 +1,231 @@
+"""The training loop of `pangu-pro train`, readable top to bottom.
+
+    train(config, resume=None)
+      1. device (PANGU_PRO_DEVICE), data-parallel group when launched by msrun, model config adapted
+         to the device (fp32 on the CPU)
+      2. model, AdamW, TrainStep; from a checkpoint when resuming (weights, moments, step, data
+         position, loss scale)
+      3. the data loader for this rank, skipping the batches already consumed
+      4. per step: k micro batches -> TrainStep -> overflow check -> metrics line -> held-out eval
+         every `eval_every` steps -> checkpoint every `save_every` steps (and at the end)
+
+Only rank 0 writes (checkpoints, metrics.jsonl, the progress bar); every rank runs the same steps.
+A non-finite loss or gradient stops the run before the update is applied (NonFiniteLossError names
+the step and the last good checkpoint), or skips the step under dynamic loss scaling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pangu_pro.config import Config
+from pangu_pro.configtools import ConfigError, to_mapping
+from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
+                                        load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
+from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
+from pangu_pro.train.metrics import (DEFAULT_PEAK_FLOPS, METRICS_NAME, MetricsLog, mfu,
+                                     train_flops_per_token)
+from pangu_pro.train.schedule import lr_at, scaled_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient was NaN/inf at `step`; the update was not applied."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Optional[Path]):
+        self.step, self.loss, self.grad_norm, self.checkpoint = step, loss, grad_norm, checkpoint
+        last = str(checkpoint) if checkpoint else "none saved yet"
+        super().__init__(f"step {step}: non-finite loss {loss} (grad norm {grad_norm}); stopped before "
+                         f"applying this update. Last good checkpoint: {last}")
+
+
+@dataclasses.dataclass
+class Parallel:
+    rank: int = 0
+    world: int = 1
+
+
+def setup_parallel(config: Config) -> Parallel:
+    """Join the data-parallel group when launched by msrun (or an HCCL rank table), else one process."""
+    import mindspore as ms
+
+    launched = "MS_WORKER_NUM" in os.environ or int(os.environ.get("RANK_SIZE", "1")) > 1
+    par = config.parallel
+    if par.model_parallel > 1 or par.pipeline_stage > 1:
+        raise ConfigError("parallel.model_parallel", "this trainer runs data parallel only; tensor and "
+                          "pipeline parallel layouts are not wired into training yet")
+    if not launched:
+        if par.data_parallel > 1:
+            raise ConfigError("parallel.data_parallel", f"is {par.data_parallel} but this is a single process; "
+                              "launch with scripts/run_distribute.sh")
+        return Parallel()
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    world, rank = get_group_size(), get_rank()
+    if par.data_parallel not in (1, world):
+        raise ConfigError("parallel.data_parallel", f"is {par.data_parallel} but {world} workers were launched")
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=world)
+    return Parallel(rank, world)
+
+
+def base_learning_rate(train_cfg, world: int) -> float:
+    """train.lr, rescaled for the global batch when train.lr_base_batch is set (paper-notes §6)."""
+    if train_cfg.lr_base_batch is None:
+        return train_cfg.lr
+    global_batch = train_cfg.batch_size * train_cfg.grad_accum_steps * world
+    return scaled_lr(train_cfg.lr, global_batch, train_cfg.lr_base_batch, train_cfg.lr_scaling_power)
+
+
+def train_dataset(config: Config, par: Parallel, skip_batches: int):
+    """This rank's training batches, enough epochs for the whole run, the first `skip_batches` skipped."""
+    from pangu_pro.data.dataset import count_samples, create_dataset, load_indices
+
+    data, tc = config.data, config.train
+    if not data.train_files:
+        raise ConfigError("data.train_files", "no training data given (MindRecord files or preprocess folders)")
+    total = count_samples(data.train_files)
+    indices = load_indices(data.index_file, total) if data.index_file else None
+    per_rank = (total if indices is None else len(indices)) // par.world
+    needed = tc.steps * tc.grad_accum_steps * tc.batch_size
+    if per_rank < tc.batch_size:
+        raise ConfigError("train.batch_size", f"{tc.batch_size} exceeds the {per_rank} samples each of "
+                          f"{par.world} ranks gets per epoch")
+    num_epochs = max(1, math.ceil(needed / per_rank))
+    return create_dataset(data.train_files, tc.batch_size, shuffle=data.shuffle, seed=data.seed, rank=par.rank,
+                          world=par.world, skip_batches=skip_batches, indices=indices, num_epochs=num_epochs)
+
+
+def train(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print) -> dict:
+    """Run (or continue) training as `config` says; returns a summary. See the module doc.
+
+    `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
+    train.output_dir).
+    """
+    import mindspore as ms
+    from tqdm import tqdm
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+    from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
+    from pangu_pro.train.optim import build_optimizer
+    from pangu_pro.train.step import TrainStep
+
+    tc = config.train
+    target = init_mindspore()
+    par = setup_parallel(config)
+    lead = par.rank == 0
+    say = announce if lead else (lambda *_: None)
+    model_cfg = adapt_to_device(config.model, target, say)
+    config = dataclasses.replace(config, model=model_cfg)
+    out = Path(tc.output_dir)
+    ckpt_root = out / CHECKPOINTS
+
+    # 2. model, optimizer, step; state from a checkpoint when resuming
+    ms.set_seed(tc.seed)
+    model = build_model(model_cfg, seed=tc.seed)
+    optimizer = build_optimizer(model.trainable_params(), tc)
+    step_fn = TrainStep(PanGuPiWithLoss(model), optimizer, grad_clip=tc.grad_clip,
+                        grad_accum_steps=tc.grad_accum_steps, world=par.world)
+    scaler = LossScaler.from_config(tc)
+    start, consumed, tokens_seen, last_ckpt = 0, 0, 0, None
+    if resume is not None:
+        last_ckpt = resolve_resume(out if resume == "auto" else resume)
+        state = load_checkpoint(last_ckpt, model, optimizer)
+        if state.get("world", 1) != par.world:
+            raise ValueError(f"{last_ckpt}: written by {state.get('world')} data-parallel ranks, resumed with "
+                             f"{par.world}; the data position would not carry over")
+        start, consumed, tokens_seen = state["step"], state["consumed_batches"], state.get("tokens", 0)
+        scaler = LossScaler(**state["loss_scale"])
+        say(f"resuming from {last_ckpt} at step {start}")
+    elif lead and latest_checkpoint(ckpt_root) is not None:
+        raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume to continue that run, or "
+                         f"choose another train.output_dir")
+    if start >= tc.steps:
+        say(f"nothing to do: the checkpoint is at step {start} of {tc.steps}")
+        return {"step": start, "steps_run": 0, "checkpoint": str(last_ckpt) if last_ckpt else None}
+    if lead:
+        clean_partial(ckpt_root)
+        from pangu_pro.config import save_config
+        save_config(config, out / "config.yaml")
+    metrics = MetricsLog(out / METRICS_NAME, fresh=resume is None) if lead else None
+    if metrics is not None and resume is not None:
+        metrics.truncate_after(start)
+
+    # 3. data
+    batches = train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1)
+    eval_net = PanGuPiWithLoss(model) if tc.eval_every and config.data.eval_files and lead else None
+
+    # 4. the loop
+    lr0 = base_learning_rate(tc, par.world)
+    peak = tc.peak_flops or DEFAULT_PEAK_FLOPS.get(target, DEFAULT_PEAK_FLOPS["CPU"])
+    bar = tqdm(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
+               dynamic_ncols=True)
+    window_tokens, window_time, flops_per_token, step = 0, 0.0, None, start
+    last = {}
+    try:
+        for step in range(start + 1, tc.steps + 1):
+            micro = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
+            seq = int(micro[0].shape[1]) - 1
+            if seq > model_cfg.seq_length:
+                raise ConfigError("model.seq_length", f"{model_cfg.seq_length} is shorter than the data's "
+                                  f"{seq}-token samples")
+            flops_per_token = flops_per_token or train_flops_per_token(model_cfg, seq)
+            lr = lr_at(step, lr=lr0, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
+                       min_lr_ratio=tc.min_lr_ratio)
+            began = time.perf_counter()
+            result = step_fn(micro, lr, scaler.scale)
+            elapsed = time.perf_counter() - began
+            consumed += tc.grad_accum_steps
+            step_tokens = seq * tc.batch_size * tc.grad_accum_steps * par.world
+            tokens_seen += step_tokens
+            window_tokens += step_tokens
+            window_time += elapsed
+            scale_used = scaler.scale
+            action = scaler.update(result.finite)
+            if action == STOP:
+                if metrics is not None:
+                    metrics.write({"type": "error", "step": step, "loss": result.loss, "grad_norm": result.grad_norm})
+                raise NonFiniteLossError(step, result.loss, result.grad_norm, last_ckpt)
+            last = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm}
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if metrics is not None and (step % tc.log_every == 0 or step == tc.steps):
+                tps = window_tokens / window_time
+                metrics.write({"type": "train", "step": step, "loss": result.loss, "lr": lr,
+                               "grad_norm": result.grad_norm, "tokens_per_s": tps,
+                               "mfu": mfu(flops_per_token, tps, peak, par.world), "tokens": tokens_seen,
+                               "loss_scale": scale_used, "skipped": action == SKIP, "step_time_s": elapsed})
+                window_tokens, window_time = 0, 0.0
+            if eval_net is not None and step % tc.eval_every == 0:
+                held_out = evaluate_loss(eval_net, eval_dataset(config.data.eval_files, tc.batch_size),
+                                         tc.eval_batches)
+                metrics.write({"type": "eval", "step": step, "eval_loss": held_out["loss"],
+                               "eval_perplexity": held_out["perplexity"], "eval_samples": held_out["samples"]})
+                bar.write(f"step {step}: held-out loss {held_out['loss']:.4f}, perplexity "
+                          f"{held_out['perplexity']:.2f}")
+            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+                if lead:
+                    state = {"step": step, "consumed_batches": consumed, "consumed_samples":
+                             consumed * tc.batch_size * par.world, "tokens": tokens_seen, "world": par.world,
+                             "lr": lr, "loss": result.loss, "loss_scale": scaler.state(),
+                             "rng": {"seed": tc.seed, "data_seed": config.data.seed, "shuffle": config.data.shuffle,
+                                     "note": "the step draws no random numbers; the data order is a function "
+                                             "of data_seed and consumed_batches"},
+                             "config": to_mapping(config)}
+                    state["config"].pop("source", None)
+                    last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state)
+                    prune_checkpoints(ckpt_root, tc.keep_last)
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last,
+            "checkpoint": str(last_ckpt) if last_ckpt else None, "output_dir": str(out)}
