@@ -1,0 +1,34 @@
+# Sourced by the scripts: create or reuse .venv beside the repo and install pangu-pro into it.
+# Idempotent: the install runs again only when setup.py (or the extras asked for) change.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${PANGU_PRO_VENV:-$REPO/.venv}"
+EXTRAS="${1:-test}"
+
+find_python() {
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "pangu-pro needs Python 3.11 (mindspore 2.9.0 wheels); none found on PATH" >&2
+  return 1
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  PYTHON="$(find_python)"
+  echo "[env] creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+STAMP="$VENV/.pangu-pro-installed"
+WANT="$(cat "$REPO/setup.py" | sha256sum | cut -c1-16)-$EXTRAS"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[env] installing pangu-pro[$EXTRAS] into $VENV (first run: a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$REPO[$EXTRAS]"
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export GLOG_v="${GLOG_v:-3}"
+export LOG_MF_PATH="${LOG_MF_PATH:-$HOME/.cache/pangu-pro/mf_log}"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv (same environment as the quickstart, plus pytest, torch and transformers) and run the
+# whole test suite on the CPU, slow end-to-end tests included. Extra arguments go to pytest.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf"
+cd "$REPO"
+exec python -m pytest "$@"
