@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from pangu_pro.inherit.config import InheritConfig
 from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
                                    to_mapping)
 
@@ -201,6 +202,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inherit: Optional[InheritConfig] = None  # parameter inheritance (pangu_pro.inherit.config)
     source: str = field(default="", compare=False)
 
     def validate(self) -> None:

@@ -57,10 +57,16 @@ class RMSNorm(nn.Cell):
         self.rsqrt = ops.Rsqrt()
         self.mul = ops.Mul()
         self.mul_weight = ops.Mul()
+        self.sum_masked = ops.ReduceSum(keep_dims=True)  # channel_mask only
+        self.div = ops.Div()
 
-    def construct(self, x):
+    def construct(self, x, channel_mask=None):
         x = self.cast(x, ms.float32)
-        if self.fused:  # Ascend kernel
+        if channel_mask is not None:  # inheritance: mean of x^2 over kept channels = sum(x^2 m) / sum(m)
+            m = self.cast(channel_mask, ms.float32)
+            mean_sq = self.div(self.sum_masked(self.mul(self.square(x), m), -1), self.sum_masked(m))
+            y = self.mul_weight(self.mul(x, self.rsqrt(self.add(mean_sq, self.eps))), self.weight)
+        elif self.fused:  # Ascend kernel
             y = ops.rms_norm(x, self.weight, self.eps)[0]
         else:
             inv_rms = self.rsqrt(self.add(self.mean(self.square(x), -1), self.eps))

@@ -1,0 +1,242 @@
+"""Thin MindSpore cells for inheritance: hard-concrete masks, the masked-teacher loss with its size
+constraint, the mask-learning train step, mask gradients (Taylor) and block similarities (cosine).
+
+The formulas are those of `pangu_pro.inherit.hardconcrete` (tested there in numpy); these cells only
+evaluate them on tensors inside the compiled graph.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from pangu_pro.config import ModelConfig
+from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIMIT_R, LOG_ALPHA_LIMIT,
+                                            log_alpha_for_keep_probability)
+
+
+class HardConcrete(nn.Cell):
+    """One hard-concrete mask of `shape`: sampled z (training) or the noise-free median (eval)."""
+
+    def __init__(self, name: str, shape: Sequence[int], init_keep: float, seed: int):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        init = float(log_alpha_for_keep_probability(init_keep))
+        self.log_alpha = Parameter(Tensor(np.full(self.shape, init, np.float32)), name=f"masks.{name}.log_alpha")
+        self.uniform = ops.UniformReal(seed=seed, seed2=seed + 1)  # its own stream (mindspore-notes)
+        self.sigmoid = ops.Sigmoid()
+
+    def clamped(self):
+        return ops.clip_by_value(self.log_alpha, -LOG_ALPHA_LIMIT, LOG_ALPHA_LIMIT)
+
+    def construct(self, training: bool = True):
+        log_alpha = self.clamped()
+        if training:
+            u = ops.clip_by_value(self.uniform(self.shape), EPS, 1.0 - EPS)
+            s = self.sigmoid((ops.log(u) - ops.log(1.0 - u) + log_alpha) / BETA)
+        else:
+            s = self.sigmoid(log_alpha / BETA)
+        return ops.clip_by_value(s * (LIMIT_R - LIMIT_L) + LIMIT_L, 0.0, 1.0)
+
+    def keep_probability(self):
+        return self.sigmoid(self.clamped() - KEEP_OFFSET)
+
+
+def _scatter_matrix(rows: np.ndarray, total: int) -> Tensor:
+    """[total, len(rows)] one-hot matrix placing a mask of the kept rows into all `total` rows."""
+    m = np.zeros((total, len(rows)), np.float32)
+    m[np.asarray(rows), np.arange(len(rows))] = 1.0
+    return Tensor(m)
+
+
+class InheritMasks(nn.Cell):
+    """The network's masks (head [L, H], neuron [L, F], hidden [d], layer gates [L]) from learned
+    hard-concrete masks and fixed parts.
+
+    `learned`: the mask types to learn, a subset of heads / neurons / hidden / layers. `layers`: the
+    teacher layers kept by a fixed layer selection (their gates are 1, the others 0; heads and neurons
+    are learned for those layers only). With "layers" learned, the first and last gates stay 1 and the
+    intermediate ones are learned. `sparsity()` gives the expected sparsity of each learned type, in
+    the order of `learned`.
+    """
+
+    def __init__(self, cfg: ModelConfig, learned: Sequence[str], layers: Optional[np.ndarray] = None,
+                 init_keep: float = 0.95, seed: int = 1234):
+        super().__init__()
+        self.learned = tuple(learned)
+        self.num_layers = cfg.num_layers
+        self.groups = cfg.num_heads // cfg.kv_heads
+        self.learn_heads = "heads" in self.learned
+        self.learn_neurons = "neurons" in self.learned
+        self.learn_hidden = "hidden" in self.learned
+        self.learn_layers = "layers" in self.learned
+        if self.learn_layers and layers is not None:
+            raise ValueError("layers are either learned or fixed, not both")
+        kept = np.arange(cfg.num_layers) if layers is None else np.asarray(layers)
+        self.fixed_layers = layers is not None and len(kept) < cfg.num_layers
+        self.place = _scatter_matrix(kept, cfg.num_layers)  # [L, L_kept]
+        gates = np.zeros(cfg.num_layers, np.float32)
+        gates[kept] = 1.0
+        self.fixed_gates = Tensor(gates)
+        n = len(kept)
+        seeds = iter(range(seed, seed + 100, 10))
+        self.heads = HardConcrete("heads", (n, cfg.kv_heads), init_keep, next(seeds)) if self.learn_heads else None
+        self.neurons = (HardConcrete("neurons", (n, cfg.intermediate_size), init_keep, next(seeds))
+                        if self.learn_neurons else None)
+        self.hidden = HardConcrete("hidden", (cfg.hidden_size,), init_keep, next(seeds)) if self.learn_hidden else None
+        self.layers = (HardConcrete("layers", (cfg.num_layers - 2,), init_keep, next(seeds))
+                       if self.learn_layers else None)
+        self.ones_head = Tensor(np.ones((cfg.num_layers, cfg.num_heads), np.float32))
+        self.ones_neuron = Tensor(np.ones((cfg.num_layers, cfg.intermediate_size), np.float32))
+        self.one = Tensor(np.ones((1,), np.float32))
+        self.matmul = ops.MatMul()
+
+    def construct(self, training: bool = True):
+        if self.learn_heads:
+            z = self.matmul(self.place, self.heads(training))  # [L, KV]
+            n, kv = z.shape
+            head = ops.reshape(ops.tile(ops.reshape(z, (n, kv, 1)), (1, 1, self.groups)), (n, kv * self.groups))
+        else:
+            head = self.ones_head
+        neuron = self.matmul(self.place, self.neurons(training)) if self.learn_neurons else self.ones_neuron
+        hidden = self.hidden(training) if self.learn_hidden else None
+        if self.learn_layers:
+            layer = ops.concat((self.one, self.layers(training), self.one))
+        elif self.fixed_layers:
+            layer = self.fixed_gates
+        else:
+            layer = None
+        return head, neuron, hidden, layer
+
+    def sparsity(self):
+        values = []
+        for cell in (self.heads, self.neurons, self.hidden, self.layers):
+            if cell is not None:
+                values.append(1.0 - cell.keep_probability().mean())
+        return ops.stack(values)
+
+    def mask_parameters(self) -> list[Parameter]:
+        return [c.log_alpha for c in (self.heads, self.neurons, self.hidden, self.layers) if c is not None]
+
+
+class MaskedTeacherLoss(nn.Cell):
+    """(input_ids, targets [T]) -> (LM loss + sum_t lambda1 (s - t) + lambda2 (s - t)^2, LM loss, s [T])."""
+
+    def __init__(self, loss_net: nn.Cell, masks: InheritMasks):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+        self.masks = masks
+        n = len(masks.learned)
+        self.lambda1 = Parameter(Tensor(np.zeros(n, np.float32)), name="lagrangian.lambda1")
+        self.lambda2 = Parameter(Tensor(np.zeros(n, np.float32)), name="lagrangian.lambda2")
+
+    def construct(self, input_ids, targets):
+        head, neuron, hidden, layer = self.masks(True)
+        lm = self.loss_net(input_ids, None, head, neuron, hidden, layer)
+        s = self.masks.sparsity()
+        gap = s - targets
+        penalty = (self.lambda1 * gap + self.lambda2 * gap * gap).sum()
+        return lm + penalty, lm, s
+
+
+class MaskTrainStep(nn.Cell):
+    """One mask-learning step: masks and lambdas always, the teacher's weights when an optimizer is given.
+
+    Minimises the total loss over weights and log_alpha, maximises it over the lambdas (their gradients
+    are negated before their optimizer: MindSpore optimizers reject negative learning rates). Weight
+    gradients are clipped by global norm. log_alpha is clamped to [-4.6, 4.6] after the update.
+    In data parallel (`world` > 1) every gradient is averaged over the ranks.
+    """
+
+    def __init__(self, loss: MaskedTeacherLoss, mask_opt, lambda_opt, weight_opt=None, grad_clip: float = 1.0,
+                 world: int = 1):
+        super().__init__(auto_prefix=False)
+        self.loss = loss
+        self.mask_opt = mask_opt
+        self.lambda_opt = lambda_opt
+        self.weight_opt = weight_opt
+        self.n_mask = len(mask_opt.params)
+        self.n_lambda = len(lambda_opt.params)
+        params = list(mask_opt.params) + list(lambda_opt.params)
+        if weight_opt is not None:
+            params += list(weight_opt.params)
+        self.params = ParameterTuple(params)
+        self.log_alphas = mask_opt.params
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.grad_clip = float(grad_clip)
+        self.reducer = nn.DistributedGradReducer(self.params, mean=True, degree=world) if world > 1 else None
+        self.allreduce = ops.AllReduce() if world > 1 else None
+        self.world = world
+
+    def construct(self, input_ids, targets, lr_mask, lr_lambda, lr_weights):
+        total, lm, s = self.loss(input_ids, targets)
+        sens = (ops.ones_like(total), ops.zeros_like(lm), ops.zeros_like(s))
+        grads = self.grad(self.loss, self.params)(input_ids, targets, sens)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+            lm = self.allreduce(lm) / self.world
+        mask_grads = grads[:self.n_mask]
+        lambda_grads = tuple(-g for g in grads[self.n_mask:self.n_mask + self.n_lambda])
+        done = self.mask_opt(mask_grads, lr_mask)
+        done = ops.depend(done, self.lambda_opt(lambda_grads, lr_lambda))
+        if self.weight_opt is not None:
+            weight_grads = grads[self.n_mask + self.n_lambda:]
+            norm = ops.sqrt(ops.stack([ops.square(g).sum() for g in weight_grads]).sum())
+            factor = self.grad_clip / ops.maximum(norm, self.grad_clip)
+            done = ops.depend(done, self.weight_opt(tuple(g * factor for g in weight_grads), lr_weights))
+        for p in self.log_alphas:
+            done = ops.depend(done, ops.assign(p, ops.clip_by_value(ops.depend(p, done), -LOG_ALPHA_LIMIT,
+                                                                         LOG_ALPHA_LIMIT)))
+        return ops.depend(total, done), lm, s
+
+
+class _LossOfMasks(nn.Cell):
+    def __init__(self, loss_net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.loss_net = loss_net
+
+    def construct(self, input_ids, head, neuron, hidden, layer):
+        return self.loss_net(input_ids, None, head, neuron, hidden, layer)
+
+
+class MaskGradient(nn.Cell):
+    """(input_ids, head [L, H], neuron [L, F], hidden [d], layer [L]) -> (loss, dL/dhead, dL/dneuron, dL/dhidden).
+
+    At masks of ones, dL/dm of a unit equals the sum over its weights of w * dL/dw (first-order Taylor)."""
+
+    def __init__(self, loss_net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.forward = _LossOfMasks(loss_net)
+        self.grad = ops.GradOperation(get_all=True)
+
+    def construct(self, input_ids, head, neuron, hidden, layer):
+        loss = self.forward(input_ids, head, neuron, hidden, layer)
+        grads = self.grad(self.forward)(input_ids, head, neuron, hidden, layer)
+        return loss, grads[1], grads[2], grads[3]
+
+
+class BlockSimilarity(nn.Cell):
+    """input_ids [B, S] -> [L]: mean over tokens of 1 - cos(block input, block output) per layer
+    (how much each block changes the residual stream; small means redundant)."""
+
+    def __init__(self, network: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.eps = 1e-8
+
+    def construct(self, input_ids):
+        model = self.network.model
+        t = input_ids.shape[1]
+        x = model.embed_tokens(input_ids)
+        cos, sin = model.rope_cos[:t], model.rope_sin[:t]
+        mask = model.causal_mask[:t, :t]
+        changes = []
+        for i in range(len(model.layers)):
+            y = model.layers[i](x, cos, sin, mask)
+            dot = (x * y).sum(-1)
+            norms = ops.sqrt((x * x).sum(-1) * (y * y).sum(-1)) + self.eps
+            changes.append((1.0 - dot / norms).mean())
+            x = y
+        return ops.stack(changes)

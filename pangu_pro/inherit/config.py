@@ -1,0 +1,120 @@
+"""The `inherit:` section of a config file, and the loader of an inheritance config.
+
+An inheritance config is an ordinary pangu-pro config whose `model:` section is the **teacher**
+(or, instead, `inherit.teacher_config` names the teacher's YAML and `model:` is left out), whose
+`data:` section is the calibration / mask-training data, and whose `inherit:` section says what to
+derive::
+
+    inherit:
+      teacher_checkpoint: runs/pangu_7b/final      # weights file or checkpoint folder
+      target_config: configs/pangu_1b_pro.yaml     # the student's shape (its model section)
+      vocab_map: runs/tok/compact.new2old.npy      # optional: new id -> teacher id
+      criterion: learned                           # random | l1 | l2 | taylor | learned
+      layer_selection: cosine                      # cosine | learned | uniform
+      steps: 3200                                  # mask-learning steps (criterion learned)
+      batch_size: 4
+      lr_mask: 1.0
+      lr_lambda: 1.0
+      lr_weights: 1.0e-4                           # 0 freezes the teacher's weights
+      calibration_batches: 16                      # batches for taylor and cosine scores
+      output_dir: runs/inherit_7b_to_1b_pro
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from pangu_pro.configtools import ConfigError, apply_overrides, read_yaml, require
+
+Criterion = Literal["random", "l1", "l2", "taylor", "learned"]
+LayerSelection = Literal["cosine", "learned", "uniform"]
+CRITERIA = ("random", "l1", "l2", "taylor", "learned")
+
+
+@dataclass
+class InheritConfig:
+    """How to derive a student from a teacher (paper-notes §5)."""
+
+    target_config: str  # YAML whose model section is the student's shape
+    teacher_config: Optional[str] = None  # teacher's YAML, when the file has no model section
+    teacher_checkpoint: Optional[str] = None  # None: a randomly initialised teacher (tests, dry runs)
+    vocab_map: Optional[str] = None  # new2old .npy (or .json) of a compressed tokenizer
+    criterion: Criterion = "learned"
+    layer_selection: LayerSelection = "cosine"
+    calibration_batches: int = 8  # batches scored by taylor and cosine
+    steps: int = 100  # mask-learning steps
+    batch_size: int = 4  # per data-parallel rank
+    lr_mask: float = 0.1
+    lr_lambda: float = 0.1
+    lr_weights: float = 1.0e-4  # 0: the teacher's weights stay frozen while the masks learn
+    warmup_fraction: float = 0.2  # the target sparsity ramps up over this share of the steps
+    init_keep_probability: float = 0.95  # every mask starts with this keep probability
+    grad_clip: float = 1.0  # global-norm clip of the weight gradients
+    fold_mask_values: bool = True  # multiply the kept units' mask values into the student weights
+    seed: int = 1234
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    output_dir: str = "runs/inherit"
+
+    def validate(self) -> None:
+        require(bool(self.target_config.strip()), "target_config", "empty path")
+        for name in ("calibration_batches", "steps", "batch_size", "log_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("lr_mask", "lr_lambda"):
+            require(getattr(self, name) > 0, name,
+                    f"must be positive (the lambdas ascend by negated gradients), got {getattr(self, name)}")
+        require(self.lr_weights >= 0, "lr_weights", f"must be non-negative, got {self.lr_weights}")
+        require(0 < self.warmup_fraction <= 1, "warmup_fraction", f"must lie in (0, 1], got {self.warmup_fraction}")
+        require(0 < self.init_keep_probability < 1, "init_keep_probability",
+                f"must lie in (0, 1), got {self.init_keep_probability}")
+        require(self.grad_clip > 0, "grad_clip", "must be positive")
+        if self.vocab_map is not None:
+            require(self.vocab_map.endswith((".npy", ".json")), "vocab_map",
+                    f"expected a new2old .npy (or its .json), got {self.vocab_map!r}")
+
+
+def _resolve(path: str, base: Path) -> str:
+    """A relative path as written, if it exists from the working directory; else relative to the config."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    candidate = base / p
+    return str(candidate) if candidate.exists() else str(p)
+
+
+def load_inherit_config(path: str | Path, overrides: list[str] | None = None):
+    """Read an inheritance config: the top-level Config with a required `inherit:` section.
+
+    When `inherit.teacher_config` is set, the teacher's model section is read from that file (and the
+    inheritance config must not have its own `model:`).
+    """
+    from pangu_pro.config import config_from_dict
+
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        apply_overrides(data, overrides)
+    except ConfigError as err:
+        raise err.within(source=str(path)) from None
+    section = data.get("inherit")
+    if not isinstance(section, dict):
+        raise ConfigError("inherit", "required section is missing (see docs/inherit.md)", str(path))
+    teacher = section.get("teacher_config")
+    if teacher is not None:
+        if "model" in data:
+            raise ConfigError("inherit.teacher_config", "give the teacher either as a model section or as "
+                              "inherit.teacher_config, not both", str(path))
+        teacher_path = _resolve(str(teacher), path.parent)
+        teacher_data = read_yaml(teacher_path)
+        if "model" not in teacher_data:
+            raise ConfigError("inherit.teacher_config", f"{teacher_path} has no model section", str(path))
+        data["model"] = teacher_data["model"]
+        section["teacher_config"] = teacher_path
+    config = config_from_dict(data, str(path))
+    config.inherit.target_config = _resolve(config.inherit.target_config, path.parent)
+    if config.inherit.vocab_map is not None:
+        config.inherit.vocab_map = _resolve(config.inherit.vocab_map, path.parent)
+    return config

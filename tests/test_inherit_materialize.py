@@ -1,0 +1,123 @@
+"""Masked teacher == materialised student; exact per-layer counts; bad targets fail naming the field."""
+import dataclasses
+
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from pangu_pro.config import ModelConfig
+from pangu_pro.configtools import ConfigError
+from pangu_pro.inherit.hardconcrete import UnitArrays
+from pangu_pro.inherit.materialize import fold_values, head_mask_from_groups, materialize, select_units
+from pangu_pro.inherit.plan import plan_student
+from pangu_pro.model.params import count_parameters
+from pangu_pro.model.weights import build_model, load_state, model_state
+
+TEACHER = ModelConfig(vocab_size=48, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2,
+                      intermediate_size=40, seq_length=16, aug_shortcut_ratio=8, siaf=True, aug_shortcut=True)
+TARGET = ModelConfig(vocab_size=30, hidden_size=16, num_layers=3, num_heads=2, num_kv_heads=1,
+                     intermediate_size=24, seq_length=16)
+NEW2OLD = np.concatenate([[0, 1, 2], np.arange(5, 32)])  # 30 ids, pad/bos/eos kept
+
+
+def random_teacher(cfg, seed=0):
+    """A teacher whose every tensor is random (SIAF and the zero-initialised AugShortcut up included)."""
+    model = build_model(cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    tensors = {k: (rng.standard_normal(v.shape) * (0.3 if v.ndim > 1 else 0.2) + (1.0 if v.ndim == 1 else 0.0))
+               .astype(np.float32) for k, v in model_state(model).items()}
+    load_state(model, tensors)
+    return model, tensors
+
+
+def masked_logits(model, cfg, ids, masks: UnitArrays):
+    groups = cfg.num_heads // cfg.kv_heads
+    out = model(Tensor(ids), Tensor(head_mask_from_groups(masks.heads, groups).astype(np.float32)),
+                Tensor(masks.neurons.astype(np.float32)), Tensor(masks.hidden.astype(np.float32)),
+                Tensor(masks.layers.astype(np.float32)))
+    return out.asnumpy()
+
+
+@pytest.mark.parametrize("vocab_map", [None, NEW2OLD])
+def test_masked_teacher_equals_student(vocab_map):
+    target = TARGET if vocab_map is not None else dataclasses.replace(TARGET, vocab_size=TEACHER.vocab_size)
+    plan = plan_student(TEACHER, target, vocab_map)
+    teacher, tensors = random_teacher(TEACHER)
+    rng = np.random.default_rng(1)
+    scores = UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.random(a.shape))
+    sel = select_units(plan, scores)
+    values = UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.uniform(0.3, 1.0, a.shape))  # learned-mask values
+    student_tensors = materialize(tensors, plan, sel, values)
+    student = build_model(plan.student)
+    load_state(student, student_tensors)  # strict: every name and shape of the student
+
+    folded = fold_values(tensors, TEACHER, values)
+    load_state(teacher, folded)
+    ids_new = rng.integers(0, plan.student.vocab_size, (2, 9)).astype(np.int32)
+    ids_old = ids_new if vocab_map is None else vocab_map[ids_new].astype(np.int32)
+    expected = masked_logits(teacher, TEACHER, ids_old, sel.binary_masks(TEACHER))
+    if vocab_map is not None:
+        expected = expected[..., vocab_map]
+    got = student(Tensor(ids_new)).asnumpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(expected).max() > 0.1  # not a trivial comparison
+    # a different selection gives different logits (the test can fail)
+    other = dataclasses.replace(sel, hidden=np.sort(np.setdiff1d(np.arange(32), sel.hidden)[:16]))
+    assert not np.allclose(masked_logits(teacher, TEACHER, ids_old, other.binary_masks(TEACHER))[..., :5],
+                           expected[..., :5], atol=1e-3)
+
+
+def test_masks_of_ones_leave_the_teacher_unchanged():
+    teacher, _ = random_teacher(TEACHER, seed=2)
+    ids = np.random.default_rng(0).integers(0, 48, (2, 7)).astype(np.int32)
+    np.testing.assert_allclose(masked_logits(teacher, TEACHER, ids, UnitArrays.full(TEACHER)),
+                               teacher(Tensor(ids)).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_every_student_layer_has_exactly_the_target_counts():
+    plan = plan_student(TEACHER, TARGET, NEW2OLD)
+    _, tensors = random_teacher(TEACHER, seed=3)
+    rng = np.random.default_rng(4)
+    scores = UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.random(a.shape))
+    scores.heads[:] = 1.0  # ties everywhere: still exactly k per layer
+    sel = select_units(plan, scores)
+    assert sel.layers[0] == 0 and sel.layers[-1] == TEACHER.num_layers - 1
+    out = materialize(tensors, plan, sel)
+    s = plan.student
+    for i in range(s.num_layers):
+        assert sel.groups[i].size == s.kv_heads and len(set(sel.groups[i])) == s.kv_heads
+        assert sel.neurons[i].size == s.intermediate_size and len(set(sel.neurons[i])) == s.intermediate_size
+        assert out[f"model.layers.{i}.attention.wq.weight"].shape == (s.num_heads * s.head_dim, s.hidden_size)
+        assert out[f"model.layers.{i}.attention.wk.weight"].shape == (s.kv_heads * s.head_dim, s.hidden_size)
+        assert out[f"model.layers.{i}.feed_forward.w2.weight"].shape == (s.hidden_size, s.intermediate_size)
+        assert out[f"model.layers.{i}.feed_forward.siaf.scale"].shape == (2, s.intermediate_size)
+        assert out[f"model.layers.{i}.aug_shortcut.down.weight"].shape == (TEACHER.aug_shortcut_dim, s.hidden_size)
+    assert sum(v.size for v in out.values()) == count_parameters(s).total
+    assert s.aug_shortcut_dim == TEACHER.aug_shortcut_dim  # bottleneck kept whole
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"hidden_size": 64, "num_heads": 8, "num_kv_heads": 4}, "model.hidden_size"),
+    ({"intermediate_size": 41}, "model.intermediate_size"),
+    ({"num_layers": 5}, "model.num_layers"),
+    ({"hidden_size": 24, "num_heads": 2, "num_kv_heads": 1}, "model.num_heads"),  # head_dim 12 != 8
+    ({"hidden_size": 24, "num_heads": 3, "num_kv_heads": 3}, "model.num_heads"),  # 3 heads: not whole groups of 2
+    ({"num_kv_heads": 2}, "model.num_kv_heads"),  # 2 heads in 2 groups: groups of 1 != 2
+    ({"siaf": False}, "model.siaf"),
+    ({"hidden_size": 8, "num_heads": 1, "num_kv_heads": None, "aug_shortcut_ratio": 1}, "model.num_heads"),
+    ({"vocab_size": 31}, "model.vocab_size"),
+])
+def test_bad_targets_fail_naming_the_field(change, field):
+    target = dataclasses.replace(TARGET, **change)
+    with pytest.raises(ConfigError) as err:
+        plan_student(TEACHER, target, NEW2OLD, source="student.yaml")
+    assert err.value.key == field, str(err.value)
+    assert "student.yaml" in str(err.value)
+
+
+def test_vocabulary_change_needs_a_map():
+    with pytest.raises(ConfigError, match="vocab_map"):
+        plan_student(TEACHER, TARGET, None)
+    with pytest.raises(ConfigError, match="inherit.vocab_map"):
+        plan_student(TEACHER, TARGET, np.arange(3, 33))  # drops pad/bos/eos
