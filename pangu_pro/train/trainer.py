@@ -75,6 +75,18 @@ def setup_parallel(config: Config) -> Parallel:
     return Parallel(rank, world)
 
 
+def weights_digest(model) -> str:
+    """sha256 over the model's parameters (names, shapes and fp32 bytes), in parameter order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for param in model.trainable_params():
+        value = np.ascontiguousarray(param.asnumpy(), dtype=np.float32)
+        digest.update(f"{param.name}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
 def base_learning_rate(train_cfg, world: int) -> float:
     """train.lr, rescaled for the global batch when train.lr_base_batch is set (paper-notes §6)."""
     if train_cfg.lr_base_batch is None:
@@ -227,5 +239,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         bar.close()
         if metrics is not None:
             metrics.close()
+    if par.world > 1:  # every rank logs a fingerprint: identical lines mean the replicas did not diverge
+        print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
     return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last,
             "checkpoint": str(last_ckpt) if last_ckpt else None, "output_dir": str(out)}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Train on one device: scripts/run_standalone.sh CONFIG [section.key=value ...] [--resume [DIR]]
+# The device comes from PANGU_PRO_DEVICE (cpu by default, or ascend; DEVICE_ID picks the NPU).
+set -euo pipefail
+
+usage() {
+  cat >&2 <<USAGE
+usage: $(basename "$0") CONFIG [section.key=value ...] [--resume [DIR]]
+
+  CONFIG     YAML config (model, data, train, parallel sections)
+  overrides  e.g. train.steps=100 train.output_dir=runs/x
+  --resume   continue from the newest checkpoint of train.output_dir (or from DIR)
+
+environment: PANGU_PRO_DEVICE=cpu|ascend (default cpu), DEVICE_ID (Ascend, default 0)
+USAGE
+  exit 2
+}
+
+[[ $# -ge 1 ]] || usage
+case "$1" in -h|--help) usage ;; esac
+[[ -f "$1" ]] || { echo "error: config file not found: $1" >&2; usage; }
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="${PYTHON:-python3}"; fi
+
+exec "$PYTHON" "$ROOT/tools/train.py" "$@"
