@@ -1,0 +1,145 @@
+"""pangu-pro checkpoint -> Hugging Face folder (`pangu-pro convert to-hf`).
+
+The folder holds `config.json`, `generation_config.json`, the weights as safetensors (one
+`model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with `model.safetensors.index.json`
+past `max_shard_size`) and, with a tokenizer, the tokenizer files. With both PanGu-pi modules off the
+model is a plain `LlamaForCausalLM`; otherwise `configuration_pangu_pi.py` and `modeling_pangu_pi.py`
+are copied in and named in `auto_map` (load with `trust_remote_code=True`).
+
+Tensors are streamed: each is read from the checkpoint, renamed, cast and written before the next one.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pangu_pro.config import ModelConfig
+from pangu_pro.convert.checkpoints import open_checkpoint
+from pangu_pro.convert.names import STORAGE_CODES, TORCH_DTYPES, expected_shapes, hf_config, is_pangu, to_hf_name
+from pangu_pro.convert.safetensors_stream import ITEM_SIZES, cast_for_storage, write_safetensors
+from pangu_pro.io import atomic_write_json, atomic_write_text
+
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+MODELING_DIR = Path(__file__).parent / "hf_modeling"
+MODELING_FILES = ("configuration_pangu_pi.py", "modeling_pangu_pi.py")
+STALE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '200MB', '64KiB' or a number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match.group(2).upper() not in SIZE_UNITS:
+        raise ValueError(f"max shard size {text!r}: expected a size such as 5GB, 200MB or 4096")
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ValueError(f"max shard size {text!r} must be positive")
+    return size
+
+
+def check_checkpoint(source, cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The expected tensors of `cfg`; raises naming the first missing, unexpected or mis-shaped tensor."""
+    expected = expected_shapes(cfg)
+    present = set(source.keys())
+    missing = [name for name in expected if name not in present]
+    if missing:
+        raise ValueError(f"{source.path}: missing tensor {missing[0]} ({len(missing)} missing in all) for the "
+                         "model config given")
+    unexpected = sorted(present - set(expected))
+    if unexpected:
+        raise ValueError(f"{source.path}: unexpected tensor {unexpected[0]} ({len(unexpected)} in all); does the "
+                         "config (siaf, aug_shortcut, tie_word_embeddings) match the checkpoint?")
+    for name, shape in expected.items():
+        if tuple(source.shape(name)) != shape:
+            raise ValueError(f"{source.path}: tensor {name} has shape {tuple(source.shape(name))}, the model "
+                             f"config expects {shape}")
+    return expected
+
+
+def plan_shards(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Split names (in order) into shards of at most `limit` bytes; a larger tensor gets a shard of its own."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if shards[-1] and used + size > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out_dir}: folder is not empty; pass --overwrite to replace an earlier export")
+        for path in out_dir.iterdir():  # old shards would mix with the new ones
+            if path.is_file() and STALE.fullmatch(path.name):
+                path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, tokenizer: str | Path | None = None,
+                 dtype: str = "float32", max_shard_size: str | int = "5GB", overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    """Write a Hugging Face folder for `checkpoint` (weights file, checkpoint folder or distributed run)."""
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(TORCH_DTYPES)}")
+    dtype = TORCH_DTYPES[dtype]
+    code = STORAGE_CODES[dtype]
+    limit = parse_size(max_shard_size)
+    cfg.validate()
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise FileNotFoundError(f"{tokenizer}: tokenizer model not found")
+    source = open_checkpoint(checkpoint)
+    expected = check_checkpoint(source, cfg)
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, overwrite)
+
+    hf_names = {to_hf_name(name): name for name in expected}
+    sizes = {hf: ITEM_SIZES[code] * math.prod(expected[ours]) for hf, ours in hf_names.items()}
+    shards = plan_shards(sizes, limit)
+    files = [HF_WEIGHTS] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    bar = tqdm(total=len(hf_names), desc="to-hf", unit="tensor", disable=not progress)
+    for names, filename in zip(shards, files):
+        write_safetensors(out_dir / filename, [(hf, expected[hf_names[hf]], code) for hf in names],
+                          lambda hf: cast_for_storage(source.get(hf_names[hf]), code),
+                          metadata={"format": "pt"}, on_tensor=lambda _: bar.update())
+    bar.close()
+    if len(shards) > 1:
+        atomic_write_json(out_dir / HF_INDEX, {
+            "metadata": {"total_size": sum(sizes.values())},
+            "weight_map": {hf: filename for names, filename in zip(shards, files) for hf in names},
+        })
+
+    config = hf_config(cfg, dtype)
+    if is_pangu(cfg):
+        for name in MODELING_FILES:
+            atomic_write_text(out_dir / name, (MODELING_DIR / name).read_text(encoding="utf-8"))
+    atomic_write_text(out_dir / "config.json", config.to_json_string(use_diff=False))
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                  pad_token_id=cfg.pad_token_id)
+    atomic_write_text(out_dir / "generation_config.json", generation.to_json_string(use_diff=True))
+    if tokenizer is not None:
+        write_tokenizer(tokenizer, out_dir)
+    return {"out_dir": str(out_dir), "files": files, "tensors": len(hf_names), "dtype": dtype,
+            "architecture": config.architectures[0]}
+
+
+def write_tokenizer(spm_model: str | Path, out_dir: Path) -> None:
+    """Hugging Face tokenizer files for a SentencePiece model (the tokenizer stage's writer)."""
+    from pangu_pro.tokenizer.hf import write_hf_tokenizer
+
+    write_hf_tokenizer(spm_model, out_dir)
+
