@@ -251,23 +251,25 @@ def test_sliced_run_is_merged(tmp_path):
     layouts = {name: ((2,), (-1,) * len(shape)) for name, shape in expected_shapes(cfg).items()}
     layouts[column] = ((2,), (0, -1))  # split along the output axis over 2 devices
     layouts[row] = ((2,), (-1, 0))  # split along the input axis
-    run = tmp_path / "run"
-    run.mkdir()
-    write_strategy(run / "train_strategy.ckpt", layouts)
+    run = tmp_path / "run"  # laid out as training writes it
+    (run / "strategy").mkdir(parents=True)
     for rank in range(2):
+        write_strategy(run / "strategy" / f"strategy_rank_{rank}.ckpt", layouts)
         tensors = dict(full)
         tensors[column] = np.ascontiguousarray(np.split(full[column], 2, axis=0)[rank])
         tensors[row] = np.ascontiguousarray(np.split(full[row], 2, axis=1)[rank])
-        (run / f"rank_{rank}").mkdir()
-        save_file(tensors, str(run / f"rank_{rank}" / "model.safetensors"))
+        (run / "checkpoints" / f"rank_{rank}").mkdir(parents=True)
+        save_file(tensors, str(run / "checkpoints" / f"rank_{rank}" / "model.safetensors"))
     export_to_hf(run, cfg, tmp_path / "hf", progress=False)
     stored = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in full.items())
 
-    # an unsliced strategy (pure data parallel) reads rank 0 without merging
-    write_strategy(run / "train_strategy.ckpt", {n: ((2,), (-1,) * len(s)) for n, s in expected_shapes(cfg).items()})
+    # a strategy that slices nothing (pure data parallel) reads rank 0 without merging
+    for rank in range(2):
+        write_strategy(run / "strategy" / f"strategy_rank_{rank}.ckpt",
+                       {n: ((2,), (-1,) * len(s)) for n, s in expected_shapes(cfg).items()})
     with pytest.raises(ValueError, match=f"tensor {column} has shape \\(32, 64\\)"):
-        export_to_hf(run, cfg, tmp_path / "hf2", progress=False)
+        export_to_hf(run / "checkpoints", cfg, tmp_path / "hf2", progress=False)
 
 
 # ---------------------------------------------------------------- errors

@@ -1,14 +1,15 @@
 """Opening our checkpoints for conversion: one weights file, a checkpoint folder, or a distributed run.
 
-A distributed run is a folder of `rank_0/`, `rank_1/`, ... (each holding a safetensors weights file)
-and, when tensors were sliced (tensor / optimizer parallel), a strategy file (`*strategy*.ckpt`, in the
-folder or its `strategy/` sub-folder). Without a strategy file, or when the strategy slices nothing
-(pure data parallel), every rank holds the whole model and rank 0 is read. Sliced parameters are merged
-one at a time with `mindspore.merge_sliced_parameter`, so only one parameter's slices are in memory.
+A distributed run is a folder of `rank_0/`, `rank_1/`, ... (each holding a safetensors weights file),
+or a training output folder with them under `checkpoints/`, plus, when tensors were sliced (tensor or
+pipeline parallel), strategy files (`strategy/*.ckpt`, as training writes them). Without a strategy
+file, or when the strategies slice nothing (pure data parallel), every rank holds the whole model and
+rank 0 is read. Sliced parameters are merged one at a time with the training stage's
+`pangu_pro.model.distributed_ckpt` (MindSpore's `merge_sliced_parameter`), so only one parameter's
+slices are in memory.
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -40,86 +41,82 @@ def rank_weights(rank_dir: Path) -> Path:
     return files[0]
 
 
-def strategy_files(path: Path) -> list[Path]:
-    return sorted(p for folder in (path, path / "strategy") if folder.is_dir()
-                  for p in folder.glob("*.ckpt") if "strategy" in p.name or folder.name == "strategy")
-
-
-def is_sliced(layout) -> bool:
-    """True if a strategy layout splits the parameter (tensor map or optimizer sharding)."""
-    return any(d != -1 for d in layout.tensor_map[0].dim) or layout.opt_weight_shard_size > 1
-
-
-def merged_shape(slice_shape: tuple[int, ...], layout) -> tuple[int, ...]:
-    """Full shape of a parameter from one slice's shape and its layout."""
-    devices = list(layout.dev_matrix[0].dim)
-    shape = list(slice_shape)
-    for axis, index in enumerate(layout.tensor_map[0].dim):
-        if index != -1:
-            shape[axis] *= devices[len(devices) - 1 - index]
-    if layout.opt_weight_shard_size > 1 and shape:
-        shape[0] *= layout.opt_weight_shard_size
-    return tuple(shape)
+def strategy_files(run: Path, ranks_dir: Path) -> list[Path]:
+    """Strategy files of a run: `strategy/*.ckpt|json` beside the rank folders or in the run folder
+    (training writes `<out>/strategy/strategy_rank_<i>.ckpt` next to `<out>/checkpoints/rank_<i>`)."""
+    folders = dict.fromkeys([run / "strategy", ranks_dir.parent / "strategy"])
+    found = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
+             if p.suffix in (".ckpt", ".json")]
+    found += sorted(p for p in run.glob("*strategy*") if p.is_file() and p.suffix in (".ckpt", ".json"))
+    return found
 
 
 class MergedCheckpoint:
-    """Tensors of a sliced distributed run, merged parameter by parameter."""
+    """Tensors of a sliced distributed run, merged one parameter at a time.
 
-    def __init__(self, ranks: list[SafetensorsFile], layouts: dict, sliced: set[str], description: str):
+    A parameter whose layout splits it is put together from the ranks that hold it (with pipeline
+    parallel, the ranks of its stage) by `distributed_ckpt.merge_rank_slices`; any other is read
+    from the first rank holding it. Only one parameter's slices are in memory at a time.
+    """
+
+    def __init__(self, ranks: list[SafetensorsFile], layouts: dict, description: str):
         self.ranks = ranks
-        self.layouts = layouts
-        self.sliced = sliced
         self.path = description
-        for name in sliced:
-            for rank, handle in enumerate(ranks):
-                if name not in handle.entries:
-                    raise ValueError(f"{handle.path}: sliced parameter {name} is missing on rank {rank}")
+        self.holders: dict[str, list[SafetensorsFile]] = {}
+        for handle in ranks:
+            for name in handle.keys():
+                self.holders.setdefault(name, []).append(handle)
+        self.layouts = {name: layout for name, layout in layouts.items()
+                        if name in self.holders and any(s > 1 for s in layout.splits)}
+        for name, layout in self.layouts.items():
+            if len(self.holders[name]) != layout.device_count:
+                raise ValueError(f"{description}: sliced parameter {name} is held by {len(self.holders[name])} "
+                                 f"ranks, its layout spans {layout.device_count} devices")
 
     def keys(self) -> list[str]:
-        return self.ranks[0].keys()
+        return list(self.holders)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        shape = self.ranks[0].shape(name)
-        return merged_shape(shape, self.layouts[name]) if name in self.sliced else shape
+        shape = self.holders[name][0].shape(name)
+        if name not in self.layouts:
+            return shape
+        return tuple(size * pieces for size, pieces in zip(shape, self.layouts[name].splits))
 
     def get(self, name: str) -> np.ndarray:
-        if name not in self.sliced:
-            return self.ranks[0].get(name)
-        import mindspore as ms
+        if name not in self.layouts:
+            return self.holders[name][0].get(name)
+        from pangu_pro.model.distributed_ckpt import merge_rank_slices
 
-        slices = [ms.Parameter(ms.Tensor(handle.get(name)), name=name) for handle in self.ranks]
-        merged = ms.merge_sliced_parameter(slices, {name: self.layouts[name]}).asnumpy()
-        if math.prod(merged.shape) != math.prod(self.shape(name)):
+        merged = merge_rank_slices(name, [handle.get(name) for handle in self.holders[name]], self.layouts[name])
+        if tuple(merged.shape) != self.shape(name):
             raise ValueError(f"{self.path}: merging {name} gave shape {merged.shape}, expected {self.shape(name)}")
-        return merged.astype(np.float32).reshape(self.shape(name))
+        return merged.astype(np.float32)
 
 
-def open_distributed(path: Path, ranks: list[Path]):
-    strategies = strategy_files(path)
-    if len(strategies) > 1:
-        raise ValueError(f"{path}: several strategy files {[s.name for s in strategies]} (pipeline stages?); merge "
-                         "them into one with mindspore.merge_pipeline_strategys first")
+def open_distributed(run: Path, ranks: list[Path]):
+    """Rank 0 for a data-parallel run (no strategy file, or one that slices nothing); else a merge."""
+    strategies = strategy_files(run, ranks[0].parent)
+    first = SafetensorsFile(rank_weights(ranks[0]))
     if not strategies:  # data parallel: no strategy file is written, every rank holds the whole model
-        return SafetensorsFile(rank_weights(ranks[0]))
-    import mindspore as ms
+        return first
+    from pangu_pro.model.distributed_ckpt import merge_strategies
 
     try:
-        layouts = ms.build_searched_strategy(str(strategies[0]))
-    except Exception as err:  # MindSpore raises several types for a bad file
-        raise ValueError(f"{strategies[0]}: not a readable strategy file ({err})") from None
-    sliced = {name for name, layout in layouts.items() if is_sliced(layout)}
-    first = SafetensorsFile(rank_weights(ranks[0]))
-    if not sliced:
+        layouts = merge_strategies(strategies)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{run}: cannot read the strategy files {[str(p) for p in strategies]}: {err}") from None
+    if not any(s > 1 for layout in layouts.values() for s in layout.splits):
         return first
     handles = [first] + [SafetensorsFile(rank_weights(r)) for r in ranks[1:]]
-    return MergedCheckpoint(handles, layouts, sliced & set(first.keys()), f"{path} (merged from {len(ranks)} ranks)")
+    return MergedCheckpoint(handles, layouts, f"{run} (merged from {len(ranks)} ranks)")
 
 
 def open_checkpoint(path: str | Path):
     """A tensor source (`keys`, `shape`, `get` -> fp32) for a weights file, checkpoint folder or distributed run."""
     path = Path(path)
     if path.is_dir():
-        ranks = rank_dirs(path)
-        if ranks:
-            return open_distributed(path, ranks)
+        for ranks_dir in (path, path / "checkpoints"):
+            ranks = rank_dirs(ranks_dir) if ranks_dir.is_dir() else []
+            if ranks:
+                return open_distributed(path, ranks)
     return SafetensorsFile(resolve_weights(path))
