@@ -58,7 +58,7 @@ class AdamW(nn.Cell):
         self.params = ParameterTuple(params)
         self.moments1 = self.params.clone(prefix="adam_m", init="zeros")
         self.moments2 = self.params.clone(prefix="adam_v", init="zeros")
-        self.step = Parameter(Tensor(0, ms.int32), name="adam_step", requires_grad=False)
+        self.step = Parameter(Tensor([0], ms.int32), name="adam_step", requires_grad=False)  # [1]: updates so far
         self.weight_decays = tuple(float(weight_decay) if decays(p.name, p.shape) else 0.0 for p in self.params)
         self.beta1 = Tensor(beta1, ms.float32)
         self.beta2 = Tensor(beta2, ms.float32)

@@ -134,7 +134,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     target = init_mindspore()
     par = setup_parallel(config)
     lead = par.rank == 0
-    say = announce if lead else (lambda *_: None)
+    say = announce if (lead and announce is not None) else (lambda *_: None)
     model_cfg = adapt_to_device(config.model, target, say)
     config = dataclasses.replace(config, model=model_cfg)
     out = Path(tc.output_dir)
