@@ -11,7 +11,7 @@ import sys
 
 from pangu_pro.configtools import ConfigError
 
-STAGES = ["model", "data", "tokenizer", "train", "inherit", "convert", "eval", "bench"]
+STAGES = ["model", "data", "tokenizer", "train", "rounds", "inherit", "convert", "eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pangu_pro.inherit.config import InheritConfig
+from pangu_pro.rounds.config import MultiRoundConfig
 from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
                                    to_mapping)
 
@@ -203,6 +204,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inherit: Optional[InheritConfig] = None  # parameter inheritance (pangu_pro.inherit.config)
+    multi_round: Optional[MultiRoundConfig] = None  # multi-round training (pangu_pro.rounds, docs/multi_round.md)
     source: str = field(default="", compare=False)
 
     def validate(self) -> None:

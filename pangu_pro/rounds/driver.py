@@ -1,0 +1,316 @@
+"""`pangu-pro rounds CONFIG`: multi-round training, train -> score -> select -> train ..., resumable.
+
+Layout under ROOT = train.output_dir of CONFIG:
+
+    ROOT/rounds_state.json          finished stages of every round (written after each stage)
+    ROOT/rounds_summary.json, .md   per round: steps, training samples, final and held-out loss,
+                                    mean score, selected fraction
+    ROOT/round_K/config.yaml        the config round K trains with
+    ROOT/round_K/train/             the trainer's output dir (checkpoints/, metrics.jsonl)
+    ROOT/round_K/scores.npz (.json) round K's model scoring the whole training set (not in the last round)
+    ROOT/round_K/selection.npy (.json)  the sample indices round K+1 trains on
+
+Stages of round K, in order: ``train``, ``eval`` (held-out loss on data.eval_files, when given),
+then, unless K is the last round, ``score`` and ``select``. Re-running the command skips every
+finished stage and continues an unfinished one where it stopped: the trainer resumes from its last
+checkpoint, scoring from its partial files. A state file started with a different config (anything but
+`multi_round.rounds`, which may grow to add rounds) is refused.
+
+Round 1 trains as the config says. Round K > 1 starts from round K-1's final weights with a fresh
+optimizer (AdamW moments and step count at zero) and a fresh learning-rate schedule, for
+`multi_round.round_steps` steps (default round(rate * train.steps): the same number of passes over
+the selected subset as round 1 made over the whole set), reading round K-1's selection.npy as
+`data.index_file`. The start is written as a step-0 checkpoint of the round's own output dir (weights
+copied, optimizer state zeroed), so the unchanged trainer picks it up with `--resume`.
+
+With `--workers W > 1`, train and score run under msrun with W data-parallel workers
+(`msrun ... python -m pangu_pro.cli ...`); select, eval and the bookkeeping run in this process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pangu_pro.config import Config, config_from_dict, save_config
+from pangu_pro.configtools import ConfigError, to_mapping
+from pangu_pro.io import atomic_write_json, atomic_write_text
+
+STATE_NAME = "rounds_state.json"
+SUMMARY_NAME = "rounds_summary"
+STATE_VERSION = 1
+
+
+def round_dir(root: Path, k: int) -> Path:
+    return root / f"round_{k}"
+
+
+def round_stages(k: int, rounds: int) -> list[str]:
+    return ["train", "eval"] + (["score", "select"] if k < rounds else [])
+
+
+def round_steps(config: Config, k: int) -> int:
+    mr, tc = config.multi_round, config.train
+    if k == 1:
+        return tc.steps
+    return mr.round_steps or max(1, round(mr.rate * tc.steps))
+
+
+def round_config(config: Config, k: int, root: Path) -> Config:
+    """The config round `k` trains with (module doc), validated."""
+    mr, tc = config.multi_round, config.train
+    out = round_dir(root, k) / "train"
+    train, data = dataclasses.replace(tc, output_dir=str(out)), config.data
+    if k > 1:
+        steps = round_steps(config, k)
+        warmup = mr.round_warmup_steps if mr.round_warmup_steps is not None else tc.warmup_steps
+        train = dataclasses.replace(train, steps=steps, lr=mr.round_lr or tc.lr, warmup_steps=min(warmup, steps))
+        data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
+    mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
+    return config_from_dict(mapping, f"{config.source} (round {k})")
+
+
+def config_fingerprint(config: Config) -> str:
+    """sha256 of the config as data, without `multi_round.rounds` (rounds may be added later)."""
+    data = to_mapping(config)
+    data.pop("source", None)
+    if data.get("multi_round"):
+        data["multi_round"].pop("rounds", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- state
+
+class RoundsState:
+    """ROOT/rounds_state.json: {"version", "fingerprint", "rounds": {"1": {"train": {...}, ...}}}."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = path
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("fingerprint") != fingerprint:
+                raise ValueError(f"{path}: this multi-round run was started with a different config; use "
+                                 f"another train.output_dir, or delete the folder to start over")
+            self.data = data
+        else:
+            self.data = {"version": STATE_VERSION, "fingerprint": fingerprint, "rounds": {}}
+
+    def done(self, k: int, stage: str) -> Optional[dict]:
+        return self.data["rounds"].get(str(k), {}).get(stage)
+
+    def record(self, k: int, stage: str, info: dict) -> None:
+        self.data["rounds"].setdefault(str(k), {})[stage] = info
+        atomic_write_json(self.path, self.data)
+
+
+# ------------------------------------------------------------------------------ running the stages
+
+class StageRunner:
+    """Runs `pangu-pro` commands: in this process (workers == 1) or under msrun (workers > 1)."""
+
+    def __init__(self, workers: int = 1, master_port: int = 8129, progress: bool = True):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers, self.master_port, self.progress = workers, master_port, progress
+
+    def run(self, argv: list[str], log_dir: Path) -> None:
+        argv = [*argv, *([] if self.progress else ["--no-progress"])]
+        if self.workers == 1:
+            from pangu_pro.cli import main
+
+            code = main(argv)
+        else:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ)
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+            cmd = [str(Path(sys.executable).parent / "msrun"), f"--worker_num={self.workers}",
+                   f"--local_worker_num={self.workers}", f"--master_port={self.master_port}",
+                   f"--log_dir={log_dir}", "--join=True", "python", "-m", "pangu_pro.cli", *argv]
+            code = subprocess.run(cmd, env=env).returncode
+        if code:
+            where = "" if self.workers == 1 else f" (worker logs in {log_dir})"
+            raise RuntimeError(f"`pangu-pro {' '.join(argv)}` failed with exit code {code}{where}")
+
+    def train(self, config_path: Path, resume: bool, log_dir: Path) -> None:
+        self.run(["train", str(config_path), *(["--resume"] if resume else [])], log_dir)
+
+    def score(self, config_path: Path, checkpoint: Path, out: Path, batch_size: int, flush_every: int,
+              log_dir: Path) -> None:
+        self.run(["score", str(config_path), "--checkpoint", str(checkpoint), "--out", str(out),
+                  "--batch-size", str(batch_size), "--flush-every", str(flush_every)], log_dir)
+
+    def evaluate(self, config: Config, checkpoint: Path) -> dict:
+        from pangu_pro.train.evaluate import perplexity
+
+        return perplexity(config, checkpoint, config.data.eval_files)
+
+
+def seed_checkpoint(previous: Path, train_out: Path, config: Config, world: int) -> Path:
+    """Round K's start: a step-0 checkpoint in its own output dir holding round K-1's final weights and
+    a zeroed (= freshly initialised) AdamW state. Written atomically; returns its folder."""
+    from pangu_pro.io import load_tensors, save_tensors
+    from pangu_pro.model.weights import WEIGHTS_NAME
+    from pangu_pro.train.checkpoint import CHECKPOINTS, OPTIMIZER_NAME, STATE_NAME as CKPT_STATE, checkpoint_name
+    from pangu_pro.train.loss_scale import LossScaler
+    from pangu_pro.train.metrics import METRICS_NAME
+
+    dest = train_out / CHECKPOINTS / checkpoint_name(0)
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(previous / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+    moments, _ = load_tensors(previous / OPTIMIZER_NAME)
+    save_tensors(tmp / OPTIMIZER_NAME, {name: np.zeros_like(value) for name, value in moments.items()})
+    state = {"step": 0, "consumed_batches": 0, "consumed_samples": 0, "tokens": 0, "world": world,
+             "loss_scale": LossScaler.from_config(config.train).state(), "seeded_from": str(previous),
+             "note": "multi-round start: previous round's weights, fresh optimizer state"}
+    atomic_write_json(tmp / CKPT_STATE, state)
+    metrics = train_out / METRICS_NAME
+    if not metrics.exists():  # the trainer's resume path appends to (and first trims) the run's metrics
+        atomic_write_text(metrics, "")
+    os.rename(tmp, dest)
+    return dest
+
+
+def final_checkpoint(train_out: Path, steps: int) -> Path:
+    from pangu_pro.train.checkpoint import CHECKPOINTS, list_checkpoints
+
+    found = dict(list_checkpoints(train_out / CHECKPOINTS))
+    if steps not in found:
+        raise RuntimeError(f"{train_out}: training ended without a checkpoint at step {steps} "
+                           f"(found steps {sorted(found)})")
+    return found[steps]
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner] = None,
+               announce=print) -> dict:
+    """Run or continue the multi-round schedule of `config` (module doc); returns the summary."""
+    from pangu_pro.rounds.scoring import load_scores
+    from pangu_pro.rounds.selection import check_fits, select_from_scores, write_selection
+
+    mr = config.multi_round
+    if mr is None:
+        raise ConfigError("multi_round", "the config has no multi_round section (docs/multi_round.md)")
+    if not config.data.train_files:
+        raise ConfigError("data.train_files", "no training data given")
+    runner = runner or StageRunner(workers)
+    root = Path(config.train.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    state = RoundsState(root / STATE_NAME, config_fingerprint(config))
+    save_config(config, root / "config.yaml")
+    score_batch = mr.score_batch_size or config.train.batch_size
+
+    for k in range(1, mr.rounds + 1):
+        rdir = round_dir(root, k)
+        cfg = round_config(config, k, root)
+        cfg_path = rdir / "config.yaml"
+        if not cfg_path.is_file():
+            save_config(cfg, cfg_path)
+        train_out = Path(cfg.train.output_dir)
+        for stage in round_stages(k, mr.rounds):
+            if state.done(k, stage):
+                continue
+            announce(f"round {k}/{mr.rounds}: {stage}")
+            if stage == "train":
+                from pangu_pro.train.checkpoint import CHECKPOINTS, latest_checkpoint
+
+                if k > 1:
+                    selection = Path(cfg.data.index_file)
+                    check_fits(np.load(selection), state.done(k - 1, "select")["samples_total"], str(selection))
+                    if latest_checkpoint(train_out / CHECKPOINTS) is None:
+                        seed_checkpoint(Path(state.done(k - 1, "train")["checkpoint"]), train_out, cfg,
+                                        runner.workers)
+                resume = latest_checkpoint(train_out / CHECKPOINTS) is not None
+                runner.train(cfg_path, resume, rdir / "logs_train")
+                ckpt = final_checkpoint(train_out, cfg.train.steps)
+                ckpt_state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+                info = {"checkpoint": str(ckpt), "steps": cfg.train.steps, "final_train_loss": ckpt_state.get("loss"),
+                        "index_file": cfg.data.index_file}
+            elif stage == "eval":
+                if cfg.data.eval_files:
+                    result = runner.evaluate(cfg, Path(state.done(k, "train")["checkpoint"]))
+                    info = {"heldout_loss": result["loss"], "heldout_perplexity": result["perplexity"],
+                            "heldout_samples": result["samples"]}
+                else:
+                    info = {"heldout_loss": None, "note": "data.eval_files is empty"}
+            elif stage == "score":
+                out = rdir / "scores.npz"
+                runner.score(cfg_path, Path(state.done(k, "train")["checkpoint"]), out, score_batch,
+                             mr.flush_every, rdir / "logs_score")
+                scores = load_scores(out)
+                info = {"scores": str(out), "mean_batch_loss": float(scores["batch_loss"].mean()),
+                        "mean_sample_loss": float(scores["sample_loss"].mean()),
+                        "num_samples": scores["num_samples"], "num_batches": int(scores["batch_loss"].size)}
+            else:  # select
+                scores = load_scores(state.done(k, "score")["scores"])
+                samples, units, report = select_from_scores(scores, mr.rate, seed=mr.seed + k,
+                                                            temperature=mr.temperature, unit=mr.unit,
+                                                            order=mr.order)
+                out = write_selection(rdir / "selection.npy", samples, units, report)
+                info = {"selection": str(out), **report}
+            state.record(k, stage, info)
+            write_summary(root, state, mr.rounds)
+    summary = write_summary(root, state, mr.rounds)
+    announce(f"multi-round training done: {root / (SUMMARY_NAME + '.md')}")
+    return summary
+
+
+def summarise(state: RoundsState, rounds: int) -> list[dict]:
+    """One row per round from the state file (None where a stage has not run)."""
+    rows = []
+    total = None
+    for k in range(1, rounds + 1):
+        score = state.done(k, "score") or {}
+        total = score.get("num_samples", total)
+    for k in range(1, rounds + 1):
+        train, ev = state.done(k, "train") or {}, state.done(k, "eval") or {}
+        score, sel = state.done(k, "score") or {}, state.done(k, "select") or {}
+        prev = state.done(k - 1, "select") or {}
+        trained_on = prev.get("samples_selected") if k > 1 else total
+        rows.append({"round": k, "steps": train.get("steps"), "train_samples": trained_on,
+                     "final_train_loss": train.get("final_train_loss"), "heldout_loss": ev.get("heldout_loss"),
+                     "mean_score": score.get("mean_batch_loss"), "selected_fraction": sel.get("selected_fraction"),
+                     "mean_score_selected": sel.get("mean_score_selected"), "checkpoint": train.get("checkpoint"),
+                     "selection": sel.get("selection")})
+    return rows
+
+
+def write_summary(root: Path, state: RoundsState, rounds: int) -> dict:
+    rows = summarise(state, rounds)
+    summary = {"root": str(root), "rounds": rows}
+    atomic_write_json(root / f"{SUMMARY_NAME}.json", summary)
+
+    def fmt(value, spec=".4f"):
+        return "–" if value is None else (format(value, spec) if isinstance(value, float) else str(value))
+
+    lines = ["# Multi-round training summary", "",
+             "| round | steps | training samples | final train loss | held-out loss | mean score "
+             "| selected fraction | mean score of selected |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['round']} | {fmt(r['steps'])} | {fmt(r['train_samples'])} | {fmt(r['final_train_loss'])} "
+                     f"| {fmt(r['heldout_loss'])} | {fmt(r['mean_score'])} | {fmt(r['selected_fraction'], '.3f')} "
+                     f"| {fmt(r['mean_score_selected'])} |")
+    lines += ["", "Mean score: round K's model on the whole training set (mean batch loss); the selection "
+              "made from it is what round K+1 trains on.", ""]
+    atomic_write_text(root / f"{SUMMARY_NAME}.md", "\n".join(lines))
+    return summary
+
+
+def rounds_command(args) -> int:
+    from pangu_pro.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress)
+    run_rounds(config, workers=args.workers, runner=runner)
+    return 0

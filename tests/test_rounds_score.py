@@ -1,0 +1,209 @@
+"""`pangu-pro score`: per-sample losses, exact batch scores, resume, refusal of foreign parts, NaN,
+and 2 data-parallel msrun workers equal to one process."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pangu_pro.config import config_from_dict, save_config
+from pangu_pro.rounds import scoring
+from pangu_pro.rounds.scoring import load_scores, merge_parts, per_sample_loss_cell, score
+
+SEQ, VOCAB, N, BATCH = 16, 64, 18, 4  # 18 samples: batches of 4, the last one short (2)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_data(path: Path, n: int = N, seed: int = 0) -> Path:
+    """n rows of SEQ + 1 tokens, half of them repetitive (easy), half random (hard)."""
+    from mindspore.mindrecord import FileWriter
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        row = np.resize(rng.integers(3, VOCAB, 2 + i % 4), SEQ + 1) if i % 2 else rng.integers(3, VOCAB, SEQ + 1)
+        rows.append({"input_ids": row.astype(np.int32)})
+    writer = FileWriter(str(path), shard_num=1, overwrite=True)
+    writer.add_schema({"input_ids": {"type": "int32", "shape": [-1]}}, "tokens")
+    writer.write_raw_data(rows)
+    writer.commit()
+    return path
+
+
+def tiny_config(data: Path, out: Path, **train):
+    return config_from_dict({
+        "model": {"vocab_size": VOCAB, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+                  "intermediate_size": 64, "seq_length": SEQ, "aug_shortcut_ratio": 8},
+        "data": {"train_files": [str(data)], "eval_files": [str(data)]},
+        "train": {"batch_size": BATCH, "steps": 4, "lr": 0.01, "warmup_steps": 1, "output_dir": str(out), **train},
+    }, "test")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from pangu_pro.model.weights import build_model, save_weights
+
+    root = tmp_path_factory.mktemp("score")
+    data = write_data(root / "data.mindrecord")
+    config = tiny_config(data, root / "run")
+    save_weights(build_model(config.model, seed=3), root / "w.safetensors")
+    return root, data, config, root / "w.safetensors"
+
+
+def reference(config, weights, data):
+    """Batch scores by PanGuPiWithLoss on each batch, sample scores by PanGuPiWithLoss on each row."""
+    import mindspore as ms
+
+    from pangu_pro.data.dataset import read_samples
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+
+    net = PanGuPiWithLoss(build_model(config.model, weights=weights))
+    rows = read_samples(data)
+    batches = [float(net(ms.Tensor(rows[i:i + BATCH])).asnumpy()) for i in range(0, len(rows), BATCH)]
+    samples = [float(net(ms.Tensor(rows[i:i + 1])).asnumpy()) for i in range(len(rows))]
+    return np.array(batches), np.array(samples)
+
+
+@pytest.fixture(scope="module")
+def expected(setup):
+    _, data, config, weights = setup
+    return reference(config, weights, data)
+
+
+def test_per_sample_cell_matches_the_training_loss_row_by_row(setup):
+    import mindspore as ms
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+
+    _, _, config, weights = setup
+    model = build_model(config.model, weights=weights)
+    ids = np.random.default_rng(1).integers(3, VOCAB, (3, SEQ + 1)).astype(np.int32)
+    ids[1, SEQ] = config.model.ignore_index  # a label that never counts (inputs must stay token ids)
+    mask = np.ones_like(ids)
+    mask[2, :5] = 0
+    sums, counts = (x.asnumpy() for x in per_sample_loss_cell(model)(ms.Tensor(ids), ms.Tensor(mask)))
+    np.testing.assert_array_equal(counts, [SEQ, SEQ - 1, SEQ - 4])
+    loss = PanGuPiWithLoss(model)
+    for i in range(3):
+        row = float(loss(ms.Tensor(ids[i:i + 1]), ms.Tensor(mask[i:i + 1])).asnumpy())
+        assert sums[i] / counts[i] == pytest.approx(row, rel=1e-5)
+    batch = float(loss(ms.Tensor(ids), ms.Tensor(mask)).asnumpy())
+    assert sums.sum() / counts.sum() == pytest.approx(batch, rel=1e-5)
+    # the cell wraps the model: same parameters, names unchanged
+    assert [p.name for p in per_sample_loss_cell(model).trainable_params()] == \
+        [p.name for p in model.trainable_params()]
+
+
+class Counting:
+    """Wraps the scoring cell: counts calls, and raises after `stop_after` of them."""
+
+    def __init__(self, net, stop_after=None):
+        self.net, self.stop_after, self.calls = net, stop_after, 0
+
+    def set_train(self, mode):
+        self.net.set_train(mode)
+
+    def __call__(self, *args):
+        if self.stop_after is not None and self.calls == self.stop_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        return self.net(*args)
+
+
+def test_scores_are_exact_and_scoring_resumes(setup, expected, monkeypatch):
+    root, data, config, weights = setup
+    out = root / "resume" / "scores.npz"
+    made = []
+
+    def interrupted(network):
+        made.append(Counting(scoring._CELL(network) if scoring._CELL else per_sample_loss_cell(network), 3))
+        return made[-1]
+
+    real = scoring.per_sample_loss_cell
+    monkeypatch.setattr(scoring, "per_sample_loss_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score(config, weights, out=out, flush_every=1, progress=False, announce=None)
+    part = scoring.load_part(scoring.part_path(out, 0, 1))
+    np.testing.assert_array_equal(part["batch_ids"], [0, 1, 2])
+    assert not part["complete"] and not out.exists()
+
+    with pytest.raises(ValueError, match="partial scores of another run \\(batch_size"):
+        score(config, weights, out=out, batch_size=3, progress=False, announce=None)
+
+    def counted(network):
+        made.append(Counting(real(network)))
+        return made[-1]
+
+    monkeypatch.setattr(scoring, "per_sample_loss_cell", counted)
+    summary = score(config, weights, out=out, flush_every=1, progress=False, announce=None)
+    assert made[-1].calls == 2  # only batches 3 and 4 were scored again
+    got = load_scores(out)
+    np.testing.assert_allclose(got["batch_loss"], expected[0], rtol=1e-5)
+    np.testing.assert_allclose(got["sample_loss"], expected[1], rtol=1e-5)
+    assert got["batch_size"] == BATCH and got["num_samples"] == N and summary["num_batches"] == 5
+    assert not scoring.parts_dir(out).exists()  # parts are removed once merged
+    calls = len(made)
+    score(config, weights, out=out, progress=False, announce=None)  # finished: nothing to do
+    assert len(made) == calls
+
+
+def test_non_finite_scores_fail_clearly(setup, tmp_path):
+    from pangu_pro.io import load_tensors, save_tensors
+
+    _, _, config, weights = setup
+    tensors, meta = load_tensors(weights)
+    tensors["lm_head.weight"] = np.full_like(tensors["lm_head.weight"], np.nan)
+    save_tensors(tmp_path / "nan.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="non-finite loss on batch 0 \\(samples \\[0, 1, 2, 3\\]\\)"):
+        score(config, tmp_path / "nan.safetensors", out=tmp_path / "s.npz", progress=False, announce=None)
+
+
+def test_merge_needs_every_batch_once():
+    part = {"batch_ids": np.array([0, 2]), "batch_loss": np.array([1.0, 3.0]),
+            "sample_loss": np.array([1.0, 1.0, 3.0])}
+    other = {"batch_ids": np.array([1]), "batch_loss": np.array([2.0]), "sample_loss": np.array([2.0, 2.0])}
+    batch, samples = merge_parts([part, other], 3, 2, 5)
+    np.testing.assert_array_equal(batch, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(samples, [1.0, 1.0, 2.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="batch 1 was scored 0 times"):
+        merge_parts([part], 3, 2, 5)
+    with pytest.raises(ValueError, match="batch 0 was scored 2 times"):
+        merge_parts([part, part, other], 3, 2, 5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_data_parallel_workers_score_like_one_process(setup, expected, tmp_path):
+    root, data, config, weights = setup
+    cfg_path = tmp_path / "config.yaml"
+    save_config(config, cfg_path)
+    out = tmp_path / "dp" / "scores.npz"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [str(Path(sys.executable).parent / "msrun"), "--worker_num=2", "--local_worker_num=2",
+           f"--master_port={free_port()}", f"--log_dir={tmp_path / 'logs'}", "--join=True",
+           "python", "-m", "pangu_pro.cli", "score", str(cfg_path), "--checkpoint", str(weights), "--out", str(out),
+           "--flush-every", "1", "--no-progress"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((tmp_path / "logs").glob("worker_*.log")))
+    assert done.returncode == 0, logs
+    got = load_scores(out)
+    assert got["meta"]["world"] == 2
+    np.testing.assert_allclose(got["batch_loss"], expected[0], rtol=1e-5)
+    np.testing.assert_allclose(got["sample_loss"], expected[1], rtol=1e-5)
+    single = tmp_path / "single.npz"
+    score(config, weights, out=single, progress=False, announce=None)
+    np.testing.assert_allclose(got["batch_loss"], load_scores(single)["batch_loss"], rtol=1e-6)
+    np.testing.assert_allclose(got["sample_loss"], load_scores(single)["sample_loss"], rtol=1e-6)
