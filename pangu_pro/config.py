@@ -92,23 +92,59 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    """Device layout. On the CPU only data parallel runs; the rest is checked and used on Ascend."""
+    """Device layout (docs/parallel.md). On the CPU only data parallel runs; the rest is checked here,
+    laid out by `pangu_pro.model.sharding` and run on Ascend. `check_layout` adds the checks that need
+    the model section or the device count."""
 
     data_parallel: int = 1
-    model_parallel: int = 1
+    model_parallel: int = 1  # tensor parallel: heads, kv-heads and the FFN channels are split
     pipeline_stage: int = 1
-    micro_batch_num: int = 1
-    optimizer_shard: bool = False
+    micro_batch_num: int = 1  # pipeline micro batches per step (>= pipeline_stage)
+    pipeline_offset: list[int] = field(default_factory=list)  # per stage: layers added to the even split
+    sequence_parallel: bool = False  # norms/residuals split along the sequence over model_parallel
+    vocab_parallel: bool = False  # embedding and LM head split by vocabulary over model_parallel
+    optimizer_shard: bool = False  # ZeRO: optimizer state (and weights) split over data_parallel
+    optimizer_shard_threshold_kb: int = 64  # parameters smaller than this stay whole
+    recompute: Literal["none", "full", "selective"] = "none"
+    allreduce_fusion_mb: int = 32  # gradient all-reduce fusion buffer (MB); 0 = MindSpore's automatic fusion
+    micro_batch_interleave_num: int = 1  # nn.MicroBatchInterleaved: overlap compute and communication
 
     def validate(self) -> None:
-        for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num"):
+        for name in ("data_parallel", "model_parallel", "pipeline_stage", "micro_batch_num",
+                     "micro_batch_interleave_num"):
             require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         require(self.micro_batch_num >= self.pipeline_stage, "micro_batch_num",
-                f"{self.micro_batch_num} micro batches cannot fill {self.pipeline_stage} pipeline stages")
+                f"{self.micro_batch_num} micro batches cannot fill {self.pipeline_stage} pipeline stages "
+                f"(micro_batch_num must be >= pipeline_stage)")
+        if self.pipeline_offset:
+            require(len(self.pipeline_offset) == self.pipeline_stage, "pipeline_offset",
+                    f"needs one entry per pipeline stage ({self.pipeline_stage}), got {len(self.pipeline_offset)}")
+            require(sum(self.pipeline_offset) == 0, "pipeline_offset",
+                    f"entries move layers between stages and must sum to 0, got {sum(self.pipeline_offset)}")
+        require(self.optimizer_shard_threshold_kb >= 0, "optimizer_shard_threshold_kb",
+                f"must be non-negative, got {self.optimizer_shard_threshold_kb}")
+        require(self.allreduce_fusion_mb >= 0, "allreduce_fusion_mb",
+                f"must be 0 (off) or positive, got {self.allreduce_fusion_mb}")
+        require(not (self.sequence_parallel and self.model_parallel == 1), "sequence_parallel",
+                "splits the sequence over model_parallel, which is 1")
+        require(self.micro_batch_interleave_num == 1 or self.pipeline_stage == 1, "micro_batch_interleave_num",
+                f"{self.micro_batch_interleave_num} cannot be combined with pipeline_stage "
+                f"{self.pipeline_stage} (the pipeline already interleaves micro batches); set it to 1")
 
     @property
     def device_num(self) -> int:
         return self.data_parallel * self.model_parallel * self.pipeline_stage
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """Decoder layers per pipeline stage: layer i sits on stage floor(i * pp / layers) (the even
+        split `i // (layers / pp)`, earlier stages taking the remainder), plus `pipeline_offset`."""
+        pp = self.pipeline_stage
+        even = [-((-num_layers * (s + 1)) // pp) + ((-num_layers * s) // pp) for s in range(pp)]
+        return [n + o for n, o in zip(even, self.pipeline_offset or [0] * pp)]
+
+    def layer_stages(self, num_layers: int) -> list[int]:
+        """The pipeline stage of each decoder layer, in order."""
+        return [stage for stage, n in enumerate(self.stage_layers(num_layers)) for _ in range(n)]
 
 
 @dataclass
@@ -208,7 +244,45 @@ class Config:
     source: str = field(default="", compare=False)
 
     def validate(self) -> None:
-        pass
+        check_layout(self, None)
+
+
+def check_layout(config: Config, device_num: int | None) -> None:
+    """Cross-section checks of `config.parallel` against `config.model` (and the device count).
+
+    `device_num=None` skips the device-count check (Config.validate runs that way); launchers pass
+    the real count. Raises ConfigError naming the parallel key at fault.
+    """
+    p, m = config.parallel, config.model
+    if device_num is not None:
+        require(p.device_num == device_num, "parallel",
+                f"data_parallel {p.data_parallel} x model_parallel {p.model_parallel} x pipeline_stage "
+                f"{p.pipeline_stage} = {p.device_num}, but the run has {device_num} devices")
+    mp = p.model_parallel
+    require(m.num_heads % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.num_heads {m.num_heads}")
+    require(m.kv_heads % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.num_kv_heads {m.kv_heads}")
+    require(m.intermediate_size % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.intermediate_size {m.intermediate_size}")
+    if p.vocab_parallel:
+        require(m.vocab_size % mp == 0, "parallel.vocab_parallel",
+                f"model.vocab_size {m.vocab_size} is not divisible by model_parallel {mp}")
+    if p.sequence_parallel:
+        require(m.seq_length % mp == 0, "parallel.sequence_parallel",
+                f"model.seq_length {m.seq_length} is not divisible by model_parallel {mp}")
+    require(m.seq_length % mp == 0, "parallel.model_parallel",
+            f"{mp} does not divide model.seq_length {m.seq_length} (the loss splits tokens over it)")
+    require(m.num_layers >= p.pipeline_stage, "parallel.pipeline_stage",
+            f"{p.pipeline_stage} stages need at least as many layers, model.num_layers is {m.num_layers}")
+    if p.pipeline_stage > 1:
+        require(not m.tie_word_embeddings, "parallel.pipeline_stage",
+                "tied embeddings would share one weight between the first and the last stage; "
+                "set model.tie_word_embeddings: false or pipeline_stage: 1")
+    if p.pipeline_offset:
+        counts = p.stage_layers(m.num_layers)
+        require(min(counts) >= 1, "parallel.pipeline_offset",
+                f"leaves a stage without layers: layers per stage would be {counts}")
 
 
 def config_from_dict(data: dict, source: str = "") -> Config:

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
-from mindspore.ops.auto_generate import SiLU
+from mindspore.ops.auto_generate import RmsNorm, RotaryPositionEmbedding, SiLU
 
 DTYPES = {"float32": ms.float32, "bfloat16": ms.bfloat16, "float16": ms.float16}
 
@@ -57,6 +57,7 @@ class RMSNorm(nn.Cell):
         self.rsqrt = ops.Rsqrt()
         self.mul = ops.Mul()
         self.mul_weight = ops.Mul()
+        self.fused_norm = RmsNorm(eps)  # = ops.rms_norm, as a primitive that can be sharded
         self.sum_masked = ops.ReduceSum(keep_dims=True)  # channel_mask only
         self.div = ops.Div()
 
@@ -67,7 +68,7 @@ class RMSNorm(nn.Cell):
             mean_sq = self.div(self.sum_masked(self.mul(self.square(x), m), -1), self.sum_masked(m))
             y = self.mul_weight(self.mul(x, self.rsqrt(self.add(mean_sq, self.eps))), self.weight)
         elif self.fused:  # Ascend kernel
-            y = ops.rms_norm(x, self.weight, self.eps)[0]
+            y = self.fused_norm(x, self.weight)[0]
         else:
             inv_rms = self.rsqrt(self.add(self.mean(self.square(x), -1), self.eps))
             y = self.mul_weight(self.mul(x, inv_rms), self.weight)
@@ -95,18 +96,21 @@ class RotaryEmbedding(nn.Cell):
         self.add = ops.Add()
         self.neg = ops.Neg()
         self.concat = ops.Concat(axis=-1)
+        self.slice_lo = ops.StridedSlice()  # x[..., :half] and x[..., half:] as shardable primitives
+        self.slice_hi = ops.StridedSlice()
+        self.fused_rope = RotaryPositionEmbedding()  # = ops.rotary_position_embedding
 
     def rotate_half(self, x):
-        x1 = x[..., : self.half]
-        x2 = x[..., self.half:]
+        b, n, t, d = x.shape
+        x1 = self.slice_lo(x, (0, 0, 0, 0), (b, n, t, self.half), (1, 1, 1, 1))
+        x2 = self.slice_hi(x, (0, 0, 0, self.half), (b, n, t, d), (1, 1, 1, 1))
         return self.concat((self.neg(x2), x1))
 
     def construct(self, x, cos, sin):
         dtype = x.dtype
         x = self.cast(x, ms.float32)
         if self.fused:  # Ascend kernel, BNSD with [1, 1, T, D] tables
-            y = ops.rotary_position_embedding(x, cos.expand_dims(0).expand_dims(0),
-                                              sin.expand_dims(0).expand_dims(0), 0)
+            y = self.fused_rope(x, cos.expand_dims(0).expand_dims(0), sin.expand_dims(0).expand_dims(0), 0)
         else:
             y = self.add(self.mul_cos(x, cos), self.mul_sin(self.rotate_half(x), sin))
         return self.cast(y, dtype)
@@ -132,13 +136,18 @@ class SeriesInformedActivation(nn.Cell):
         self.add_bias = ops.Add()
         self.silu = SiLU()
         self.sum_terms = ops.Add()
+        self.channels = channels
+        self.row = ops.StridedSlice()  # term i's [1, channels] row of scale / bias, shardable by channel
+
+    def term(self, table, i):
+        return self.row(table, (i, 0), (i + 1, self.channels), (1, 1))
 
     def construct(self, x):
         scale = self.cast(self.scale, self.compute_dtype)
         bias = self.cast(self.bias, self.compute_dtype)
-        out = self.silu(self.add_bias(self.mul(x, scale[0]), bias[0]))
+        out = self.silu(self.add_bias(self.mul(x, self.term(scale, 0)), self.term(bias, 0)))
         for i in range(1, self.terms):
-            out = self.sum_terms(out, self.silu(self.add_bias(self.mul(x, scale[i]), bias[i])))
+            out = self.sum_terms(out, self.silu(self.add_bias(self.mul(x, self.term(scale, i)), self.term(bias, i))))
         return out
 
 
@@ -156,10 +165,11 @@ class AugmentedShortcut(nn.Cell):
         self.mul = ops.Mul()
         self.mul_half = ops.Mul()
         self.add_one = ops.Add()
+        self.mul_inv_sqrt2 = ops.Mul()
         self.inv_sqrt2 = 1.0 / math.sqrt(2.0)
 
     def gelu(self, x):
-        return self.mul_half(self.mul(x, self.add_one(self.erf(x * self.inv_sqrt2), 1.0)), 0.5)
+        return self.mul_half(self.mul(x, self.add_one(self.erf(self.mul_inv_sqrt2(x, self.inv_sqrt2)), 1.0)), 0.5)
 
     def construct(self, x):
         return self.up(self.gelu(self.down(x)))

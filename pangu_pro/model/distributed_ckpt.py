@@ -1,0 +1,216 @@
+"""Distributed checkpoints: read strategy files, merge rank slices, reshard for another layout.
+
+Under semi-auto parallel each rank saves its own slice of every parameter (`ModelCheckpoint` in
+`rank_checkpoint_dir(output_dir, rank)`) and, with `strategy_ckpt_config` set by
+`sharding.set_parallel_context`, a strategy file describing how each parameter was split:
+
+    layout of a parameter = device matrix (e.g. [dp, mp]) + tensor map (per tensor dim, the device
+    matrix dim it is split over, counted from the right; -1 = not split)
+
+e.g. a column-parallel weight [out, in] under ((dp, 1), (mp, 1)) has device matrix [dp, mp] and
+tensor map [0, -1]: rows split over mp (the rightmost device dimension), repeated over dp. A rank's
+coordinates in the device matrix are its index in row-major order (the last dimension varies
+fastest). With pipeline parallel every stage writes its own strategy file; its device matrix
+covers the ranks of that stage, which are consecutive (`merge_strategies` joins the files).
+
+`merge_rank_slices` puts one parameter together (MindSpore's `merge_sliced_parameter`);
+`merge_rank_checkpoints` a whole model (for HF export or a resume on another layout);
+`slice_for_rank`/`reshard_state` cut a full state for a rank of a new layout. On a cluster,
+`mindspore.transform_checkpoints` does the same file to file, and also undoes the parallel
+optimizer's extra split of checkpoints saved with `integrated_save=False`; the functions here expect
+the default `integrated_save=True`, whose files hold only the model-parallel split.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How one parameter is split over the devices of its (pipeline stage's) group."""
+
+    dev_matrix: tuple[int, ...]
+    tensor_map: tuple[int, ...]
+    field: int = 0  # MindSpore's "field" split (embedding-bag style); 0 for every layout we use
+    opt_weight_shard_size: int = 0
+    opt_weight_shard_step: int = 0
+
+    @property
+    def device_count(self) -> int:
+        return int(np.prod(self.dev_matrix))
+
+    @property
+    def splits(self) -> tuple[int, ...]:
+        """Number of pieces along each tensor dimension."""
+        return tuple(1 if m == -1 else self.dev_matrix[len(self.dev_matrix) - 1 - m] for m in self.tensor_map)
+
+    def coordinates(self, rank: int) -> tuple[int, ...]:
+        """The device-matrix coordinates of local rank `rank` (row-major, last dimension fastest)."""
+        return tuple(int(c) for c in np.unravel_index(rank, self.dev_matrix))
+
+    def block(self, rank: int) -> tuple[int, ...]:
+        """Which piece along each tensor dimension local rank `rank` holds."""
+        coords = self.coordinates(rank)
+        return tuple(0 if m == -1 else coords[len(self.dev_matrix) - 1 - m] for m in self.tensor_map)
+
+
+def layout_from_strategy(dp_mp_strategy: Sequence[int], dev_matrix: Sequence[int]) -> ParamLayout:
+    """A layout from a weight's shard strategy over a device matrix, e.g. (mp, 1) over [dp, mp].
+
+    Each split of the strategy is matched to the rightmost unused device dimension of that size
+    (the convention MindSpore follows for the weights of our layout)."""
+    tensor_map, used = [], set()
+    for split in dp_mp_strategy:
+        if split == 1:
+            tensor_map.append(-1)
+            continue
+        for dim in range(len(dev_matrix) - 1, -1, -1):
+            if dev_matrix[dim] == split and dim not in used:
+                used.add(dim)
+                tensor_map.append(len(dev_matrix) - 1 - dim)
+                break
+        else:
+            raise ValueError(f"split {split} matches no free dimension of the device matrix {list(dev_matrix)}")
+    return ParamLayout(tuple(dev_matrix), tuple(tensor_map))
+
+
+def _from_proto(layout) -> ParamLayout:
+    return ParamLayout(tuple(layout.dev_matrix[0].dim), tuple(layout.tensor_map[0].dim), int(layout.field),
+                       int(layout.opt_weight_shard_size), int(layout.opt_weight_shard_step))
+
+
+def _to_proto(layout: ParamLayout):
+    from mindspore.train.node_strategy_pb2 import ParallelLayouts
+
+    proto = ParallelLayouts()
+    proto.dev_matrix.add().dim.extend(layout.dev_matrix)
+    proto.tensor_map.add().dim.extend(layout.tensor_map)
+    proto.param_split_shape.add()
+    proto.indices_offset.add()
+    proto.field = layout.field
+    proto.opt_weight_shard_size = layout.opt_weight_shard_size
+    proto.opt_weight_shard_step = layout.opt_weight_shard_step
+    return proto
+
+
+def read_strategy(path: str | Path) -> dict[str, ParamLayout]:
+    """Parameter name -> layout, from a strategy file MindSpore wrote (protobuf, or `.json`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"strategy file not found: {path}")
+    return {name: _from_proto(layout) for name, layout in ms.build_searched_strategy(str(path)).items()}
+
+
+def merge_strategies(paths: Iterable[str | Path]) -> dict[str, ParamLayout]:
+    """Join the strategy files of several pipeline stages (each names only its own parameters)."""
+    merged: dict[str, ParamLayout] = {}
+    for path in paths:
+        for name, layout in read_strategy(path).items():
+            if name in merged and merged[name] != layout:
+                raise ValueError(f"{name}: different layouts in two strategy files ({path})")
+            merged[name] = layout
+    return merged
+
+
+def write_strategy_json(layouts: Mapping[str, ParamLayout], path: str | Path) -> None:
+    """Write layouts in MindSpore's JSON strategy format (readable by `ms.build_searched_strategy`)."""
+    items = {name: {"dev_matrix": list(l.dev_matrix), "tensor_map": list(l.tensor_map), "field": l.field,
+                    "opt_weight_shard_size": l.opt_weight_shard_size,
+                    "opt_weight_shard_step": l.opt_weight_shard_step}
+             for name, l in layouts.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"parallel_layout_item": items}, indent=1), encoding="utf-8")
+
+
+def slice_for_rank(full: np.ndarray, layout: ParamLayout, rank: int) -> np.ndarray:
+    """The piece of `full` that local rank `rank` holds under `layout` (even splits)."""
+    if len(layout.tensor_map) != full.ndim:
+        raise ValueError(f"layout has {len(layout.tensor_map)} dims, tensor has {full.ndim}")
+    index = []
+    for size, pieces, piece in zip(full.shape, layout.splits, layout.block(rank)):
+        if size % pieces:
+            raise ValueError(f"dimension of size {size} does not split evenly into {pieces}")
+        step = size // pieces
+        index.append(slice(piece * step, (piece + 1) * step))
+    return full[tuple(index)]
+
+
+def merge_rank_slices(name: str, slices: Sequence, layout: ParamLayout) -> np.ndarray:
+    """The full tensor of parameter `name` from its slices, one per rank of its group in rank order
+    (numpy arrays, Tensors or Parameters), via `mindspore.merge_sliced_parameter`."""
+    if len(slices) != layout.device_count:
+        raise ValueError(f"{name}: {len(slices)} slices for a layout over {layout.device_count} devices")
+    params = []
+    for piece in slices:
+        data = piece.asnumpy() if isinstance(piece, (Tensor, Parameter)) else np.asarray(piece)
+        params.append(Parameter(Tensor(data), name=name))
+    merged = ms.merge_sliced_parameter(params, {name: _to_proto(layout)})
+    return merged.asnumpy()
+
+
+def rank_checkpoint_dir(output_dir: str | Path, rank: int) -> Path:
+    """Where rank `rank` writes its checkpoints: <output_dir>/checkpoints/rank_<rank>."""
+    return Path(output_dir) / "checkpoints" / f"rank_{rank}"
+
+
+def _load(path: str | Path) -> dict[str, np.ndarray]:
+    path = str(path)
+    fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
+    return {name: p.asnumpy() for name, p in ms.load_checkpoint(path, format=fmt).items()}
+
+
+def merge_rank_checkpoints(rank_files: Sequence[str | Path], strategy: Mapping[str, ParamLayout] | str | Path,
+                           out_file: Optional[str | Path] = None,
+                           names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+    """Full tensors from per-rank checkpoint files (index = global rank).
+
+    A parameter in the strategy is merged from the ranks that hold it (with pipeline parallel, the
+    consecutive ranks of its stage); one absent from the strategy is replicated and read from the
+    first rank holding it. `names` limits the output (e.g. model weights without optimizer state).
+    Writes `out_file` (.safetensors or .ckpt) when given.
+    """
+    if not isinstance(strategy, Mapping):
+        strategy = read_strategy(strategy)
+    states = [_load(f) for f in rank_files]
+    wanted = set(names) if names is not None else None
+    merged: dict[str, np.ndarray] = {}
+    order = [n for state in states for n in state]
+    for name in dict.fromkeys(order):
+        if wanted is not None and name not in wanted:
+            continue
+        holders = [state[name] for state in states if name in state]
+        layout = strategy.get(name)
+        merged[name] = holders[0] if layout is None else merge_rank_slices(name, holders, layout)
+    if out_file is not None:
+        save_state(merged, out_file)
+    return merged
+
+
+def reshard_state(full: Mapping[str, np.ndarray], strategy: Mapping[str, ParamLayout], rank: int,
+                  names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
+    """One rank's checkpoint under a new layout: each parameter of `strategy` sliced for `rank`
+    (the rank's index within its stage's group), the others copied whole. `names` restricts the
+    output to the parameters of the rank's pipeline stage."""
+    keep = set(names) if names is not None else set(full)
+    out = {}
+    for name, value in full.items():
+        if name in keep:
+            out[name] = slice_for_rank(value, strategy[name], rank) if name in strategy else value
+    return out
+
+
+def save_state(state: Mapping[str, np.ndarray], path: str | Path) -> None:
+    """Write a name -> array mapping as a MindSpore checkpoint (.safetensors or .ckpt by suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
+    params = [{"name": name, "data": Tensor(np.ascontiguousarray(value))} for name, value in state.items()]
+    ms.save_checkpoint(params, str(path), format=fmt)

@@ -1,0 +1,35 @@
+"""`pangu-pro plan CONFIG --devices N`: check a layout and print its memory per device.
+
+Wired into the model stage's `commands.register` by the lead: `plan_command.register(subparsers)`.
+"""
+from __future__ import annotations
+
+
+def run_plan(args) -> int:
+    from pangu_pro.config import check_layout, load_config
+    from pangu_pro.model.plan import format_plan
+
+    config = load_config(args.config, args.set)
+    devices = args.devices if args.devices is not None else config.parallel.device_num
+    try:
+        check_layout(config, devices)
+    except Exception as err:  # ConfigError: name the file as load_config does
+        raise err.within(source=args.config) if hasattr(err, "within") else err
+    print(format_plan(config, args.device_memory_gib))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="check a parallel layout and estimate memory per device",
+        description="Validate the config's parallel section against N devices and print weights, "
+                    "gradients, optimizer state and activations (no/selective/full recompute) per "
+                    "device of each pipeline stage. Formulas: docs/parallel.md.")
+    parser.add_argument("config", help="YAML config with model, parallel and train sections")
+    parser.add_argument("--devices", type=int, default=None,
+                        help="device count of the run (default: data_parallel x model_parallel x pipeline_stage)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set parallel.model_parallel=4 (repeatable)")
+    parser.add_argument("--device-memory-gib", type=float, default=64.0,
+                        help="memory of one device in GiB (Ascend 910B: 64, 910A: 32)")
+    parser.set_defaults(func=run_plan)

@@ -1,0 +1,254 @@
+"""Tensor/sequence/pipeline layout of the PanGu-pi cells, read back from the primitives on the CPU.
+
+A semi-auto parallel context with 8 devices lets `.shard()` run without devices (mindspore-notes,
+"Shard strategies without devices"); compiling such a graph needs Ascend (tests/test_parallel_ascend.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import mindspore as ms
+from mindspore import nn
+from mindspore.ops.primitive import Primitive
+
+from pangu_pro.config import ModelConfig, ParallelConfig
+from pangu_pro.model.pangu_pi import PanGuPiForCausalLM, PanGuPiWithLoss
+from pangu_pro.model.sharding import (apply_recompute, assign_pipeline_stages, configure_model, dataset_shard,
+                                      parallel_context_kwargs, set_parallel_context, shard_model,
+                                      wrap_for_pipeline)
+
+MHA = ModelConfig(vocab_size=256, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
+                  seq_length=32, aug_shortcut_ratio=8, siaf_terms=3)
+GQA = dataclasses.replace(MHA, num_kv_heads=2, siaf=False, tie_word_embeddings=True)
+
+# primitives that take no strategy (Cast/Reshape follow their input), run only in cached decoding
+# (gather_rows) or on scalars (maximum), or belong to the inheritance masks' broadcast paths
+UNSHARDED = {"cast", "reshape", "gather_rows", "maximum", "mul_mask", "sum_masked", "div"}
+
+
+@pytest.fixture
+def semi_auto(monkeypatch):
+    import mindspore.communication as comm
+    import mindspore.communication.management as management
+
+    monkeypatch.setattr(comm, "get_group_size", lambda *a, **k: 8)
+    monkeypatch.setattr(management, "get_group_size", lambda *a, **k: 8)
+    ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel", device_num=8, full_batch=True)
+    yield
+    ms.reset_auto_parallel_context()
+
+
+def expected_layout(model_cfg: ModelConfig, d: int, m: int, sp: bool, vp: bool) -> dict[str, tuple]:
+    """The layout of docs/parallel.md, written out independently of pangu_pro.model.sharding."""
+    s = m if sp else 1
+    x, heads, ch = (d, s, 1), (d, m, 1, 1), (d, 1, m)
+    col, row = ((d, 1), (m, 1)), ((d, m), (1, m))
+    norm = {"square": (x,), "mean": (x,), "rsqrt": (x,), "add": (x, ()), "mul": (x, x),
+            "mul_weight": (x, (1,)), "fused_norm": (x, (1,))}
+    layer = {}
+    for n in ("attention_norm", "ffn_norm"):
+        layer.update({f"{n}.{k}": v for k, v in norm.items()})
+    layer.update({
+        "attention.wq.matmul": col, "attention.wk.matmul": col, "attention.wv.matmul": col,
+        "attention.wo.matmul": row, "attention.transpose": ((d, 1, m, 1),),
+        "attention.rope.slice_lo": (heads,), "attention.rope.slice_hi": (heads,), "attention.rope.neg": (heads,),
+        "attention.rope.concat": (heads, heads), "attention.rope.mul_cos": (heads, (1, 1)),
+        "attention.rope.mul_sin": (heads, (1, 1)), "attention.rope.add": (heads, heads),
+        "attention.rope.fused_rope": (heads, (1, 1, 1, 1), (1, 1, 1, 1)),
+        "attention.tile_kv": ((d, m, 1, 1, 1),), "attention.qk_matmul": (heads, heads),
+        "attention.mul_scale": (heads, ()), "attention.add_mask": (heads, (1, 1)),
+        "attention.softmax": (heads,), "attention.pv_matmul": (heads, heads), "attention.merge_heads": (heads,),
+        "attention.mul_head_mask": (heads, (1, m, 1, 1)),
+        "feed_forward.w1.matmul": col, "feed_forward.w3.matmul": col, "feed_forward.w2.matmul": row,
+        "feed_forward.mul": (ch, ch), "feed_forward.mul_neuron_mask": (ch, (m,)),
+        "add_attention": (x, x), "add_shortcut": (x, x), "add_ffn": (x, x),
+    })
+    if model_cfg.siaf:
+        layer.update({"feed_forward.siaf.row": ((1, m),), "feed_forward.siaf.mul": (ch, (1, m)),
+                      "feed_forward.siaf.add_bias": (ch, (1, m)), "feed_forward.siaf.silu": (ch,),
+                      "feed_forward.siaf.sum_terms": (ch, ch)})
+    else:
+        layer["feed_forward.silu"] = (ch,)
+    if model_cfg.aug_shortcut:  # replicated weights, tokens split like the residual stream
+        layer.update({"aug_shortcut.down.matmul": ((d * s, 1), (1, 1)), "aug_shortcut.up.matmul": ((d * s, 1), (1, 1)),
+                      "aug_shortcut.mul_inv_sqrt2": (x, ()), "aug_shortcut.erf": (x,), "aug_shortcut.add_one": (x, ()),
+                      "aug_shortcut.mul": (x, x), "aug_shortcut.mul_half": (x, ())})
+    out = {}
+    for i in range(model_cfg.num_layers):
+        out.update({f"model.layers.{i}.{k}": v for k, v in layer.items()})
+    out.update({f"model.norm.{k}": v for k, v in norm.items()})
+    out["model.embed_tokens.gather"] = (((m, 1) if vp else (1, 1)), (d, 1))
+    head = ((d, 1), (m, 1)) if vp else ((d * m, 1), (1, 1))
+    out["tied_matmul" if model_cfg.tie_word_embeddings else "lm_head.matmul"] = head
+    out.update({"loss.log_softmax": ((d, m, 1),), "loss.gather_d": ((d, m, 1), (d, m, 1)),
+                "loss.reduce_sum": ((d, m),)})
+    return out
+
+
+def read_strategies(network) -> dict[str, tuple]:
+    """Every primitive's in_strategy (None if unset), by parameter-style path."""
+    found = {}
+    for cell_name, cell in network.cells_and_names():
+        path = cell_name.replace("network.", "", 1) if cell_name.startswith("network.") else cell_name
+        if cell_name == "":
+            path = "loss"
+        elif cell_name == "network":
+            path = ""
+        for attr in dir(cell):
+            value = getattr(cell, attr, None) if not attr.startswith("__") else None
+            if isinstance(value, Primitive):
+                key = f"{path}.{attr}" if path else attr
+                found[key] = getattr(value, "in_strategy", None)
+    return found
+
+
+LAYOUTS = [  # (model, dp, mp, pp, sequence parallel, vocab parallel)
+    (MHA, 8, 1, 1, False, False),
+    (MHA, 2, 4, 1, False, False),
+    (MHA, 1, 4, 2, True, False),
+    (GQA, 2, 2, 2, False, True),
+    (GQA, 1, 2, 4, True, True),
+]
+
+
+@pytest.mark.parametrize("model_cfg,dp,mp,pp,sp,vp", LAYOUTS)
+def test_every_primitive_has_the_expected_strategy(semi_auto, model_cfg, dp, mp, pp, sp, vp):
+    parallel = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=max(pp, 2),
+                              sequence_parallel=sp, vocab_parallel=vp)
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(model_cfg))
+    applied = shard_model(network, parallel)
+    expected = expected_layout(model_cfg, dp, mp, sp, vp)
+    found = read_strategies(network)
+    sharded = {k: v for k, v in found.items() if k.rsplit(".", 1)[-1] not in UNSHARDED}
+    assert sharded == expected
+    assert {k: v[0] for k, v in applied.items()} == expected
+    assert all(v is None for k, v in found.items() if k.rsplit(".", 1)[-1] in UNSHARDED)
+
+
+def test_literal_layout_dp2_mp4(semi_auto):
+    """A few strategies spelled out as numbers, for the Megatron layout of mindspore-notes."""
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    shard_model(network, ParallelConfig(data_parallel=2, model_parallel=4))
+    layer = network.network.model.layers[1]
+    assert layer.attention.wq.matmul.in_strategy == ((2, 1), (4, 1))
+    assert layer.attention.wo.matmul.in_strategy == ((2, 4), (1, 4))
+    assert getattr(layer.attention.wo.matmul, "out_strategy", None) is None
+    assert layer.attention.softmax.in_strategy == ((2, 4, 1, 1),)
+    assert layer.feed_forward.siaf.mul.in_strategy == ((2, 1, 4), (1, 4))
+    assert layer.aug_shortcut.down.matmul.in_strategy == ((2, 1), (1, 1))
+    assert layer.ffn_norm.mul_weight.in_strategy == ((2, 1, 1), (1,))
+    assert network.network.lm_head.matmul.in_strategy == ((8, 1), (1, 1))
+
+
+def test_sequence_parallel_reduce_scatters_row_parallel_outputs(semi_auto):
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    shard_model(network, ParallelConfig(data_parallel=2, model_parallel=4, sequence_parallel=True))
+    layer = network.network.model.layers[0]
+    assert layer.attention.wo.matmul.out_strategy == ((8, 1),)
+    assert layer.feed_forward.w2.matmul.out_strategy == ((8, 1),)
+    assert layer.add_ffn.in_strategy == ((2, 4, 1), (2, 4, 1))
+    assert layer.aug_shortcut.up.matmul.in_strategy == ((8, 1), (1, 1))
+
+
+def test_flash_attention_strategy(semi_auto):
+    cfg = dataclasses.replace(MHA, use_flash_attention=True)
+    model = PanGuPiForCausalLM(cfg)
+    shard_model(model, ParallelConfig(data_parallel=2, model_parallel=4))
+    fa = model.model.layers[0].attention.flash_attention
+    assert fa.in_strategy == ((2, 4, 1, 1), (2, 4, 1, 1), (2, 4, 1, 1), (1, 1))
+
+
+def test_no_strategies_outside_semi_auto_parallel():
+    model = PanGuPiForCausalLM(MHA)
+    assert shard_model(model, ParallelConfig(data_parallel=2, model_parallel=4)) == {}
+    with pytest.raises(AttributeError):
+        _ = model.model.layers[0].attention.wq.matmul.in_strategy
+
+
+@pytest.mark.parametrize("layers,pp,offset,stages", [
+    (4, 2, [], [0, 0, 1, 1]),
+    (4, 4, [], [0, 1, 2, 3]),
+    (5, 2, [], [0, 0, 0, 1, 1]),  # layer_id // (5 / 2): 0, 0, 0 (2 // 2.5), 1, 1
+    (5, 2, [1, -1], [0, 0, 0, 0, 1]),
+    (6, 3, [-1, 0, 1], [0, 1, 1, 2, 2, 2]),
+])
+def test_pipeline_stages(semi_auto, layers, pp, offset, stages):
+    cfg = dataclasses.replace(MHA, num_layers=layers)
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(cfg))
+    parallel = ParallelConfig(data_parallel=8 // pp if pp < 8 else 1, pipeline_stage=pp, micro_batch_num=pp,
+                              pipeline_offset=offset)
+    assert assign_pipeline_stages(network, parallel) == stages
+    lm = network.network
+    assert [layer.pipeline_stage for layer in lm.model.layers] == stages
+    assert lm.model.embed_tokens.pipeline_stage == 0
+    assert lm.model.norm.pipeline_stage == pp - 1
+    assert lm.lm_head.pipeline_stage == pp - 1
+    assert network.pipeline_stage == pp - 1
+
+
+def test_recompute_modes():
+    full = PanGuPiForCausalLM(MHA)
+    apply_recompute(full, ParallelConfig(recompute="full"))
+    assert all(layer._has_config_recompute for layer in full.model.layers)
+    assert not full.model.embed_tokens._has_config_recompute
+
+    sel = PanGuPiForCausalLM(MHA)
+    apply_recompute(sel, ParallelConfig(recompute="selective"))
+    layer = sel.model.layers[2]
+    assert not layer._has_config_recompute
+    for prim in (layer.attention.softmax, layer.attention.qk_matmul, layer.feed_forward.siaf.silu):
+        assert prim.attrs.get("recompute") is True
+    for prim in (layer.attention.wq.matmul, layer.attention.pv_matmul, layer.feed_forward.mul):
+        assert prim.attrs.get("recompute") is None
+
+
+def test_configure_model_opts_norms_out_of_zero(semi_auto):
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    configure_model(network, ParallelConfig(data_parallel=4, model_parallel=2, optimizer_shard=True))
+    flags = {p.name: p.parallel_optimizer for p in network.get_parameters()}
+    assert flags["model.norm.weight"] is False
+    assert flags["model.layers.0.attention_norm.weight"] is False
+    assert flags["model.layers.0.attention.wq.weight"] is True
+
+
+def test_parallel_context_kwargs():
+    dp_only = ParallelConfig(data_parallel=8, optimizer_shard=True, optimizer_shard_threshold_kb=128)
+    assert parallel_context_kwargs(dp_only) == {
+        "parallel_mode": "data_parallel", "device_num": 8, "gradients_mean": True,
+        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128},
+        "comm_fusion": {"allreduce": {"mode": "size", "config": 32}}}
+    pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)
+    assert parallel_context_kwargs(pipe, "out/strategy/strategy_rank_3.ckpt") == {
+        "parallel_mode": "semi_auto_parallel", "device_num": 8, "gradients_mean": True, "full_batch": True,
+        "pipeline_stages": 2, "pipeline_config": {"pipeline_interleave": False, "pipeline_scheduler": "1f1b"},
+        "strategy_ckpt_config": {"save_file": "out/strategy/strategy_rank_3.ckpt", "only_trainable_params": False},
+        "comm_fusion": {"allreduce": {"mode": "auto", "config": None}}}
+    assert parallel_context_kwargs(ParallelConfig()) == {"parallel_mode": "stand_alone"}
+    assert dataset_shard(dp_only, 3) == (8, 3)
+    assert dataset_shard(pipe, 3) == (1, 0)
+
+
+def test_set_parallel_context_checks_devices_and_sets_the_context():
+    from pangu_pro.config import ConfigError
+
+    try:
+        with pytest.raises(ConfigError) as err:
+            set_parallel_context(ParallelConfig(data_parallel=2, model_parallel=2), device_num=8)
+        assert err.value.key == "parallel"
+        set_parallel_context(ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=2),
+                             device_num=8)
+        assert ms.get_auto_parallel_context("parallel_mode") == "semi_auto_parallel"
+        assert ms.get_auto_parallel_context("pipeline_stages") == 2
+        assert ms.get_auto_parallel_context("device_num") == 8
+    finally:
+        ms.reset_auto_parallel_context()
+
+
+def test_wrap_for_pipeline(semi_auto):
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    piped = wrap_for_pipeline(network, ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=4))
+    assert isinstance(piped, nn.PipelineCell) and piped.micro_size == 4
+    inter = wrap_for_pipeline(network, ParallelConfig(data_parallel=8, micro_batch_interleave_num=2))
+    assert isinstance(inter, nn.MicroBatchInterleaved)
+    assert wrap_for_pipeline(network, ParallelConfig(data_parallel=8)) is network
