@@ -1,4 +1,4 @@
-"""CLI commands of the model stage: `params` and `generate`."""
+"""CLI commands of the model stage: `params`, `generate` and `plan`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,8 @@ from pangu_pro.config import load_config
 
 
 def register(subparsers) -> None:
+    from pangu_pro.model import plan_command
+
     p = subparsers.add_parser("params", help="analytic parameter count of a config, by component")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.vocab_size=48000")
@@ -29,6 +31,8 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-eos-stop", action="store_true", help="do not stop at the end-of-sequence token")
     g.set_defaults(func=run_generate)
+
+    plan_command.register(subparsers)
 
 
 def run_params(args: argparse.Namespace) -> int:
