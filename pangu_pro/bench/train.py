@@ -1,0 +1,244 @@
+"""`pangu-pro bench train`: training-step throughput against two peer implementations (not a timed test).
+
+What is measured, on one machine in one run, with the same shapes for everyone:
+  * the machine's fp32 matmul peak: a compiled MindSpore loop of [n, n] x [n, n] matmuls,
+    2 n^3 FLOPs each, the best of a few repeats;
+  * our training step (`pangu_pro.train.step.TrainStep`: forward, backward, global-norm clip, AdamW)
+    on `tiny_cpu` (PanGu-pi modules on) and on a 23M LLaMA shape (hidden 384, 6 layers, 6 heads,
+    FFN 1024, vocab 16k, seq 256, batch 4), the latter with the PanGu-pi modules off (= LLaMA) and on;
+  * peers on the 23M LLaMA shape: MindFormers' legacy `LlamaForCausalLM` (fp32, unfused kernels)
+    under `nn.TrainOneStepCell` with MindFormers' AdamW, and Hugging Face's `LlamaForCausalLM` in
+    PyTorch fp32 with `torch.optim.AdamW` and `clip_grad_norm_`;
+  * data loading: batches/s of `create_dataset` over MindRecord shards vs what a step consumes.
+
+Step time = median of `--steps` timed steps after `--warmup` untimed ones (compile excluded).
+FLOPs per token = 6 * N_matmul + 12 * L * S * H * D_h (`pangu_pro.train.metrics`), the same formula
+for every implementation; achieved FLOP/s = FLOPs per token * tokens/s; MFU against the measured peak.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path("benchmarks/results/train.json")
+LLAMA_23M = dict(vocab_size=16000, hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1024,
+                 seq_length=256)
+REFERENCE = {"mindformers_s_per_step": 1.2, "pytorch_s_per_step": 0.8,
+             "note": "issue 3: 23M LLaMA, seq 256, batch 4, 2 cores; target >= 1.2x MindFormers, >= 1.0x PyTorch"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per implementation (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--batch", type=int, default=4, help="batch size of the 23M comparison")
+    parser.add_argument("--tiny-batch", type=int, default=8, help="batch size for tiny_cpu")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["mindformers", "pytorch", "pangu", "tiny", "data"],
+                        help="parts to leave out")
+    parser.add_argument("--out", default=str(RESULTS), help="results JSON")
+
+
+def _median_step(fn, steps: int, warmup: int) -> dict:
+    began = time.perf_counter()
+    fn()
+    compile_s = time.perf_counter() - began
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return {"s_per_step": statistics.median(times), "min_s": min(times), "first_call_s": compile_s}
+
+
+def matmul_peak(n: int = 1024, chain: int = 8, repeats: int = 5) -> dict:
+    """Best fp32 FLOP/s of a compiled chain of [n, n] matmuls (MindSpore, current device)."""
+    import mindspore as ms
+    from mindspore import Tensor, nn, ops
+
+    class Chain(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.matmul = ops.MatMul()
+
+        def construct(self, a, b):
+            for _ in range(chain):
+                a = self.matmul(a, b) * 0.03
+            return a
+
+    rng = np.random.default_rng(0)
+    a = Tensor(rng.standard_normal((n, n)).astype(np.float32))
+    b = Tensor((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32))
+    net = Chain()
+    net(a, b).asnumpy()
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        net(a, b).asnumpy()
+        best = min(best, time.perf_counter() - began)
+    return {"n": n, "matmuls": chain, "flops_per_s": 2 * n ** 3 * chain / best, "dtype": str(ms.float32)}
+
+
+def bench_ours(model_cfg, batch: int, steps: int, warmup: int) -> dict:
+    from mindspore import Tensor
+
+    from pangu_pro.config import TrainConfig
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+    from pangu_pro.train.optim import build_optimizer
+    from pangu_pro.train.step import TrainStep
+
+    model = build_model(model_cfg, seed=0)
+    step = TrainStep(PanGuPiWithLoss(model), build_optimizer(model.trainable_params(), TrainConfig()), grad_clip=1.0)
+    ids = Tensor(np.random.default_rng(0).integers(0, model_cfg.vocab_size, (batch, model_cfg.seq_length + 1),
+                                                   dtype=np.int32))
+    return _median_step(lambda: step([ids], 1e-4), steps, warmup)
+
+
+def bench_mindformers(model_cfg, batch: int, steps: int, warmup: int) -> dict:
+    os.environ.setdefault("LOG_MF_PATH", os.path.join(tempfile.gettempdir(), "pangu-pro-mf-log"))  # not ./output
+    from mindformers import LlamaConfig, LlamaForCausalLM
+    from mindformers.core.optim import AdamW
+    from mindspore import Tensor, nn
+
+    peer_cfg = LlamaConfig(batch_size=batch, seq_length=model_cfg.seq_length, hidden_size=model_cfg.hidden_size,
+                           num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+                           n_kv_heads=model_cfg.num_kv_heads, intermediate_size=model_cfg.intermediate_size,
+                           vocab_size=model_cfg.vocab_size, rms_norm_eps=1e-5, theta=10000.0,
+                           compute_dtype="float32", layernorm_compute_type="float32", softmax_compute_type="float32",
+                           rotary_dtype="float32", param_init_type="float32", use_rope_slice=True,
+                           fused_rms_norm=False, use_flash_attention=False, use_past=False)
+    net = LlamaForCausalLM(peer_cfg)
+    net.set_train(True)
+    step = nn.TrainOneStepCell(net, AdamW(net.trainable_params(), learning_rate=1e-4, betas=(0.9, 0.95),
+                                          weight_decay=0.1))
+    step.set_train(True)
+    ids = Tensor(np.random.default_rng(0).integers(0, model_cfg.vocab_size, (batch, model_cfg.seq_length + 1),
+                                                   dtype=np.int32))
+    return _median_step(lambda: step(ids).asnumpy(), steps, warmup)
+
+
+def bench_pytorch(model_cfg, batch: int, steps: int, warmup: int) -> dict:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size,
+                      intermediate_size=model_cfg.intermediate_size, num_hidden_layers=model_cfg.num_layers,
+                      num_attention_heads=model_cfg.num_heads, num_key_value_heads=model_cfg.kv_heads,
+                      max_position_embeddings=model_cfg.seq_length, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      tie_word_embeddings=False, torch_dtype="float32")
+    model = LlamaForCausalLM(cfg).float().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, model_cfg.vocab_size,
+                                                             (batch, model_cfg.seq_length + 1))).long()
+
+    def one():
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss  # HF shifts labels inside
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    return {**_median_step(one, steps, warmup), "torch_threads": torch.get_num_threads(),
+            "attn_implementation": model.config._attn_implementation}
+
+
+def bench_data(batch: int, seq: int, batches: int = 200) -> dict:
+    """Batches/s of the training loader over 4 MindRecord shards of random tokens."""
+    from mindspore.mindrecord import FileWriter
+
+    from pangu_pro.data.dataset import create_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.mindrecord")
+        writer = FileWriter(path, shard_num=4, overwrite=True)
+        writer.add_schema({"input_ids": {"type": "int32", "shape": [-1]}}, "tokens")
+        rows = np.random.default_rng(0).integers(0, 16000, (batches * batch, seq + 1), dtype=np.int32)
+        writer.write_raw_data([{"input_ids": r} for r in rows])
+        writer.commit()
+        files = [os.path.join(tmp, f"data.mindrecord{i}") for i in range(4)]
+        dataset = create_dataset(files, batch, shuffle=True, seed=0)
+        began = time.perf_counter()
+        count = sum(1 for _ in dataset.create_tuple_iterator(num_epochs=1))
+        elapsed = time.perf_counter() - began
+    return {"batches": count, "batch": batch, "seq": seq, "batches_per_s": count / elapsed,
+            "tokens_per_s": count * batch * seq / elapsed}
+
+
+def _entry(name: str, model_cfg, batch: int, timing: dict, peak: float) -> dict:
+    from pangu_pro.train.metrics import train_flops_per_token
+
+    flops_per_token = train_flops_per_token(model_cfg, model_cfg.seq_length)
+    tokens_per_s = batch * model_cfg.seq_length / timing["s_per_step"]
+    return {"name": name, "batch": batch, "seq": model_cfg.seq_length, **timing, "tokens_per_s": tokens_per_s,
+            "flops_per_token": flops_per_token, "achieved_flops_per_s": flops_per_token * tokens_per_s,
+            "mfu": flops_per_token * tokens_per_s / peak}
+
+
+def run_benchmark(steps: int = 8, warmup: int = 2, batch: int = 4, tiny_batch: int = 8, skip=(),
+                  announce=print) -> dict:
+    from pangu_pro.config import ModelConfig, load_config
+    from pangu_pro.runtime import init_mindspore
+
+    init_mindspore()
+    peak = matmul_peak()
+    announce(f"fp32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    llama = ModelConfig(**LLAMA_23M, siaf=False, aug_shortcut=False)
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "load_average_at_start": os.getloadavg()},
+               "peak": peak, "reference": REFERENCE, "runs": []}
+
+    def record(name, cfg, b, fn):
+        timing = fn(cfg, b, steps, warmup)
+        entry = _entry(name, cfg, b, timing, peak["flops_per_s"])
+        results["runs"].append(entry)
+        announce(f"{name}: {entry['s_per_step']:.3f} s/step, {entry['tokens_per_s']:.0f} tokens/s, "
+                 f"{entry['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {entry['mfu']:.1%}")
+        return entry
+
+    ours = record("ours_llama23m", llama, batch, bench_ours)
+    if "pangu" not in skip:
+        record("ours_pangu23m", dataclasses.replace(llama, siaf=True, aug_shortcut=True), batch, bench_ours)
+    if "tiny" not in skip:
+        tiny = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu.yaml").model
+        record("ours_tiny_cpu", tiny, tiny_batch, bench_ours)
+    ratios = {}
+    if "mindformers" not in skip:
+        peer = record("mindformers_llama23m", llama, batch, bench_mindformers)
+        ratios["speedup_vs_mindformers"] = peer["s_per_step"] / ours["s_per_step"]
+    if "pytorch" not in skip:
+        peer = record("pytorch_hf_llama23m", llama, batch, bench_pytorch)
+        ratios["speedup_vs_pytorch"] = peer["s_per_step"] / ours["s_per_step"]
+    results["ratios"] = ratios
+    if "data" not in skip:
+        data = bench_data(batch, llama.seq_length)
+        data["consumed_batches_per_s"] = 1.0 / ours["s_per_step"]
+        data["headroom"] = data["batches_per_s"] * ours["s_per_step"]
+        results["data_loading"] = data
+        announce(f"data loading: {data['batches_per_s']:.0f} batches/s = {data['headroom']:.0f}x what a step uses")
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["note"] = ("shared 2-core machine (other engineers' jobs ran at the same time; see load averages): "
+                       "absolute times are noisy, the ratios come from back-to-back runs of one process")
+    for key, value in ratios.items():
+        announce(f"{key}: {value:.2f}x")
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    results = run_benchmark(args.steps, args.warmup, args.batch, args.tiny_batch, set(args.skip))
+    out = Path(args.out)
+    from pangu_pro.io import atomic_write_json
+
+    atomic_write_json(out, results)
+    print(f"results: {out}")
+    return 0
