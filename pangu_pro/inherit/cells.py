@@ -18,23 +18,26 @@ from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIM
 
 
 class HardConcrete(nn.Cell):
-    """One hard-concrete mask of `shape`: sampled z (training) or the noise-free median (eval)."""
+    """One hard-concrete mask of `shape`: sampled z for uniform noise `u`, or the noise-free median.
 
-    def __init__(self, name: str, shape: Sequence[int], init_keep: float, seed: int):
+    The noise is an input, drawn on the host from (seed, step): a resumed run and every data-parallel
+    rank see exactly the same draws (an in-graph sampler would restart its stream on resume)."""
+
+    def __init__(self, name: str, shape: Sequence[int], init_keep: float):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
+        self.size = int(np.prod(self.shape))
         init = float(log_alpha_for_keep_probability(init_keep))
         self.log_alpha = Parameter(Tensor(np.full(self.shape, init, np.float32)), name=f"masks.{name}.log_alpha")
-        self.uniform = ops.UniformReal(seed=seed, seed2=seed + 1)  # its own stream (mindspore-notes)
         self.sigmoid = ops.Sigmoid()
 
     def clamped(self):
         return ops.clip_by_value(self.log_alpha, -LOG_ALPHA_LIMIT, LOG_ALPHA_LIMIT)
 
-    def construct(self, training: bool = True):
+    def construct(self, u=None):
         log_alpha = self.clamped()
-        if training:
-            u = ops.clip_by_value(self.uniform(self.shape), EPS, 1.0 - EPS)
+        if u is not None:
+            u = ops.clip_by_value(ops.reshape(u, self.shape), EPS, 1.0 - EPS)
             s = self.sigmoid((ops.log(u) - ops.log(1.0 - u) + log_alpha) / BETA)
         else:
             s = self.sigmoid(log_alpha / BETA)
@@ -59,11 +62,12 @@ class InheritMasks(nn.Cell):
     teacher layers kept by a fixed layer selection (their gates are 1, the others 0; heads and neurons
     are learned for those layers only). With "layers" learned, the first and last gates stay 1 and the
     intermediate ones are learned. `sparsity()` gives the expected sparsity of each learned type, in
-    the order of `learned`.
+    the order of `learned`. ``masks(noise)`` samples with `noise` [noise_size] uniform in (0, 1) (see
+    `noise`), ``masks()`` gives the noise-free masks.
     """
 
     def __init__(self, cfg: ModelConfig, learned: Sequence[str], layers: Optional[np.ndarray] = None,
-                 init_keep: float = 0.95, seed: int = 1234):
+                 init_keep: float = 0.95):
         super().__init__()
         self.learned = tuple(learned)
         self.num_layers = cfg.num_layers
@@ -81,29 +85,50 @@ class InheritMasks(nn.Cell):
         gates[kept] = 1.0
         self.fixed_gates = Tensor(gates)
         n = len(kept)
-        seeds = iter(range(seed, seed + 100, 10))
-        self.heads = HardConcrete("heads", (n, cfg.kv_heads), init_keep, next(seeds)) if self.learn_heads else None
-        self.neurons = (HardConcrete("neurons", (n, cfg.intermediate_size), init_keep, next(seeds))
+        self.heads = HardConcrete("heads", (n, cfg.kv_heads), init_keep) if self.learn_heads else None
+        self.neurons = (HardConcrete("neurons", (n, cfg.intermediate_size), init_keep)
                         if self.learn_neurons else None)
-        self.hidden = HardConcrete("hidden", (cfg.hidden_size,), init_keep, next(seeds)) if self.learn_hidden else None
-        self.layers = (HardConcrete("layers", (cfg.num_layers - 2,), init_keep, next(seeds))
-                       if self.learn_layers else None)
+        self.hidden = HardConcrete("hidden", (cfg.hidden_size,), init_keep) if self.learn_hidden else None
+        self.layers = (HardConcrete("layers", (cfg.num_layers - 2,), init_keep) if self.learn_layers else None)
+        cells = [c for c in (self.heads, self.neurons, self.hidden, self.layers) if c is not None]
+        self.noise_size = sum(c.size for c in cells)
+        offsets = np.cumsum([0] + [c.size for c in cells]).tolist()
+        self.slices = {id(c): (offsets[i], offsets[i + 1]) for i, c in enumerate(cells)}
+        self.head_slice = self._slice(self.heads)
+        self.neuron_slice = self._slice(self.neurons)
+        self.hidden_slice = self._slice(self.hidden)
+        self.layer_slice = self._slice(self.layers)
         self.ones_head = Tensor(np.ones((cfg.num_layers, cfg.num_heads), np.float32))
         self.ones_neuron = Tensor(np.ones((cfg.num_layers, cfg.intermediate_size), np.float32))
         self.one = Tensor(np.ones((1,), np.float32))
         self.matmul = ops.MatMul()
 
-    def construct(self, training: bool = True):
+    def _slice(self, cell):
+        return self.slices[id(cell)] if cell is not None else (0, 0)
+
+    def noise(self, seed: int, step: int) -> np.ndarray:
+        """The uniform noise of `step`, a function of (seed, step) only."""
+        return np.random.default_rng([seed, step]).random(self.noise_size, dtype=np.float32)
+
+    def construct(self, noise=None):
         if self.learn_heads:
-            z = self.matmul(self.place, self.heads(training))  # [L, KV]
+            u = None if noise is None else noise[self.head_slice[0]:self.head_slice[1]]
+            z = self.matmul(self.place, self.heads(u))  # [L, KV]
             n, kv = z.shape
             head = ops.reshape(ops.tile(ops.reshape(z, (n, kv, 1)), (1, 1, self.groups)), (n, kv * self.groups))
         else:
             head = self.ones_head
-        neuron = self.matmul(self.place, self.neurons(training)) if self.learn_neurons else self.ones_neuron
-        hidden = self.hidden(training) if self.learn_hidden else None
+        if self.learn_neurons:
+            u = None if noise is None else noise[self.neuron_slice[0]:self.neuron_slice[1]]
+            neuron = self.matmul(self.place, self.neurons(u))
+        else:
+            neuron = self.ones_neuron
+        hidden = None
+        if self.learn_hidden:
+            hidden = self.hidden(None if noise is None else noise[self.hidden_slice[0]:self.hidden_slice[1]])
         if self.learn_layers:
-            layer = ops.concat((self.one, self.layers(training), self.one))
+            u = None if noise is None else noise[self.layer_slice[0]:self.layer_slice[1]]
+            layer = ops.concat((self.one, self.layers(u), self.one))
         elif self.fixed_layers:
             layer = self.fixed_gates
         else:
@@ -122,7 +147,7 @@ class InheritMasks(nn.Cell):
 
 
 class MaskedTeacherLoss(nn.Cell):
-    """(input_ids, targets [T]) -> (LM loss + sum_t lambda1 (s - t) + lambda2 (s - t)^2, LM loss, s [T])."""
+    """(input_ids, targets [T], noise) -> (LM loss + sum_t lambda1 (s - t) + lambda2 (s - t)^2, LM loss, s [T])."""
 
     def __init__(self, loss_net: nn.Cell, masks: InheritMasks):
         super().__init__(auto_prefix=False)
@@ -132,13 +157,32 @@ class MaskedTeacherLoss(nn.Cell):
         self.lambda1 = Parameter(Tensor(np.zeros(n, np.float32)), name="lagrangian.lambda1")
         self.lambda2 = Parameter(Tensor(np.zeros(n, np.float32)), name="lagrangian.lambda2")
 
-    def construct(self, input_ids, targets):
-        head, neuron, hidden, layer = self.masks(True)
+    def construct(self, input_ids, targets, noise):
+        head, neuron, hidden, layer = self.masks(noise)
         lm = self.loss_net(input_ids, None, head, neuron, hidden, layer)
         s = self.masks.sparsity()
         gap = s - targets
         penalty = (self.lambda1 * gap + self.lambda2 * gap * gap).sum()
         return lm + penalty, lm, s
+
+
+class GradientAscent(nn.Cell):
+    """Plain gradient steps p <- p - lr * g on the lambdas, whose gradients arrive negated (so this
+    ascends). No momentum: a multiplier with momentum keeps pushing after the constraint is met and the
+    sparsity overshoots its target."""
+
+    def __init__(self, params):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(params)
+
+    def state_parameters(self):
+        return []
+
+    def construct(self, grads, lr):
+        done = True
+        for p, g in zip(self.params, grads):
+            done = ops.depend(done, ops.assign(p, p - lr * g))
+        return done
 
 
 class MaskTrainStep(nn.Cell):
@@ -170,10 +214,10 @@ class MaskTrainStep(nn.Cell):
         self.allreduce = ops.AllReduce() if world > 1 else None
         self.world = world
 
-    def construct(self, input_ids, targets, lr_mask, lr_lambda, lr_weights):
-        total, lm, s = self.loss(input_ids, targets)
+    def construct(self, input_ids, targets, noise, lr_mask, lr_lambda, lr_weights):
+        total, lm, s = self.loss(input_ids, targets, noise)
         sens = (ops.ones_like(total), ops.zeros_like(lm), ops.zeros_like(s))
-        grads = self.grad(self.loss, self.params)(input_ids, targets, sens)
+        grads = self.grad(self.loss, self.params)(input_ids, targets, noise, sens)
         if self.reducer is not None:
             grads = self.reducer(grads)
             lm = self.allreduce(lm) / self.world

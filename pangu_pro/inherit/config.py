@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pangu_pro.configtools import ConfigError, apply_overrides, read_yaml, require
+from pangu_pro.configtools import ConfigError, apply_overrides, from_mapping, read_yaml, require
 
 Criterion = Literal["random", "l1", "l2", "taylor", "learned"]
 LayerSelection = Literal["cosine", "learned", "uniform"]
@@ -47,6 +47,7 @@ class InheritConfig:
     batch_size: int = 4  # per data-parallel rank
     lr_mask: float = 0.1
     lr_lambda: float = 0.1
+    mask_beta1: float = 0.0  # Adam momentum of the masks: 0 avoids overshooting the target (docs/inherit.md)
     lr_weights: float = 1.0e-4  # 0: the teacher's weights stay frozen while the masks learn
     warmup_fraction: float = 0.2  # the target sparsity ramps up over this share of the steps
     init_keep_probability: float = 0.95  # every mask starts with this keep probability
@@ -66,6 +67,7 @@ class InheritConfig:
         for name in ("lr_mask", "lr_lambda"):
             require(getattr(self, name) > 0, name,
                     f"must be positive (the lambdas ascend by negated gradients), got {getattr(self, name)}")
+        require(0 <= self.mask_beta1 < 1, "mask_beta1", f"must lie in [0, 1), got {self.mask_beta1}")
         require(self.lr_weights >= 0, "lr_weights", f"must be non-negative, got {self.lr_weights}")
         require(0 < self.warmup_fraction <= 1, "warmup_fraction", f"must lie in (0, 1], got {self.warmup_fraction}")
         require(0 < self.init_keep_probability < 1, "init_keep_probability",
@@ -113,6 +115,10 @@ def load_inherit_config(path: str | Path, overrides: list[str] | None = None):
             raise ConfigError("inherit.teacher_config", f"{teacher_path} has no model section", str(path))
         data["model"] = teacher_data["model"]
         section["teacher_config"] = teacher_path
+    try:  # checked on its own first: through Optional[...] an error would lose its dotted key
+        from_mapping(InheritConfig, section, "inherit")
+    except ConfigError as err:
+        raise err.within(source=str(path)) from None
     config = config_from_dict(data, str(path))
     config.inherit.target_config = _resolve(config.inherit.target_config, path.parent)
     if config.inherit.vocab_map is not None:

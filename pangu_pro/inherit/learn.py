@@ -1,0 +1,207 @@
+"""Learning hard-concrete masks on data (criterion `learned`), with checkpoints and exact resume.
+
+    learn_masks(config, plan, teacher, layers, par, resume)
+
+Per step: a batch -> sampled masks -> masked-teacher LM loss + size constraint per mask type ->
+gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
+(inherit.lr_lambda, ascent), and on the teacher's weights (inherit.lr_weights, clipped; skipped when 0)
+-> log_alpha clamped to [-4.6, 4.6]. The target sparsity ramps over the first `warmup_fraction` of the
+steps. Checkpoints reuse the trainer's format (`pangu_pro.train.checkpoint`): ``model.safetensors``
+holds the teacher's weights, the masks' log_alpha and the lambdas; ``optimizer.safetensors`` the
+AdamW states; ``state.json`` the step and the data position. The masks' Adam has no momentum by
+default (inherit.mask_beta1 = 0): with momentum the sparsity overshoots its target and oscillates.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from pangu_pro.config import Config
+from pangu_pro.inherit import hardconcrete as hc
+from pangu_pro.inherit.hardconcrete import UnitArrays
+from pangu_pro.inherit.plan import StudentPlan
+
+MASKS_DIR = "masks"
+
+
+class OptimizerGroup:
+    """Several AdamW optimizers seen as one by the trainer's checkpoint functions."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = [opt for opt in optimizers if opt is not None]
+
+    def state_parameters(self):
+        return [p for opt in self.optimizers for p in opt.state_parameters()]
+
+
+def _adamw(params, tag: str, weight_decay: float, train_cfg, beta1: Optional[float] = None):
+    from pangu_pro.train.optim import AdamW
+
+    beta1 = train_cfg.beta1 if beta1 is None else beta1
+    opt = AdamW(params, weight_decay=weight_decay, beta1=beta1, beta2=train_cfg.beta2, eps=train_cfg.eps)
+    opt.step.name = f"adam_step.{tag}"  # three optimizers in one step cell: distinct names
+    return opt
+
+
+def learned_types(plan: StudentPlan, layer_selection: str) -> list[str]:
+    types = plan.pruned_types()
+    if layer_selection != "learned" and "layers" in types:
+        types.remove("layers")
+    return types
+
+
+def final_targets(plan: StudentPlan, types: list[str]) -> np.ndarray:
+    """Final target sparsity per learned type (layers: of the intermediate layers only)."""
+    t, s = plan.teacher, plan.student
+    values = {"heads": 1 - s.kv_heads / t.kv_heads,
+              "neurons": 1 - s.intermediate_size / t.intermediate_size,
+              "hidden": 1 - s.hidden_size / t.hidden_size,
+              "layers": 1 - (s.num_layers - 2) / max(t.num_layers - 2, 1)}
+    return np.array([values[name] for name in types], np.float64)
+
+
+def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitArrays]:
+    """(keep probabilities, log_alpha scores) in the teacher's unit shapes, from the mask cell."""
+    keep = UnitArrays.full(cfg, 1.0)
+    scores = UnitArrays.full(cfg, 0.0)
+    keep.layers[:] = 0.0
+    keep.layers[kept_layers] = 1.0
+    if masks.heads is not None:
+        la = masks.heads.log_alpha.asnumpy()
+        keep.heads[:] = 0.0
+        keep.heads[kept_layers] = hc.keep_probability(la)
+        scores.heads[kept_layers] = la
+    if masks.neurons is not None:
+        la = masks.neurons.log_alpha.asnumpy()
+        keep.neurons[:] = 0.0
+        keep.neurons[kept_layers] = hc.keep_probability(la)
+        scores.neurons[kept_layers] = la
+    if masks.hidden is not None:
+        scores.hidden = masks.hidden.log_alpha.asnumpy().astype(np.float64)
+        keep.hidden = hc.keep_probability(scores.hidden)
+    if masks.layers is not None:
+        la = masks.layers.log_alpha.asnumpy().astype(np.float64)
+        scores.layers = np.concatenate([[hc.LOG_ALPHA_LIMIT], la, [hc.LOG_ALPHA_LIMIT]])
+        keep.layers = np.concatenate([[1.0], hc.keep_probability(la), [1.0]])
+    return keep, scores
+
+
+@dataclass
+class LearnedMasks:
+    scores: UnitArrays  # log_alpha (higher: keep)
+    values: UnitArrays  # noise-free mask values, folded into the kept units
+    expected_size: float
+    sparsity: dict
+    steps: int
+    history: list
+
+
+def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optional[np.ndarray], par,
+                resume: Optional[str] = None, progress: bool = True, announce=print) -> LearnedMasks:
+    """Train masks (and optionally the teacher's weights); see the module doc."""
+    import mindspore as ms
+    from mindspore import Tensor
+    from tqdm import tqdm
+
+    from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.train.checkpoint import (checkpoint_name, clean_partial, latest_checkpoint, load_checkpoint,
+                                            prune_checkpoints, resolve_resume, save_checkpoint)
+    from pangu_pro.train.metrics import MetricsLog
+    from pangu_pro.train.trainer import train_dataset
+
+    ic = config.inherit
+    cfg = teacher.config
+    lead = par.rank == 0
+    types = learned_types(plan, ic.layer_selection)
+    if not types:
+        raise ValueError("the target prunes nothing: the student has the teacher's shape")
+    layers_fixed = kept_layers is not None and len(kept_layers) < cfg.num_layers
+    masks = InheritMasks(cfg, types, layers=kept_layers if layers_fixed else None,
+                         init_keep=ic.init_keep_probability)
+    loss = MaskedTeacherLoss(PanGuPiWithLoss(teacher), masks)
+    mask_opt = _adamw(masks.mask_parameters(), "masks", 0.0, config.train, ic.mask_beta1)
+    lambda_opt = GradientAscent([loss.lambda1, loss.lambda2])
+    weight_opt = (_adamw(teacher.trainable_params(), "weights", config.train.weight_decay, config.train)
+                  if ic.lr_weights > 0 else None)
+    step_cell = MaskTrainStep(loss, mask_opt, lambda_opt, weight_opt, ic.grad_clip, par.world)
+    step_cell.set_train(True)
+    group = OptimizerGroup(mask_opt, lambda_opt, weight_opt)
+
+    out = Path(ic.output_dir)
+    ckpt_root = out / MASKS_DIR
+    start = 0
+    if resume is not None:
+        path = resolve_resume(ckpt_root if resume == "auto" else resume)
+        state = load_checkpoint(path, loss, group)
+        if state.get("world", 1) != par.world:
+            raise ValueError(f"{path}: written by {state.get('world')} ranks, resumed with {par.world}")
+        start = int(state["step"])
+        announce(f"resuming mask learning from {path} at step {start}")
+    elif lead and latest_checkpoint(ckpt_root) is not None:
+        raise ValueError(f"{ckpt_root} already holds mask checkpoints: pass --resume to continue, or choose "
+                         f"another inherit.output_dir")
+    if lead:
+        clean_partial(ckpt_root)
+    metrics = MetricsLog(out / "masks.jsonl", fresh=resume is None) if lead else None
+    if metrics is not None and resume is not None:
+        metrics.truncate_after(start)
+
+    data_config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, steps=ic.steps, batch_size=ic.batch_size, grad_accum_steps=1))
+    kept = np.arange(cfg.num_layers) if kept_layers is None else np.asarray(kept_layers)
+    final = final_targets(plan, types)
+    history = []
+    bar = tqdm(total=ic.steps, initial=start, disable=not (progress and lead), desc="masks", unit="step",
+               dynamic_ncols=True)
+    try:
+        if start < ic.steps:
+            batches = train_dataset(data_config, par, skip_batches=start).create_tuple_iterator(num_epochs=1)
+        lr_m, lr_l, lr_w = (Tensor(v, ms.float32) for v in (ic.lr_mask, ic.lr_lambda, ic.lr_weights))
+        for step in range(start + 1, ic.steps + 1):
+            ids = next(batches)[0]
+            targets = np.array([hc.target_sparsity(step - 1, ic.steps, t, ic.warmup_fraction) for t in final],
+                               np.float32)
+            noise = Tensor(masks.noise(ic.seed, step))
+            total, lm, s = step_cell(ids, Tensor(targets), noise, lr_m, lr_l, lr_w)
+            s = s.asnumpy()
+            sparsity = {name: float(v) for name, v in zip(types, s)}
+            bar.update(1)
+            if step % ic.log_every == 0 or step == ic.steps:
+                keep, _ = keep_arrays(cfg, masks, kept)
+                size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size,
+                                        aug_bottleneck=plan.aug_bottleneck)
+                record = {"type": "masks", "step": step, "loss": float(lm.asnumpy()),
+                          "total": float(total.asnumpy()), "expected_size": size,
+                          **{f"sparsity_{k}": v for k, v in sparsity.items()},
+                          **{f"target_{k}": float(t) for k, t in zip(types, targets)}}
+                history.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", size=f"{size / 1e6:.2f}M",
+                                **{k[:6]: f"{v:.2f}" for k, v in sparsity.items()}, refresh=False)
+                if metrics is not None:
+                    metrics.write(record)
+            if lead and (step % ic.checkpoint_every == 0 or step == ic.steps):
+                state = {"step": step, "consumed_batches": step, "world": par.world, "types": types,
+                         "rng": {"seed": ic.seed, "data_seed": config.data.seed}}
+                save_checkpoint(ckpt_root / checkpoint_name(step), loss, group, state)
+                prune_checkpoints(ckpt_root, ic.keep_checkpoints)
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    keep, scores = keep_arrays(cfg, masks, kept)
+    values = UnitArrays.full(cfg, 1.0)
+    for name in types:
+        setattr(values, name, hc.deterministic_mask(getattr(scores, name)))
+    if "layers" in types:
+        values.layers[[0, -1]] = 1.0
+    size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size, aug_bottleneck=plan.aug_bottleneck)
+    over = {"heads": keep.heads[kept], "neurons": keep.neurons[kept], "hidden": keep.hidden,
+            "layers": keep.layers[1:-1]}  # as the constraint counts them
+    sparsity = {name: hc.expected_sparsity(over[name]) for name in types}
+    return LearnedMasks(scores=scores, values=values, expected_size=size, sparsity=sparsity, steps=ic.steps,
+                        history=history)

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Thin wrapper: `python tools/inherit.py CONFIG [key=value ...] [--resume [DIR]]` == `pangu-pro inherit ...`.
+
+Data parallel on the CPU (or Ascend), one process per worker:
+    msrun --worker_num=2 --local_worker_num=2 --master_port=8129 --log_dir=output/msrun_inherit \
+          --join=True tools/inherit.py configs/inherit_tiny_cpu.yaml --no-progress
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pangu_pro.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["inherit", *sys.argv[1:]]))
