@@ -139,3 +139,22 @@ def test_inherit_config_sections(setup):
         load_inherit_config(write_inherit(setup, "cfg"), ["inherit.criterion=magic"])
     with pytest.raises(ConfigError, match="inherit.lr_lambda"):
         load_inherit_config(write_inherit(setup, "cfg"), ["inherit.lr_lambda=-1"])
+
+
+@pytest.mark.parametrize("name,hidden,ratio", [("1b_pro", 1792, 14), ("1_5b_pro", 2048, 16)])
+def test_real_inheritance_configs_plan(name, hidden, ratio):
+    """The 7B -> 1B / 1.5B Pro configs pass every check given a 48k id map (no compute)."""
+    from pangu_pro.inherit.plan import plan_student
+
+    config = load_inherit_config(f"configs/inherit_7b_to_{name}.yaml")
+    assert config.model.hidden_size == 4096 and config.inherit.criterion == "learned"
+    target = load_config(config.inherit.target_config).model
+    new2old = np.arange(48000) * 2  # keeps ids 0 (pad) and 2 (eos) but not 1 (bos)
+    from pangu_pro.configtools import ConfigError
+    with pytest.raises(ConfigError, match="bos_token_id"):
+        plan_student(config.model, target, new2old)
+    plan = plan_student(config.model, target, np.arange(48000))
+    s = plan.student
+    assert (s.hidden_size, s.aug_shortcut_ratio, s.aug_shortcut_dim, s.head_dim) == (hidden, ratio, 128, 128)
+    assert plan.pruned_types() == ["heads", "neurons", "hidden", "layers"]
+    assert count_parameters(s).total == count_parameters(target).total + 2 * s.num_layers * hidden * (128 - hidden // 32)
