@@ -117,6 +117,47 @@ def test_weight_decay_exclusions():
 
 # ---------------------------------------------------------------- the step
 
+def test_adamw_matches_a_numpy_reference():
+    """Three updates of a decayed matrix and an excluded norm gain, against the formula in optim.py."""
+    import mindspore as ms
+    from mindspore import Parameter, Tensor, nn
+
+    from pangu_pro.train.optim import AdamW
+
+    rng = np.random.default_rng(0)
+    init = {"block.w.weight": rng.standard_normal((3, 4)).astype(np.float32),
+            "block.norm.weight": rng.standard_normal(4).astype(np.float32)}
+    params = [Parameter(Tensor(v), name=n) for n, v in init.items()]
+    optimizer = AdamW(params, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+
+    class Apply(nn.Cell):
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.optimizer = optimizer
+
+        def construct(self, grads, lr):
+            return self.optimizer(grads, lr)
+
+    apply = Apply()
+    ref = {n: v.astype(np.float64) for n, v in init.items()}
+    m = {n: np.zeros_like(v) for n, v in ref.items()}
+    v2 = {n: np.zeros_like(v) for n, v in ref.items()}
+    for t, lr in enumerate([1e-2, 5e-3, 2e-3], start=1):
+        grads = {n: rng.standard_normal(x.shape).astype(np.float32) for n, x in init.items()}
+        apply(tuple(Tensor(grads[n]) for n in init), Tensor(lr, ms.float32))
+        for n in ref:
+            wd = 0.1 if n == "block.w.weight" else 0.0
+            ref[n] = ref[n] * (1 - lr * wd)
+            m[n] = 0.9 * m[n] + 0.1 * grads[n]
+            v2[n] = 0.95 * v2[n] + 0.05 * grads[n].astype(np.float64) ** 2
+            ref[n] = ref[n] - lr * np.sqrt(1 - 0.95 ** t) / (1 - 0.9 ** t) * m[n] / (np.sqrt(v2[n]) + 1e-8)
+    for p in params:
+        np.testing.assert_allclose(p.asnumpy(), ref[p.name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(optimizer.moments2[0].asnumpy(), v2["block.w.weight"], rtol=1e-5)
+    assert int(optimizer.step.asnumpy()[0]) == 3
+
+
+
 def _step(model, k=1, clip=1.0, lr_cfg=None):
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.train.optim import build_optimizer

@@ -8,10 +8,10 @@ adding its gradients into zeroed accumulators (``ops.assign_add``, no communicat
 `AccumulatedUpdate` divides by k and applies them once (mindspore-notes, gradient accumulation).
 Both end in the shared `GradientUpdate`:
 
-    grads /= loss_scale                       (the loss was multiplied by it before backward)
     grads  = mean over data-parallel ranks    (DistributedGradReducer, world > 1 only)
-    finite = all(isfinite(g)) for every g     (works on the CPU, unlike TrainOneStepWithLossScaleCell)
-    norm   = sqrt(sum ||g||^2);  grads *= clip / max(norm, clip)
+    norm   = sqrt(sum ||g||^2) / (loss_scale * k)   (the loss was multiplied by loss_scale before backward)
+    finite = isfinite(norm)                   (works on the CPU, unlike TrainOneStepWithLossScaleCell)
+    grads *= 1 / (loss_scale * k) * min(1, clip / norm)
     if finite: optimizer(grads, lr)           (otherwise nothing changes: weights, moments, step count)
 
 The loss returned is the mean over the k micro batches and, in data parallel, over the ranks.
@@ -33,8 +33,20 @@ class StepOutput:
     grad_norm: float  # global norm before clipping (unscaled)
 
 
+def sum_of_squares(x):
+    """||x||^2 as a BLAS dot product: faster than square + sum on the CPU, and more exact than L2Loss."""
+    flat = ops.cast(x, ms.float32).reshape(1, -1)
+    return ops.matmul(flat, flat.reshape(-1, 1)).reshape(())
+
+
 class GradientUpdate(nn.Cell):
-    """grads -> unscale, data-parallel mean, overflow check, global-norm clip, optimizer (if finite)."""
+    """Raw gradients -> data-parallel mean, overflow check, unscale + clip, optimizer (if finite).
+
+    `grad_scale` is what the raw gradients must be divided by (loss scale x accumulation steps); it is
+    folded into the clip factor so the gradients are multiplied once:
+    g <- g * (1 / grad_scale) * min(1, clip / norm), norm = ||g|| / grad_scale.
+    `finite` is isfinite(norm): any NaN/inf gradient makes the sum of squares NaN/inf.
+    """
 
     def __init__(self, optimizer, grad_clip: float, world: int = 1):
         super().__init__(auto_prefix=False)
@@ -44,17 +56,16 @@ class GradientUpdate(nn.Cell):
         self.reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=world) if world > 1 else None
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, grads, lr, loss_scale):
-        grads = tuple(g / loss_scale for g in grads)
+    def construct(self, grads, lr, grad_scale):
         if self.reducer is not None:
             grads = self.reducer(grads)
-        finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
-        norm = ops.sqrt(ops.stack([ops.square(g).sum() for g in grads]).sum())
+        norm = ops.sqrt(ops.stack([sum_of_squares(g) for g in grads]).sum()) / grad_scale
+        finite = ops.isfinite(norm)
+        factor = 1.0 / grad_scale
         if self.grad_clip > 0:
-            factor = self.grad_clip / ops.maximum(norm, self.grad_clip)
-            grads = tuple(g * factor for g in grads)
+            factor = factor * self.grad_clip / ops.maximum(norm, self.grad_clip)
         if finite:
-            self.optimizer(grads, lr)
+            self.optimizer(tuple(g * factor for g in grads), lr)
         return finite, norm
 
 
@@ -108,12 +119,11 @@ class AccumulatedUpdate(nn.Cell):
         super().__init__(auto_prefix=False)
         self.update = update
         self.accumulators = accumulators
-        self.inv_k = 1.0 / grad_accum_steps
+        self.k = float(grad_accum_steps)
         self.hyper_map = ops.HyperMap()
 
     def construct(self, lr, loss_scale):
-        grads = tuple(a * self.inv_k for a in self.accumulators)
-        finite, norm = self.update(grads, lr, loss_scale)
+        finite, norm = self.update(self.accumulators, lr, loss_scale * self.k)
         zeroed = self.hyper_map(ops.assign, self.accumulators, tuple(ops.zeros_like(a) for a in self.accumulators))
         return ops.depend(finite, zeroed), norm
 
