@@ -49,7 +49,7 @@ def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: 
     """Write numpy arrays as one safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
+    arrays = {name: np.require(value, requirements="C") for name, value in tensors.items()}  # keeps 0-d shapes
     with atomic_path(path) as tmp:
         save_file(arrays, str(tmp), metadata=dict(metadata or {}))
 

@@ -237,6 +237,18 @@ def test_resume_at_k_equals_the_tail_of_the_full_pass(packed):
         create_dataset(packed, 3, seed=11, rank=1, world=2, num_epochs=2, skip_batches=len(full))
 
 
+def test_several_epochs_read_more_samples_than_the_data_holds(packed):
+    data = read_samples(packed)
+    n = len(data)
+    got = batches(create_dataset(packed, 4, seed=5, num_epochs=3, skip_batches=2)).reshape(-1, SEQ + 1)
+    order = sample_order(n, 4, seed=5, num_epochs=3, skip_batches=2)
+    assert len(order) == 3 * n - 8 and len(got) == len(order) - len(order) % 4
+    np.testing.assert_array_equal(got, data[order[:len(got)]])
+    subset = np.array([3, 1, 4], dtype=np.int64)  # a subset repeated over epochs, batches straddling them
+    got = batches(create_dataset(packed, 2, indices=subset, num_epochs=4)).reshape(-1, SEQ + 1)
+    np.testing.assert_array_equal(got, data[np.tile(subset, 4)])
+
+
 def test_subset_reads_exactly_the_given_indices(packed, tmp_path):
     data = read_samples(packed)
     index = np.array([5, 0, 17, 5, 2, 9, 30, 1], dtype=np.int64)

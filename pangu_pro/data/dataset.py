@@ -84,16 +84,17 @@ def load_indices(indices: Indices, num_samples: int) -> Optional[np.ndarray]:
     return array
 
 
-def sample_order(num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
-                 world: int = 1, skip_batches: int = 0, indices: Optional[np.ndarray] = None,
-                 num_epochs: int = 1) -> np.ndarray:
-    """The global sample indices rank `rank` reads, in order, after skipping (see the module doc)."""
+def sample_segments(num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
+                    world: int = 1, skip_batches: int = 0, indices: Optional[np.ndarray] = None,
+                    num_epochs: int = 1) -> list[np.ndarray]:
+    """`sample_order` cut at epoch boundaries: each segment holds no index twice."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside [0, {world})")
     if batch_size < 1 or num_epochs < 1 or skip_batches < 0:
         raise ValueError(f"need batch_size >= 1, num_epochs >= 1, skip_batches >= 0; got {batch_size}, "
                          f"{num_epochs}, {skip_batches}")
-    epochs = []
+    to_skip = skip_batches * batch_size
+    segments = []
     for epoch in range(num_epochs):
         if indices is not None:
             order = indices
@@ -102,9 +103,18 @@ def sample_order(num_samples: int, batch_size: int, *, shuffle: bool = True, see
         else:
             order = np.arange(num_samples)
         per_rank = len(order) // world
-        epochs.append(order[rank::world][:per_rank])
-    order = np.concatenate(epochs).astype(np.int64)
-    return order[skip_batches * batch_size:]
+        segment = order[rank::world][:per_rank].astype(np.int64)
+        dropped = min(to_skip, len(segment))
+        to_skip -= dropped
+        if len(segment) > dropped:
+            segments.append(segment[dropped:])
+    return segments
+
+
+def sample_order(num_samples: int, batch_size: int, **kwargs) -> np.ndarray:
+    """The global sample indices rank `rank` reads, in order, after skipping (see the module doc)."""
+    segments = sample_segments(num_samples, batch_size, **kwargs)
+    return np.concatenate(segments) if segments else np.zeros(0, np.int64)
 
 
 def create_dataset(files: Files, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
@@ -120,14 +130,20 @@ def create_dataset(files: Files, batch_size: int, *, shuffle: bool = True, seed:
 
     paths = resolve_files(files)
     total = count_samples(paths)
-    order = sample_order(total, batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
-                         skip_batches=skip_batches, indices=load_indices(indices, total), num_epochs=num_epochs)
-    full_batches = len(order) // batch_size
-    if full_batches == 0 and (drop_remainder or len(order) == 0):
+    segments = sample_segments(total, batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
+                               skip_batches=skip_batches, indices=load_indices(indices, total),
+                               num_epochs=num_epochs)
+    length = sum(len(segment) for segment in segments)
+    if length // batch_size == 0 and (drop_remainder or length == 0):
         raise ValueError(f"no batch of {batch_size} left for rank {rank}/{world} after skipping {skip_batches} "
                          f"batches ({total} samples in {len(paths)} files, {num_epochs} epochs)")
-    dataset = ds.MindDataset(paths, columns_list=[COLUMN], sampler=ds.SubsetSampler(order),
-                             num_parallel_workers=num_parallel_workers)
+    # A SubsetSampler takes at most one epoch's worth of indices: one dataset per epoch, concatenated
+    # before batching, so a batch may still straddle two epochs.
+    dataset = None
+    for segment in segments:
+        part = ds.MindDataset(paths, columns_list=[COLUMN], sampler=ds.SubsetSampler(segment),
+                              num_parallel_workers=num_parallel_workers)
+        dataset = part if dataset is None else dataset + part
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
