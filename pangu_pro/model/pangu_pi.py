@@ -284,8 +284,9 @@ class PanGuPiWithLoss(nn.Cell):
         self.reduce_sum = ops.ReduceSum()
         self.maximum = ops.Maximum()
 
-    def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
-                  layer_mask=None):
+    def token_losses(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
+                     layer_mask=None):
+        """(negative log-likelihood [B, S], counted-position weights [B, S]), both fp32."""
         tokens = input_ids[:, :-1]
         labels = input_ids[:, 1:]
         valid = self.cast(labels != self.ignore_index, ms.float32)
@@ -294,5 +295,25 @@ class PanGuPiWithLoss(nn.Cell):
         labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
         log_probs = self.log_softmax(self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask))
         picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
-        total = self.reduce_sum(-picked * valid)
-        return total / self.maximum(self.reduce_sum(valid), 1.0)
+        return -picked * valid, valid
+
+    def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
+                  layer_mask=None):
+        nll, valid = self.token_losses(input_ids, loss_mask, head_mask, neuron_mask, hidden_mask, layer_mask)
+        return self.reduce_sum(nll) / self.maximum(self.reduce_sum(valid), 1.0)
+
+
+class PanGuPiRowLosses(PanGuPiWithLoss):
+    """The same loss without reducing over the batch: (summed NLL [B], counted positions [B]) per row.
+
+    Row i's token-mean loss is ``nll[i] / max(count[i], 1)``; the batch's ``nll.sum() / count.sum()``.
+    """
+
+    def __init__(self, network: PanGuPiForCausalLM):
+        super().__init__(network)
+        self.row_sum = ops.ReduceSum(keep_dims=False)
+
+    def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
+                  layer_mask=None):
+        nll, valid = self.token_losses(input_ids, loss_mask, head_mask, neuron_mask, hidden_mask, layer_mask)
+        return self.row_sum(nll, 1), self.row_sum(valid, 1)

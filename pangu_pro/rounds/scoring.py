@@ -36,53 +36,11 @@ from pangu_pro.rounds.sampling import num_batches as count_batches
 PARTS_SUFFIX = ".parts"
 
 
-def _make_cell_class():
-    """PerSampleLoss is defined lazily so that this module imports without MindSpore."""
-    import mindspore as ms
-    from mindspore import nn, ops
-
-    class PerSampleLoss(nn.Cell):
-        """Per-row next-token loss of a PanGuPiForCausalLM, without a reduction across the batch.
-
-        ``(input_ids [B, S+1], loss_mask [B, S+1] optional) -> (loss_sum [B], count [B])``: the summed
-        negative log-likelihood of each row's counted label positions, and how many there are (labels
-        equal to ignore_index never count; loss_mask position i+1 weighs the prediction made at i, as in
-        PanGuPiWithLoss). Row i's token-mean loss is ``loss_sum[i] / max(count[i], 1)``; the batch's is
-        ``loss_sum.sum() / count.sum()``. Wraps `network` without copying it (parameter names unchanged).
-        """
-
-        def __init__(self, network):
-            super().__init__(auto_prefix=False)
-            self.network = network
-            self.ignore_index = network.config.ignore_index
-            self.log_softmax = ops.LogSoftmax(axis=-1)
-            self.gather_d = ops.GatherD()
-            self.cast = ops.Cast()
-            self.row_sum = ops.ReduceSum(keep_dims=False)
-
-        def construct(self, input_ids, loss_mask=None):
-            tokens = input_ids[:, :-1]
-            labels = input_ids[:, 1:]
-            valid = self.cast(labels != self.ignore_index, ms.float32)
-            if loss_mask is not None:
-                valid = valid * self.cast(loss_mask[:, 1:], ms.float32)
-            labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
-            log_probs = self.log_softmax(self.network(tokens))
-            picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
-            return self.row_sum(-picked * valid, 1), self.row_sum(valid, 1)
-
-    return PerSampleLoss
-
-
-_CELL = None
-
-
 def per_sample_loss_cell(network):
-    """A `PerSampleLoss` cell around `network` (see its doc)."""
-    global _CELL
-    if _CELL is None:
-        _CELL = _make_cell_class()
-    return _CELL(network)
+    """Per-row (summed NLL [B], counted positions [B]) of `network`: `PanGuPiRowLosses`."""
+    from pangu_pro.model.pangu_pi import PanGuPiRowLosses
+
+    return PanGuPiRowLosses(network)
 
 
 # ------------------------------------------------------------------------------ work split and parts
