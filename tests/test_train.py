@@ -488,3 +488,14 @@ def test_training_needs_data(tmp_path):
     with pytest.raises(ConfigError) as err:
         train(config, progress=False, announce=None)
     assert err.value.key == "data.train_files"
+
+
+def test_bench_subcommands_pass_their_options_through():
+    from pangu_pro.bench.commands import BENCHMARKS, _runner
+    from pangu_pro.cli import build_parser
+
+    assert {"train", "model", "tokenizer"} <= set(BENCHMARKS)
+    args = build_parser().parse_args(["bench", "train", "--steps", "3", "--skip", "pytorch", "mindformers"])
+    assert args.benchmark == "train" and args.bench_args == ["--steps", "3", "--skip", "pytorch", "mindformers"]
+    with pytest.raises(ValueError, match="benchmark 'nosuch' is not available yet"):
+        _runner("nosuch", "")(args)

@@ -157,7 +157,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         start, consumed, tokens_seen = state["step"], state["consumed_batches"], state.get("tokens", 0)
         scaler = LossScaler(**state["loss_scale"])
         say(f"resuming from {last_ckpt} at step {start}")
-    elif lead and latest_checkpoint(ckpt_root) is not None:
+    elif latest_checkpoint(ckpt_root) is not None:  # every rank checks, so all stop together
         raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume to continue that run, or "
                          f"choose another train.output_dir")
     if start >= tc.steps:
