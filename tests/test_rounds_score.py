@@ -3,7 +3,6 @@ and 2 data-parallel msrun workers equal to one process."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from pangu_pro.config import config_from_dict, save_config
 from pangu_pro.rounds import scoring
 from pangu_pro.rounds.scoring import load_scores, merge_parts, per_sample_loss_cell, score
+from tests.support import free_port
 
 SEQ, VOCAB, N, BATCH = 16, 64, 18, 4  # 18 samples: batches of 4, the last one short (2)
 REPO = Path(__file__).resolve().parents[1]
@@ -176,12 +176,6 @@ def test_merge_needs_every_batch_once():
         merge_parts([part], 3, 2, 5)
     with pytest.raises(ValueError, match="batch 0 was scored 2 times"):
         merge_parts([part, part, other], 3, 2, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

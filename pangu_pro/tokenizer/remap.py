@@ -8,21 +8,11 @@ import numpy as np
 
 from pangu_pro.config import Config, load_config, replace_model, save_config
 from pangu_pro.io import load_tensors, save_tensors
+from pangu_pro.model.weights import WEIGHTS_NAME, resolve_weights
 from pangu_pro.tokenizer.vocab import old2new_array
 
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
-CHECKPOINT_FILE = "model.safetensors"
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """A safetensors file, or a training-checkpoint directory holding `model.safetensors`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    return path
 
 
 def remap_tensors(tensors: Mapping[str, np.ndarray], new2old: np.ndarray, old_vocab_size: int,
@@ -62,12 +52,12 @@ def remap_checkpoint(checkpoint: str | Path, config_path: str | Path, new2old: n
     """Write the remapped checkpoint (metadata kept) and config; returns the new config."""
     config = load_config(config_path)
     new_config = remap_config(config, new2old)
-    path = checkpoint_file(checkpoint)
+    path = resolve_weights(checkpoint)
     tensors, metadata = load_tensors(path)
     remapped = remap_tensors(tensors, new2old, config.model.vocab_size, str(path))
     out_checkpoint = Path(out_checkpoint)
     if out_checkpoint.suffix != ".safetensors":
-        out_checkpoint = out_checkpoint / CHECKPOINT_FILE
+        out_checkpoint = out_checkpoint / WEIGHTS_NAME
     save_tensors(out_checkpoint, remapped, metadata)
     save_config(new_config, out_config)
     return new_config
