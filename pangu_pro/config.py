@@ -199,6 +199,7 @@ class TrainConfig:
     loss_scale_window: int = 1000  # dynamic: clean steps before the scale grows
     seed: int = 1234
     output_dir: str = "runs/default"
+    init_weights: Optional[str] = None  # start a fresh run from these weights (e.g. an inherited student)
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # checkpoints kept (older ones are deleted)
     log_every: int = 1  # steps between metrics.jsonl lines

@@ -364,6 +364,30 @@ def test_resume_continues_exactly(full_run, data, tmp_path):
         train(make_config(data, run), progress=False, announce=None)
 
 
+def test_init_weights_starts_a_fresh_run_from_given_weights(full_run, data, tmp_path):
+    """train.init_weights: the first step's loss is the given weights' loss on the first batch."""
+    from mindspore import Tensor
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import load_weights
+    from pangu_pro.train.metrics import read_metrics
+    from pangu_pro.train.trainer import Parallel, train, train_dataset
+
+    _, full_out, _ = full_run
+    weights = full_out / "checkpoints" / "step_00000006" / "model.safetensors"
+    config = make_config(data, tmp_path / "init", steps=1, warmup_steps=0)
+    config.train.init_weights = str(weights)
+    train(config, progress=False, announce=None)
+    first = next(train_dataset(config, Parallel(), 0).create_tuple_iterator())[0]
+    model = tiny_model(layers=2)
+    load_weights(model, weights)
+    expected = float(PanGuPiWithLoss(model)(Tensor(first.asnumpy())))
+    assert read_metrics(tmp_path / "init", "train")[0]["loss"] == pytest.approx(expected, abs=1e-5)
+    fresh = make_config(data, tmp_path / "fresh", steps=1, warmup_steps=0)
+    train(fresh, progress=False, announce=None)
+    assert abs(read_metrics(tmp_path / "fresh", "train")[0]["loss"] - expected) > 1e-2
+
+
 def test_nan_stops_with_last_good_checkpoint(data, tmp_path):
     from pangu_pro.model.weights import load_weights
     from pangu_pro.train.metrics import read_metrics

@@ -4,7 +4,7 @@
       1. device (PANGU_PRO_DEVICE), data-parallel group when launched by msrun, model config adapted
          to the device (fp32 on the CPU)
       2. model, AdamW, TrainStep; from a checkpoint when resuming (weights, moments, step, data
-         position, loss scale)
+         position, loss scale), or from `train.init_weights` when starting fresh
       3. the data loader for this rank, skipping the batches already consumed
       4. per step: k micro batches -> TrainStep -> overflow check -> metrics line -> held-out eval
          every `eval_every` steps -> checkpoint every `save_every` steps (and at the end)
@@ -124,7 +124,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     from tqdm import tqdm
 
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.weights import build_model
+    from pangu_pro.model.weights import build_model, load_weights
     from pangu_pro.runtime import adapt_to_device, init_mindspore
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
     from pangu_pro.train.optim import build_optimizer
@@ -160,6 +160,9 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     elif latest_checkpoint(ckpt_root) is not None:  # every rank checks, so all stop together
         raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume to continue that run, or "
                          f"choose another train.output_dir")
+    elif tc.init_weights:  # a fresh run (new optimizer state and schedule) from given weights
+        load_weights(model, tc.init_weights)
+        say(f"initial weights from {tc.init_weights}")
     if start >= tc.steps:
         say(f"nothing to do: the checkpoint is at step {start} of {tc.steps}")
         return {"step": start, "steps_run": 0, "checkpoint": str(last_ckpt) if last_ckpt else None}
