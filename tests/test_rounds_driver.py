@@ -112,7 +112,7 @@ def test_driver_runs_the_stages_in_order_and_resumes(data, tmp_path):
 
     summary = driver.run_rounds(config, runner=runner, announce=lambda *_: None)  # continues at score
     assert [c[0] for c in runner.calls] == ["train", "eval", "score", "score", "train", "eval"]
-    assert runner.calls[-2][2] is True  # round 2 resumes from its seeded step-0 checkpoint
+    assert runner.calls[-2][2] is False  # round 2 starts fresh, from train.init_weights
     r1, r2 = tmp_path / "run" / "round_1", tmp_path / "run" / "round_2"
     sel = np.load(r1 / "selection.npy")
     report = json.loads((r1 / "selection.json").read_text())
@@ -124,13 +124,7 @@ def test_driver_runs_the_stages_in_order_and_resumes(data, tmp_path):
     assert cfg2.data.index_file == str(r1 / "selection.npy")
     assert (cfg2.train.steps, cfg2.train.warmup_steps, cfg2.train.output_dir) == (3, 3, str(r2 / "train"))
     assert cfg2.multi_round is None
-    seed_dir = r2 / "train" / "checkpoints" / "step_00000000"
-    assert (seed_dir / "model.safetensors").read_bytes() == \
-        (r1 / "train" / "checkpoints" / "step_00000006" / "model.safetensors").read_bytes()
-    opt, _ = load_tensors(seed_dir / "optimizer.safetensors")
-    assert all(not v.any() for v in opt.values()) and opt["adam_step"].shape == (1,)
-    seed_state = json.loads((seed_dir / "state.json").read_text())
-    assert (seed_state["step"], seed_state["consumed_batches"], seed_state["world"]) == (0, 0, 1)
+    assert cfg2.train.init_weights == str(r1 / "train" / "checkpoints" / "step_00000006")  # round 1's final
     rows = summary["rounds"]
     assert [r["steps"] for r in rows] == [6, 3] and rows[0]["train_samples"] == N
     assert rows[1]["train_samples"] == sel.size and rows[0]["selected_fraction"] == sel.size / N
@@ -146,16 +140,6 @@ def test_driver_runs_the_stages_in_order_and_resumes(data, tmp_path):
     changed = dataclasses.replace(config, multi_round=dataclasses.replace(config.multi_round, rate=0.25))
     with pytest.raises(ValueError, match="started with a different config"):
         driver.run_rounds(changed, runner=runner, announce=lambda *_: None)
-
-
-def test_fresh_optimizer_state_is_all_zeros():
-    """The seeded checkpoint zeroes the optimizer state; that is AdamW's initial state."""
-    from pangu_pro.model.weights import build_model
-    from pangu_pro.train.optim import build_optimizer
-
-    cfg = rounds_config(Path("unused"), Path("unused"))
-    optimizer = build_optimizer(build_model(cfg.model, seed=0).trainable_params(), cfg.train)
-    assert all(not p.asnumpy().any() for p in optimizer.state_parameters())
 
 
 def test_multi_round_section_round_trips(data, tmp_path):

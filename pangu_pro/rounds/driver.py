@@ -20,8 +20,7 @@ Round 1 trains as the config says. Round K > 1 starts from round K-1's final wei
 optimizer (AdamW moments and step count at zero) and a fresh learning-rate schedule, for
 `multi_round.round_steps` steps (default round(rate * train.steps): the same number of passes over
 the selected subset as round 1 made over the whole set), reading round K-1's selection.npy as
-`data.index_file`. The start is written as a step-0 checkpoint of the round's own output dir (weights
-copied, optimizer state zeroed), so the unchanged trainer picks it up with `--resume`.
+`data.index_file`, with `train.init_weights` pointing at round K-1's final checkpoint.
 
 With `--workers W > 1`, train and score run under msrun with W data-parallel workers
 (`msrun ... python -m pangu_pro.cli ...`); select, eval and the bookkeeping run in this process.
@@ -32,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +70,9 @@ def round_config(config: Config, k: int, root: Path) -> Config:
     if k > 1:
         steps = round_steps(config, k)
         warmup = mr.round_warmup_steps if mr.round_warmup_steps is not None else tc.warmup_steps
-        train = dataclasses.replace(train, steps=steps, lr=mr.round_lr or tc.lr, warmup_steps=min(warmup, steps))
+        previous = Path(round_config(config, k - 1, root).train.output_dir)
+        train = dataclasses.replace(train, steps=steps, lr=mr.round_lr or tc.lr, warmup_steps=min(warmup, steps),
+                                    init_weights=str(previous / "checkpoints" / f"step_{round_steps(config, k - 1):08d}"))
         data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
     mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
     return config_from_dict(mapping, f"{config.source} (round {k})")
@@ -153,34 +153,6 @@ class StageRunner:
         return perplexity(config, checkpoint, config.data.eval_files)
 
 
-def seed_checkpoint(previous: Path, train_out: Path, config: Config, world: int) -> Path:
-    """Round K's start: a step-0 checkpoint in its own output dir holding round K-1's final weights and
-    a zeroed (= freshly initialised) AdamW state. Written atomically; returns its folder."""
-    from pangu_pro.io import load_tensors, save_tensors
-    from pangu_pro.model.weights import WEIGHTS_NAME
-    from pangu_pro.train.checkpoint import CHECKPOINTS, OPTIMIZER_NAME, STATE_NAME as CKPT_STATE, checkpoint_name
-    from pangu_pro.train.loss_scale import LossScaler
-    from pangu_pro.train.metrics import METRICS_NAME
-
-    dest = train_out / CHECKPOINTS / checkpoint_name(0)
-    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(previous / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-    moments, _ = load_tensors(previous / OPTIMIZER_NAME)
-    save_tensors(tmp / OPTIMIZER_NAME, {name: np.zeros_like(value) for name, value in moments.items()})
-    state = {"step": 0, "consumed_batches": 0, "consumed_samples": 0, "tokens": 0, "world": world,
-             "loss_scale": LossScaler.from_config(config.train).state(), "seeded_from": str(previous),
-             "note": "multi-round start: previous round's weights, fresh optimizer state"}
-    atomic_write_json(tmp / CKPT_STATE, state)
-    metrics = train_out / METRICS_NAME
-    if not metrics.exists():  # the trainer's resume path appends to (and first trims) the run's metrics
-        atomic_write_text(metrics, "")
-    os.rename(tmp, dest)
-    return dest
-
-
 def final_checkpoint(train_out: Path, steps: int) -> Path:
     from pangu_pro.train.checkpoint import CHECKPOINTS, list_checkpoints
 
@@ -228,9 +200,6 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                 if k > 1:
                     selection = Path(cfg.data.index_file)
                     check_fits(np.load(selection), state.done(k - 1, "select")["samples_total"], str(selection))
-                    if latest_checkpoint(train_out / CHECKPOINTS) is None:
-                        seed_checkpoint(Path(state.done(k - 1, "train")["checkpoint"]), train_out, cfg,
-                                        runner.workers)
                 resume = latest_checkpoint(train_out / CHECKPOINTS) is not None
                 runner.train(cfg_path, resume, rdir / "logs_train")
                 ckpt = final_checkpoint(train_out, cfg.train.steps)
