@@ -123,3 +123,14 @@ def test_select_layers_keeps_first_and_last():
     assert hc.select_layers(scores, 4).tolist() == [0, 1, 3, 5]
     assert hc.select_layers(scores, 2).tolist() == [0, 5]
     assert hc.select_layers(scores, 6).tolist() == list(range(6))
+
+
+def test_bench_helpers(tmp_path):
+    from pangu_pro.bench.inherit import BYTE_OFFSET, byte_rows, steps_to_reach
+
+    (tmp_path / "t.txt").write_text("ab\ncd\n", encoding="utf-8")
+    rows = byte_rows(tmp_path / "t.txt", 2)
+    assert rows.tolist() == [[ord("a") + BYTE_OFFSET, ord("b") + BYTE_OFFSET, 2],
+                             [ord("c") + BYTE_OFFSET, ord("d") + BYTE_OFFSET, 2]]
+    curve = [(0, 5.0), (10, 3.0), (20, 2.5)]
+    assert steps_to_reach(curve, 3.0) == 10 and steps_to_reach(curve, 2.0) is None

@@ -4,7 +4,7 @@
 
 Per step: a batch -> sampled masks -> masked-teacher LM loss + size constraint per mask type ->
 gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
-(inherit.lr_lambda, ascent), and on the teacher's weights (inherit.lr_weights, clipped; skipped when 0)
+(inherit.lr_lambda, ascent), AdamW on the teacher's weights (inherit.lr_weights, clipped; none if 0)
 -> log_alpha clamped to [-4.6, 4.6]. The target sparsity ramps over the first `warmup_fraction` of the
 steps. Checkpoints reuse the trainer's format (`pangu_pro.train.checkpoint`): ``model.safetensors``
 holds the teacher's weights, the masks' log_alpha and the lambdas; ``optimizer.safetensors`` the
@@ -193,6 +193,9 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
         bar.close()
         if metrics is not None:
             metrics.close()
+    if par.world > 1:  # identical lines on every rank: the replicas (weights, masks, lambdas) did not diverge
+        from pangu_pro.train.trainer import weights_digest
+        print(f"rank {par.rank}/{par.world}: mask step {ic.steps} sha256 {weights_digest(loss)}", flush=True)
     keep, scores = keep_arrays(cfg, masks, kept)
     values = UnitArrays.full(cfg, 1.0)
     for name in types:
