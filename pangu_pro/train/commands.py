@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML config (its model section must fit the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
-    p.add_argument("--data", nargs="+", required=True, help="MindRecord files or preprocess folders")
+    p.add_argument("--data", nargs="+", help="MindRecord files or preprocess folders (default: data.eval_files)")
     p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
     p.add_argument("--max-batches", type=int, default=None)
     p.set_defaults(func=_perplexity)
@@ -55,7 +55,10 @@ def _perplexity(args) -> int:
     from pangu_pro.train.evaluate import perplexity
 
     config = load_config(args.config, args.overrides)
-    result = perplexity(config, args.checkpoint, args.data, args.batch_size, args.max_batches)
+    data = args.data or config.data.eval_files
+    if not data:
+        raise ValueError("no held-out data: pass --data or set data.eval_files in the config")
+    result = perplexity(config, args.checkpoint, data, args.batch_size, args.max_batches)
     print(json.dumps(result))
     return 0
 
