@@ -75,7 +75,7 @@ def run_generate(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     for prompt, out in zip(prompts, outputs):
         if tokenizer is not None:
-            print(tokenizer.decode(prompt) + tokenizer.decode(out))
+            print(tokenizer.decode(prompt + out))
         else:
             print(" ".join(map(str, out)))
     total = sum(len(o) for o in outputs)
