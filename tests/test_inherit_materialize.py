@@ -121,3 +121,31 @@ def test_vocabulary_change_needs_a_map():
         plan_student(TEACHER, TARGET, None)
     with pytest.raises(ConfigError, match="inherit.vocab_map"):
         plan_student(TEACHER, TARGET, np.arange(3, 33))  # drops pad/bos/eos
+
+
+def test_mask_cells_compute_the_numpy_formulas():
+    """The graph's hard-concrete masks equal pangu_pro.inherit.hardconcrete on the same noise."""
+    from pangu_pro.inherit import hardconcrete as hc
+    from pangu_pro.inherit.cells import InheritMasks
+
+    masks = InheritMasks(TEACHER, ["heads", "neurons", "hidden", "layers"], init_keep=0.7)
+    rng = np.random.default_rng(5)
+    for cell in (masks.heads, masks.neurons, masks.hidden, masks.layers):
+        cell.log_alpha.set_data(Tensor(rng.uniform(-6, 6, cell.shape).astype(np.float32)))
+    noise = masks.noise(seed=3, step=7)
+    assert np.array_equal(noise, masks.noise(seed=3, step=7)) and not np.array_equal(noise, masks.noise(3, 8))
+    head, neuron, hidden, layer = (t.asnumpy() for t in masks(Tensor(noise)))
+    la = {name: getattr(masks, name).log_alpha.asnumpy() for name in ("heads", "neurons", "hidden", "layers")}
+    sizes = np.cumsum([0] + [la[n].size for n in ("heads", "neurons", "hidden", "layers")])
+    names = ("heads", "neurons", "hidden", "layers")
+    u = {n: noise[sizes[i]:sizes[i + 1]].reshape(la[n].shape) for i, n in enumerate(names)}
+    want_groups = hc.sample_mask(la["heads"], u["heads"])
+    np.testing.assert_allclose(head, head_mask_from_groups(want_groups, 2), atol=1e-5)
+    np.testing.assert_allclose(neuron, hc.sample_mask(la["neurons"], u["neurons"]), atol=1e-5)
+    np.testing.assert_allclose(hidden, hc.sample_mask(la["hidden"], u["hidden"]), atol=1e-5)
+    np.testing.assert_allclose(layer, np.concatenate([[1], hc.sample_mask(la["layers"], u["layers"]), [1]]), atol=1e-5)
+    assert 0 < (hidden == 0).sum() < hidden.size  # the sample is hard: some zeros, not all
+    head, neuron, hidden, layer = (t.asnumpy() for t in masks())  # noise-free
+    np.testing.assert_allclose(hidden, hc.deterministic_mask(la["hidden"]), atol=1e-5)
+    want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in ("heads", "neurons", "hidden", "layers")]
+    np.testing.assert_allclose(masks.sparsity().asnumpy(), want, atol=1e-5)

@@ -194,7 +194,8 @@ def run(args) -> int:
     teacher_seconds = time.perf_counter() - t0
     teacher = build_model(teacher_cfg.model, ckpt)
     teacher_loss = held_out_loss(teacher, heldout, args.batch_size)
-    print(f"teacher: {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss {teacher_loss:.3f}", flush=True)
+    print(f"teacher: {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss {teacher_loss:.3f}",
+          flush=True)
 
     # 2. students
     target_path = work / "student.yaml"
