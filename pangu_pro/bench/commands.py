@@ -16,6 +16,7 @@ BENCHMARKS = {
     "tokenizer": "token counting throughput and compressed-tokenizer quality",
     "speed": "decode speed: depth x width at equal size, SIAF / AugShortcut latency",
     "rounds": "multi-round training: hard vs uniform second-round samples",
+    "inherit": "parameter inheritance: criteria compared on the built-in corpus",
 }
 
 
