@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The whole PanGu-pi Pro pipeline on the CPU, on the built-in corpus, in about ten minutes on 2 cores:
+#   corpus -> big tokenizer -> coverage -> compact tokenizer -> packed data -> two-round training of
+#   tiny_cpu (train, score, retrain on the hardest half) -> held-out perplexity -> generation -> loss
+#   plot -> parameter inheritance (teacher -> student -> continued training) -> Hugging Face export ->
+#   generation in transformers.
+# Sets up .venv first (the same environment as scripts/test.sh). Everything lands in quickstart_out/
+# (or $1); a re-run starts that folder afresh, so the script is idempotent.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf"
+cd "$REPO"
+OUT="${1:-quickstart_out}"
+CFG=configs/tiny_cpu.yaml
+STEPS="${QUICKSTART_STEPS:-200}"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+START=$(date +%s)
+step() { printf '\n[quickstart %3ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+DATA="data.train_files=[$OUT/data/train] data.eval_files=[$OUT/data/heldout] data.tokenizer=$OUT/tokenizer/compact.model"
+
+step "1. built-in corpus (the standard library's docstrings and comments)"
+pangu-pro corpus builtin "$OUT/corpus"
+
+step "2. the big tokenizer: SentencePiece BPE, 16k pieces, byte fallback"
+pangu-pro tokenizer train "$OUT/corpus/train.txt" --out "$OUT/tokenizer/big.model" --vocab-size 16000
+
+step "3. token frequencies and coverage by vocabulary size"
+pangu-pro tokenizer count "$OUT/corpus/train.txt" --tokenizer "$OUT/tokenizer/big.model" --out "$OUT/tokenizer/counts.npy"
+pangu-pro tokenizer coverage --tokenizer "$OUT/tokenizer/big.model" --counts "$OUT/tokenizer/counts.npy" \
+  --config "$CFG" --csv "$OUT/tokenizer/coverage.csv" --png "$OUT/tokenizer/coverage.png"
+
+step "4. the compact tokenizer: the 8k most useful pieces, BPE merges closed"
+pangu-pro tokenizer compress --tokenizer "$OUT/tokenizer/big.model" --counts "$OUT/tokenizer/counts.npy" \
+  --vocab-size 8000 --out "$OUT/tokenizer/compact"
+
+step "5. packed training data (MindRecord, 257 tokens a sample)"
+pangu-pro preprocess --tokenizer "$OUT/tokenizer/compact.model" --seq-length 256 --out "$OUT/data/train" "$OUT/corpus/train.txt"
+pangu-pro preprocess --tokenizer "$OUT/tokenizer/compact.model" --seq-length 256 --out "$OUT/data/heldout" "$OUT/corpus/heldout.txt"
+
+step "6. train tiny_cpu (PanGu-pi, both modules on) in two rounds: $STEPS steps on everything, then score"
+step "   every sample with the frozen model and train $(( STEPS / 4 )) more steps on the hardest half"
+pangu-pro params "$CFG"
+pangu-pro rounds "$CFG" $DATA train.steps="$STEPS" train.warmup_steps=15 train.output_dir="$OUT/train" \
+  multi_round.rounds=2 multi_round.rate=0.5 multi_round.round_steps=$(( STEPS / 4 )) multi_round.round_lr=3.0e-4
+cat "$OUT/train/rounds_summary.md"
+CKPT=$(ls -d "$OUT"/train/round_2/train/checkpoints/step_* | tail -n 1)
+
+step "7. held-out perplexity, a sample, and the loss curves"
+pangu-pro perplexity "$CFG" $DATA --checkpoint "$CKPT"
+pangu-pro generate "$CFG" $DATA --checkpoint "$CKPT" --prompt "Return a list of" --max-new-tokens 24 \
+  --temperature 0.7 --top-p 0.9
+pangu-pro plot "$OUT/train/round_1/train"
+
+step "8. parameter inheritance: learned masks on the trained model, a 3-layer half-width student, trained on"
+pangu-pro inherit configs/inherit_tiny_cpu.yaml $DATA inherit.teacher_checkpoint="$CKPT" \
+  inherit.steps=40 inherit.checkpoint_every=20 inherit.output_dir="$OUT/inherit"
+STUDENT_CFG="$OUT/inherit/student/config.yaml"
+pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/inherit/student"
+pangu-pro train "$STUDENT_CFG" $DATA train.init_weights="$OUT/inherit/student/model.safetensors" \
+  train.steps=40 train.warmup_steps=4 train.output_dir="$OUT/student_train"
+pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/student_train/checkpoints/step_00000040"
+
+step "9. export to Hugging Face format and generate with transformers"
+pangu-pro convert to-hf --checkpoint "$CKPT" --config "$CFG" --tokenizer "$OUT/tokenizer/compact.model" --out "$OUT/hf"
+python - "$OUT/hf" <<'PY'
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+ids = tok("Return a list of", return_tensors="pt")
+out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+print("transformers:", tok.decode(out[0], skip_special_tokens=True))
+PY
+
+step "done"
+cat <<EOF
+outputs in $OUT/:
+  corpus/                     built-in corpus (train.txt, heldout.txt, manifest.json)
+  tokenizer/                  big.model, coverage.csv/.png, compact.model + compact.new2old.npy
+  data/                       packed MindRecord shards with summary.json
+  train/                      two-round training of tiny_cpu: round_1/ and round_2/ (checkpoints/,
+                              metrics.jsonl, scores.npz, selection.npy), rounds_summary.md;
+                              round_1/train/curves.png the loss and lr curves
+  inherit/student/            the inherited student (config.yaml, model.safetensors); student_train/ its training
+  hf/                         Hugging Face export (trust_remote_code=True)
+EOF
