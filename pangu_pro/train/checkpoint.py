@@ -9,6 +9,11 @@ A save writes everything into ``.tmp-step_N-<pid>/`` beside the final folder and
 step, so a killed job leaves either a complete checkpoint or a temporary folder that the next run
 deletes (`clean_partial`); it never leaves a half `step_N` folder. Old checkpoints are renamed to
 ``.trash-...`` before being deleted, for the same reason.
+
+Under semi-auto parallel (tensor/pipeline parallel, ZeRO) every rank writes the same folders with its
+own slices under ``OUTPUT_DIR/checkpoints/rank_<r>/`` (`distributed_ckpt.rank_checkpoint_dir`);
+MindSpore writes ``OUTPUT_DIR/strategy/strategy_rank_<r>.ckpt`` at compile time. Their state.json
+adds ``rank``, ``layout`` and ``strategy``; `resolve_rank_resume` finds this rank's folder.
 """
 from __future__ import annotations
 
@@ -71,6 +76,14 @@ def save_checkpoint(directory: str | Path, model, optimizer, state: dict) -> Pat
     return directory
 
 
+def read_state(directory: str | Path) -> dict:
+    """A checkpoint folder's state.json."""
+    state_path = Path(directory) / STATE_NAME
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a training checkpoint (no {STATE_NAME})")
+    return json.loads(state_path.read_text(encoding="utf-8"))
+
+
 def load_checkpoint(directory: str | Path, model, optimizer=None) -> dict:
     """Load a checkpoint folder into `model` (and `optimizer`); returns its state.json."""
     directory = Path(directory)
@@ -113,6 +126,28 @@ def resolve_resume(path: str | Path) -> Path:
         if latest is not None:
             return latest
     raise FileNotFoundError(f"{path}: no checkpoint to resume from (expected {CHECKPOINTS}/step_*/{STATE_NAME})")
+
+
+_RANK_DIR = re.compile(r"^rank_(\d+)$")
+
+
+def resolve_rank_resume(path: str | Path, rank: int) -> Path:
+    """Rank `rank`'s checkpoint of a semi-auto run, from: a run's output dir or its checkpoints/
+    folder (this rank's newest), any rank's step folder (this rank's folder of that step), or a
+    whole checkpoint (a step folder with no rank parent, e.g. merged from the slices)."""
+    path = Path(path)
+    if (path / STATE_NAME).is_file():
+        if _RANK_DIR.match(path.parent.name):
+            own = path.parent.parent / f"rank_{rank}" / path.name
+            if not (own / STATE_NAME).is_file():
+                raise FileNotFoundError(f"{own}: rank {rank} has no checkpoint of {path.name}")
+            return own
+        return path
+    for root in (path / CHECKPOINTS / f"rank_{rank}", path / f"rank_{rank}"):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    return resolve_resume(path)
 
 
 def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int) -> list[Path]:

@@ -15,6 +15,12 @@ Both end in the shared `GradientUpdate`:
     if finite: optimizer(grads, lr)           (otherwise nothing changes: weights, moments, step count)
 
 The loss returned is the mean over the k micro batches and, in data parallel, over the ranks.
+
+Semi-auto parallel (tensor/pipeline parallel, ZeRO; Ascend): the graph has global semantics, so the
+framework inserts the gradient all-reduces (world=1 here: no reducer, no loss all-reduce). With a
+pipeline the loss net is an `nn.PipelineCell` that sums `micro_batches` micro losses and accumulates
+their gradients itself; `grad_reducer` (`nn.PipelineGradReducer`) hands them over, and the sum is
+divided like the k accumulated steps (`micro_batches` joins the grad scale and the reported loss).
 """
 from __future__ import annotations
 
@@ -48,12 +54,14 @@ class GradientUpdate(nn.Cell):
     `finite` is isfinite(norm): any NaN/inf gradient makes the sum of squares NaN/inf.
     """
 
-    def __init__(self, optimizer, grad_clip: float, world: int = 1):
+    def __init__(self, optimizer, grad_clip: float, world: int = 1, reducer=None):
         super().__init__(auto_prefix=False)
         self.optimizer = optimizer
         self.grad_clip = float(grad_clip)
         self.world = world
-        self.reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=world) if world > 1 else None
+        if reducer is None and world > 1:
+            reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=world)
+        self.reducer = reducer
         self.hyper_map = ops.HyperMap()
 
     def construct(self, grads, lr, grad_scale):
@@ -70,12 +78,14 @@ class GradientUpdate(nn.Cell):
 
 
 class FusedStep(nn.Cell):
-    """k = 1: input_ids, lr, loss_scale -> (loss, finite, grad_norm) in one graph."""
+    """k = 1: input_ids, lr, loss_scale -> (loss, finite, grad_norm) in one graph. `micro_batches`:
+    how many micro losses the loss net sums (a PipelineCell's micro_batch_num)."""
 
-    def __init__(self, loss_net, update: GradientUpdate):
+    def __init__(self, loss_net, update: GradientUpdate, micro_batches: int = 1):
         super().__init__(auto_prefix=False)
         self.loss_net = loss_net
         self.update = update
+        self.micro_batches = float(micro_batches)
         self.weights = update.optimizer.params
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.world = update.world
@@ -86,7 +96,8 @@ class FusedStep(nn.Cell):
         grads = self.grad(self.loss_net, self.weights)(input_ids, ops.cast(loss_scale, loss.dtype))
         if self.allreduce is not None:
             loss = self.allreduce(loss) / self.world
-        finite, norm = self.update(grads, lr, loss_scale)
+        finite, norm = self.update(grads, lr, loss_scale * self.micro_batches)
+        loss = loss / self.micro_batches
         return loss, ops.logical_and(finite, ops.isfinite(loss)), norm
 
 
@@ -132,17 +143,29 @@ class TrainStep:
     """One optimizer step over `grad_accum_steps` micro batches (see the module doc)."""
 
     def __init__(self, loss_net: nn.Cell, optimizer, *, grad_clip: float = 1.0, grad_accum_steps: int = 1,
-                 world: int = 1):
+                 world: int = 1, micro_batches: int = 1, grad_reducer=None):
+        if micro_batches > 1 and grad_accum_steps > 1:
+            raise ValueError("pipeline micro batches and grad_accum_steps > 1 do not combine; raise micro_batches")
         self.grad_accum_steps = grad_accum_steps
         self.world = world
         loss_net.set_train(True)
-        self.update = GradientUpdate(optimizer, grad_clip, world)
+        self.update = GradientUpdate(optimizer, grad_clip, world, grad_reducer)
         if grad_accum_steps == 1:
-            self.fused = FusedStep(loss_net, self.update)
+            self.fused = FusedStep(loss_net, self.update, micro_batches)
         else:
             self.accumulators = optimizer.params.clone(prefix="grad_accum", init="zeros")
             self.micro = MicroStep(loss_net, optimizer.params, self.accumulators, world)
             self.apply = AccumulatedUpdate(self.update, self.accumulators, grad_accum_steps)
+
+    def compile(self, batches: Sequence[Tensor]) -> None:
+        """Compile without running (under semi-auto this slices the parameters, so that a rank's
+        checkpoint slice can be loaded before the first step)."""
+        lr_t, scale_t = Tensor(0.0, ms.float32), Tensor(1.0, ms.float32)
+        if self.grad_accum_steps == 1:
+            self.fused.compile(batches[0], lr_t, scale_t)
+        else:
+            self.micro.compile(batches[0], scale_t)
+            self.apply.compile(lr_t, scale_t)
 
     def __call__(self, batches: Sequence[Tensor], lr: float, loss_scale: float = 1.0) -> StepOutput:
         if len(batches) != self.grad_accum_steps:

@@ -1,21 +1,24 @@
 """The training loop of `pangu-pro train`, readable top to bottom.
 
     train(config, resume=None)
-      1. device (PANGU_PRO_DEVICE), data-parallel group when launched by msrun, model config adapted
-         to the device (fp32 on the CPU)
-      2. model, AdamW, TrainStep; from a checkpoint when resuming (weights, moments, step, data
+      1. device (PANGU_PRO_DEVICE), data-parallel group when launched by msrun (or, on Ascend, the
+         semi-auto context for tensor/pipeline parallel and ZeRO), model config adapted to the device
+      2. model, AdamW, TrainStep (`build_training`: sharded and pipeline-wrapped under semi-auto); from a checkpoint when resuming (weights, moments, step, data
          position, loss scale), or from `train.init_weights` when starting fresh
       3. the data loader for this rank, skipping the batches already consumed
       4. per step: k micro batches -> TrainStep -> overflow check -> metrics line -> held-out eval
          every `eval_every` steps -> checkpoint every `save_every` steps (and at the end)
 
 Only rank 0 writes (checkpoints, metrics.jsonl, the progress bar); every rank runs the same steps.
+Under semi-auto parallel every rank saves its own slice (checkpoints/rank_<r>/step_N, beside
+strategy/strategy_rank_<r>.ckpt) and the first rank of the last pipeline stage writes the metrics.
 A non-finite loss or gradient stops the run before the update is applied (NonFiniteLossError names
 the step and the last good checkpoint), or skips the step under dynamic loss scaling.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -46,19 +49,67 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class Parallel:
+    """This process's place in the run.
+
+    `replicas` is the data-parallel degree (how many `train.batch_size` batches one micro step
+    consumes); `num_shards`/`shard_id` are what this rank's loader reads, `read_batch` samples at a
+    time (`sharding.dataset_shard`: under semi-auto parallel with `full_batch` every rank reads the
+    global batch, batch_size x dp x micro_batch_num). `writer` writes metrics and the config (the
+    first rank of the last pipeline stage, which holds the loss); under semi-auto every rank saves
+    its own checkpoint slice.
+    """
+
     rank: int = 0
     world: int = 1
+    semi_auto: bool = False
+    replicas: Optional[int] = None  # default: world
+    num_shards: Optional[int] = None  # default: world
+    shard_id: Optional[int] = None  # default: rank
+    read_factor: int = 1  # read_batch = train.batch_size * read_factor
+    micro_batches: int = 1  # pipeline micro batches per step (summed by nn.PipelineCell)
+    writer: int = 0
+
+    def __post_init__(self):
+        self.replicas = self.world if self.replicas is None else self.replicas
+        self.num_shards = self.world if self.num_shards is None else self.num_shards
+        self.shard_id = self.rank if self.shard_id is None else self.shard_id
+
+
+def needs_semi_auto(parallel_cfg) -> bool:
+    """Tensor/pipeline parallel (`sharding.parallel_mode`), or ZeRO: the parallel optimizer slices the
+    parameters our own AdamW updates only under semi-auto parallel."""
+    from pangu_pro.model.sharding import parallel_mode
+
+    return parallel_mode(parallel_cfg) == "semi_auto_parallel" or parallel_cfg.optimizer_shard
+
+
+def _semi_auto_key(par) -> str:
+    if par.model_parallel > 1:
+        return "parallel.model_parallel"
+    return "parallel.pipeline_stage" if par.pipeline_stage > 1 else "parallel.optimizer_shard"
 
 
 def setup_parallel(config: Config) -> Parallel:
-    """Join the data-parallel group when launched by msrun (or an HCCL rank table), else one process."""
+    """Join the group when launched by msrun (or an HCCL rank table), else one process.
+
+    Pure data parallel runs anywhere (DATA_PARALLEL, our own gradient all-reduce). Tensor/pipeline
+    parallel and ZeRO need semi-auto parallel, which MindSpore runs on Ascend only ("Invalid backend:
+    CPU"); there the auto-parallel context comes from `sharding.set_parallel_context`.
+    """
     import mindspore as ms
 
     launched = "MS_WORKER_NUM" in os.environ or int(os.environ.get("RANK_SIZE", "1")) > 1
     par = config.parallel
-    if par.model_parallel > 1 or par.pipeline_stage > 1:
-        raise ConfigError("parallel.model_parallel", "this trainer runs data parallel only; tensor and "
-                          "pipeline parallel layouts are not wired into training yet")
+    if needs_semi_auto(par):
+        if ms.get_context("device_target") != "Ascend":
+            raise ConfigError(_semi_auto_key(par), "needs semi-auto parallel (tensor/pipeline parallel or ZeRO), "
+                              "which MindSpore runs on Ascend only; on the CPU train data parallel "
+                              "(model_parallel 1, pipeline_stage 1, optimizer_shard false)")
+        if par.pipeline_stage > 1 and config.train.grad_accum_steps > 1:
+            raise ConfigError("train.grad_accum_steps", f"is {config.train.grad_accum_steps} with pipeline_stage "
+                              f"{par.pipeline_stage}; a pipeline accumulates over parallel.micro_batch_num, so "
+                              "raise that and set grad_accum_steps to 1")
+        return _setup_semi_auto(config)
     if not launched:
         if par.data_parallel > 1:
             raise ConfigError("parallel.data_parallel", f"is {par.data_parallel} but this is a single process; "
@@ -73,6 +124,28 @@ def setup_parallel(config: Config) -> Parallel:
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=world)
     return Parallel(rank, world)
+
+
+def _setup_semi_auto(config: Config) -> Parallel:
+    """Ascend: init(), the semi-auto context with this rank's strategy file, and the data split."""
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+
+    from pangu_pro.model.sharding import dataset_shard, set_parallel_context, strategy_file_path
+
+    par = config.parallel
+    init()
+    rank, world = get_rank(), get_group_size()
+    strategy = strategy_file_path(config.train.output_dir, rank)
+    kwargs = set_parallel_context(par, device_num=world, strategy_file=strategy, config=config)
+    if kwargs["parallel_mode"] != "semi_auto_parallel":  # ZeRO over data parallel alone: each rank its shard
+        ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel", full_batch=False,
+                                     strategy_ckpt_config={"save_file": strategy, "only_trainable_params": False})
+    shards, shard_id = dataset_shard(par, rank)
+    micro = par.micro_batch_num if par.pipeline_stage > 1 else 1
+    read_factor = (par.data_parallel if shards == 1 else 1) * micro
+    return Parallel(rank, world, semi_auto=True, replicas=par.data_parallel, num_shards=shards, shard_id=shard_id,
+                    read_factor=read_factor, micro_batches=micro, writer=world - world // par.pipeline_stage)
 
 
 def weights_digest(model) -> str:
@@ -104,56 +177,108 @@ def train_dataset(config: Config, par: Parallel, skip_batches: int):
         raise ConfigError("data.train_files", "no training data given (MindRecord files or preprocess folders)")
     total = count_samples(data.train_files)
     indices = load_indices(data.index_file, total) if data.index_file else None
-    per_rank = (total if indices is None else len(indices)) // par.world
-    needed = tc.steps * tc.grad_accum_steps * tc.batch_size
-    if per_rank < tc.batch_size:
-        raise ConfigError("train.batch_size", f"{tc.batch_size} exceeds the {per_rank} samples each of "
-                          f"{par.world} ranks gets per epoch")
+    per_rank = (total if indices is None else len(indices)) // par.num_shards
+    read_batch = tc.batch_size * par.read_factor
+    needed = tc.steps * tc.grad_accum_steps * read_batch
+    if per_rank < read_batch:
+        raise ConfigError("train.batch_size", f"{tc.batch_size} (x {par.read_factor} per read) exceeds the "
+                          f"{per_rank} samples each of {par.num_shards} ranks gets per epoch")
     num_epochs = max(1, math.ceil(needed / per_rank))
-    return create_dataset(data.train_files, tc.batch_size, shuffle=data.shuffle, seed=data.seed, rank=par.rank,
-                          world=par.world, skip_batches=skip_batches, indices=indices, num_epochs=num_epochs)
+    return create_dataset(data.train_files, read_batch, shuffle=data.shuffle, seed=data.seed, rank=par.shard_id,
+                          world=par.num_shards, skip_batches=skip_batches, indices=indices, num_epochs=num_epochs)
+
+
+def build_training(config: Config, par: Parallel):
+    """Model, AdamW and TrainStep for `config` (model section already adapted to the device).
+
+    Under semi-auto parallel (`par.semi_auto`, context set by `setup_parallel`) the loss network gets
+    its strategies, pipeline stages, recompute and ZeRO opt-outs (`sharding.configure_model`), is
+    wrapped in `nn.PipelineCell` when pipeline_stage > 1 (`wrap_for_pipeline`), and the framework
+    reduces the gradients (no DistributedGradReducer; `nn.PipelineGradReducer` with a pipeline).
+    Nothing is compiled here. Returns (model, loss_net, optimizer, step_fn).
+    """
+    import mindspore as ms
+    from mindspore import nn
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+    from pangu_pro.train.optim import build_optimizer
+    from pangu_pro.train.step import TrainStep
+
+    tc, pcfg = config.train, config.parallel
+    ms.set_seed(tc.seed)
+    model = build_model(config.model, seed=tc.seed)
+    loss_net = PanGuPiWithLoss(model)
+    if not par.semi_auto:
+        optimizer = build_optimizer(model.trainable_params(), tc)
+        return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
+                                                     grad_accum_steps=tc.grad_accum_steps, world=par.world)
+    from pangu_pro.model.sharding import configure_model, wrap_for_pipeline
+
+    configure_model(loss_net, pcfg)
+    step_net = wrap_for_pipeline(loss_net, pcfg)
+    optimizer = build_optimizer(step_net.trainable_params(), tc)
+    reducer = (nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard)
+               if pcfg.pipeline_stage > 1 else None)
+    step_fn = TrainStep(step_net, optimizer, grad_clip=tc.grad_clip, grad_accum_steps=tc.grad_accum_steps,
+                        micro_batches=par.micro_batches, grad_reducer=reducer)
+    return model, loss_net, optimizer, step_fn
+
+
+def layout_of(config: Config, par: Parallel) -> dict:
+    """What a checkpoint's slices depend on: resuming needs the same (else merge first)."""
+    p = config.parallel
+    return {"data_parallel": p.data_parallel, "model_parallel": p.model_parallel, "pipeline_stage": p.pipeline_stage,
+            "vocab_parallel": p.vocab_parallel, "optimizer_shard": p.optimizer_shard, "world": par.world}
 
 
 def train(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print) -> dict:
     """Run (or continue) training as `config` says; returns a summary. See the module doc.
 
     `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
-    train.output_dir).
+    train.output_dir; under semi-auto parallel, of this rank's `checkpoints/rank_<r>/`).
     """
-    import mindspore as ms
     from tqdm import tqdm
 
+    from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.weights import build_model, load_weights
+    from pangu_pro.model.sharding import strategy_file_path
+    from pangu_pro.model.weights import load_weights
     from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.train.checkpoint import read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
-    from pangu_pro.train.optim import build_optimizer
-    from pangu_pro.train.step import TrainStep
 
     tc = config.train
     target = init_mindspore()
     par = setup_parallel(config)
-    lead = par.rank == 0
+    lead = par.rank == par.writer
     say = announce if (lead and announce is not None) else (lambda *_: None)
     model_cfg = adapt_to_device(config.model, target, say)
     config = dataclasses.replace(config, model=model_cfg)
     out = Path(tc.output_dir)
-    ckpt_root = out / CHECKPOINTS
+    # data parallel: rank 0 writes checkpoints/step_N; semi-auto: every rank checkpoints/rank_<r>/step_N
+    ckpt_root = rank_checkpoint_dir(out, par.rank) if par.semi_auto else out / CHECKPOINTS
+    saves = par.semi_auto or par.rank == 0
 
     # 2. model, optimizer, step; state from a checkpoint when resuming
-    ms.set_seed(tc.seed)
-    model = build_model(model_cfg, seed=tc.seed)
-    optimizer = build_optimizer(model.trainable_params(), tc)
-    step_fn = TrainStep(PanGuPiWithLoss(model), optimizer, grad_clip=tc.grad_clip,
-                        grad_accum_steps=tc.grad_accum_steps, world=par.world)
+    model, loss_net, optimizer, step_fn = build_training(config, par)
     scaler = LossScaler.from_config(tc)
-    start, consumed, tokens_seen, last_ckpt = 0, 0, 0, None
+    start, consumed, tokens_seen, last_ckpt, sliced = 0, 0, 0, None, False
     if resume is not None:
-        last_ckpt = resolve_resume(out if resume == "auto" else resume)
-        state = load_checkpoint(last_ckpt, model, optimizer)
-        if state.get("world", 1) != par.world:
+        where = out if resume == "auto" else Path(resume)
+        last_ckpt = resolve_rank_resume(where, par.rank) if par.semi_auto else resolve_resume(where)
+        state = read_state(last_ckpt)
+        if par.semi_auto and "layout" in state:  # a rank slice: only this layout can load it
+            sliced = True
+            if state["layout"] != layout_of(config, par):
+                raise ValueError(f"{last_ckpt}: written under the layout {state['layout']}, resumed under "
+                                 f"{layout_of(config, par)}; merge the rank slices first (docs/parallel.md, "
+                                 "'Resuming on another layout')")
+        elif state.get("world", 1) != par.world and not par.semi_auto:
             raise ValueError(f"{last_ckpt}: written by {state.get('world')} data-parallel ranks, resumed with "
                              f"{par.world}; the data position would not carry over")
+        if not sliced:  # whole tensors: load now (under semi-auto the compile slices them)
+            load_checkpoint(last_ckpt, model, optimizer)
         start, consumed, tokens_seen = state["step"], state["consumed_batches"], state.get("tokens", 0)
         scaler = LossScaler(**state["loss_scale"])
         say(f"resuming from {last_ckpt} at step {start}")
@@ -166,8 +291,9 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     if start >= tc.steps:
         say(f"nothing to do: the checkpoint is at step {start} of {tc.steps}")
         return {"step": start, "steps_run": 0, "checkpoint": str(last_ckpt) if last_ckpt else None}
-    if lead:
+    if saves:
         clean_partial(ckpt_root)
+    if lead:
         from pangu_pro.config import save_config
         save_config(config, out / "config.yaml")
     metrics = MetricsLog(out / METRICS_NAME, fresh=resume is None) if lead else None
@@ -176,10 +302,17 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     # 3. data
     batches = train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1)
-    eval_net = PanGuPiWithLoss(model) if tc.eval_every and config.data.eval_files and lead else None
+    if sliced:  # this rank's slices fit the compiled (sliced) parameters: compile on the first batches
+        first = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
+        step_fn.compile(first)
+        load_checkpoint(last_ckpt, model, optimizer)
+        batches = itertools.chain([(b,) for b in first], batches)
+    # held-out evaluation is one rank's own graph: data parallel only (a semi-auto graph spans all ranks)
+    eval_net = (PanGuPiWithLoss(model) if tc.eval_every and config.data.eval_files and lead and not par.semi_auto
+                else None)
 
     # 4. the loop
-    lr0 = base_learning_rate(tc, par.world)
+    lr0 = base_learning_rate(tc, par.replicas * par.micro_batches)
     peak = tc.peak_flops or DEFAULT_PEAK_FLOPS.get(target, DEFAULT_PEAK_FLOPS["CPU"])
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
                dynamic_ncols=True)
@@ -199,7 +332,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
             result = step_fn(micro, lr, scaler.scale)
             elapsed = time.perf_counter() - began
             consumed += tc.grad_accum_steps
-            step_tokens = seq * tc.batch_size * tc.grad_accum_steps * par.world
+            step_tokens = seq * tc.batch_size * tc.grad_accum_steps * par.replicas * par.micro_batches
             tokens_seen += step_tokens
             window_tokens += step_tokens
             window_time += elapsed
@@ -227,22 +360,26 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                 bar.write(f"step {step}: held-out loss {held_out['loss']:.4f}, perplexity "
                           f"{held_out['perplexity']:.2f}")
             if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
-                if lead:
+                if saves:
                     state = {"step": step, "consumed_batches": consumed, "consumed_samples":
-                             consumed * tc.batch_size * par.world, "tokens": tokens_seen, "world": par.world,
+                             consumed * tc.batch_size * par.read_factor * par.num_shards, "tokens": tokens_seen,
+                             "world": par.world,
                              "lr": lr, "loss": result.loss, "loss_scale": scaler.state(),
                              "rng": {"seed": tc.seed, "data_seed": config.data.seed, "shuffle": config.data.shuffle,
                                      "note": "the step draws no random numbers; the data order is a function "
                                              "of data_seed and consumed_batches"},
                              "config": to_mapping(config)}
                     state["config"].pop("source", None)
+                    if par.semi_auto:  # this rank's slices; the strategy file says how they fit together
+                        state.update(rank=par.rank, layout=layout_of(config, par),
+                                     strategy=strategy_file_path(str(out), par.rank))
                     last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state)
                     prune_checkpoints(ckpt_root, tc.keep_last)
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
-    if par.world > 1:  # every rank logs a fingerprint: identical lines mean the replicas did not diverge
+    if par.world > 1 and not par.semi_auto:  # identical fingerprints: the data-parallel replicas did not diverge
         print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
     return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last,
             "checkpoint": str(last_ckpt) if last_ckpt else None, "output_dir": str(out)}
