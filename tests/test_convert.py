@@ -227,6 +227,21 @@ def test_data_parallel_run_takes_rank_0(tmp_path):
     assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in ranks[0].items())
 
 
+def test_trainer_rank_step_folders_take_the_newest_common_step(tmp_path):
+    cfg = tiny_config()
+    run = tmp_path / "run"
+    for rank in range(2):
+        for step, seed in ((10, 0), (20, 1), (30, 2)):
+            if step == 30 and rank == 1:
+                continue  # rank 1 died before writing step 30: step 20 is the newest complete one
+            folder = run / "checkpoints" / f"rank_{rank}" / f"step_{step:08d}"
+            folder.mkdir(parents=True)
+            save_file(random_weights(cfg, seed + 10 * rank), str(folder / "model.safetensors"))
+    export_to_hf(run, cfg, tmp_path / "hf", progress=False)
+    stored = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in random_weights(cfg, 1).items())
+
+
 def write_strategy(path, layouts):
     from mindspore.train import node_strategy_pb2
 

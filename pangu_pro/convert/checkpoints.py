@@ -1,7 +1,8 @@
 """Opening our checkpoints for conversion: one weights file, a checkpoint folder, or a distributed run.
 
-A distributed run is a folder of `rank_0/`, `rank_1/`, ... (each holding a safetensors weights file),
-or a training output folder with them under `checkpoints/`, plus, when tensors were sliced (tensor or
+A distributed run is a folder of `rank_0/`, `rank_1/`, ... (each holding a safetensors weights file,
+or, as the trainer writes them, `step_N/model.safetensors` folders: the newest step every rank holds
+is read), or a training output folder with them under `checkpoints/`, plus, when tensors were sliced (tensor or
 pipeline parallel), strategy files (`strategy/*.ckpt`, as training writes them). Without a strategy
 file, or when the strategies slice nothing (pure data parallel), every rank holds the whole model and
 rank 0 is read. Sliced parameters are merged one at a time with the training stage's
@@ -27,6 +28,21 @@ def rank_dirs(path: Path) -> list[Path]:
     if found and sorted(found) != list(range(len(found))):
         raise ValueError(f"{path}: rank folders {sorted(found)} are not numbered 0..{len(found) - 1}")
     return [found[i] for i in range(len(found))]
+
+
+def latest_common_step(ranks: list[Path]) -> list[Path]:
+    """The trainer writes `rank_<i>/step_N/` folders: pick the newest step every rank has finished.
+
+    Rank folders without step folders are returned unchanged."""
+    steps = [{p.name for p in r.glob("step_*") if (p / WEIGHTS_NAME).is_file()} for r in ranks]
+    if not any(steps):
+        return ranks
+    common = set.intersection(*steps)
+    if not common:
+        raise ValueError(f"{ranks[0].parent}: no step_* checkpoint is present in every rank folder "
+                         f"(found {[sorted(s) for s in steps]})")
+    newest = max(common, key=lambda name: int(name.split("_")[1]))
+    return [r / newest for r in ranks]
 
 
 def rank_weights(rank_dir: Path) -> Path:
@@ -118,5 +134,5 @@ def open_checkpoint(path: str | Path):
         for ranks_dir in (path, path / "checkpoints"):
             ranks = rank_dirs(ranks_dir) if ranks_dir.is_dir() else []
             if ranks:
-                return open_distributed(path, ranks)
+                return open_distributed(path, latest_common_step(ranks))
     return SafetensorsFile(resolve_weights(path))
