@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Data-parallel training with msrun, one process per worker (docs/ascend.md, "Launching").
+# Distributed training (or parameter inheritance) with msrun, one process per worker
+# (docs/ascend.md, "Launching").
 #   scripts/run_distribute.sh CONFIG [options] [-- section.key=value ... [--resume [DIR]]]
 set -euo pipefail
 
@@ -16,8 +17,9 @@ options:
   --log-dir DIR        per-worker logs (default output/msrun_log)
   --rank-table FILE    HCCL rank table (Ascend clusters that use one)
   --timeout SECONDS    cluster set-up time-out (default 600)
+  --tool NAME          what each worker runs: train (default) or inherit (tools/NAME.py)
 
-Everything after "--" goes to the trainer (tools/train.py): overrides and --resume.
+Everything after "--" goes to the tool: overrides and --resume.
 environment: PANGU_PRO_DEVICE=cpu|ascend (default cpu)
 USAGE
   exit 2
@@ -29,7 +31,7 @@ CONFIG="$1"; shift
 [[ -f "$CONFIG" ]] || { echo "error: config file not found: $CONFIG" >&2; usage; }
 
 WORKERS=8; LOCAL_WORKERS=""; MASTER_ADDR=127.0.0.1; MASTER_PORT=8118; NODE_RANK=""
-LOG_DIR=output/msrun_log; RANK_TABLE=""; TIMEOUT=600
+LOG_DIR=output/msrun_log; RANK_TABLE=""; TIMEOUT=600; TOOL=train
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "error: $1 needs a value" >&2; usage; }; }
 is_int() { [[ "$2" =~ ^[0-9]+$ ]] || { echo "error: $1 expects a number, got '$2'" >&2; usage; }; }
 while [[ $# -gt 0 ]]; do
@@ -42,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --log-dir) need "$@"; LOG_DIR="$2"; shift 2 ;;
     --rank-table) need "$@"; RANK_TABLE="$2"; shift 2 ;;
     --timeout) need "$@"; TIMEOUT="$2"; shift 2 ;;
+    --tool) need "$@"; case "$2" in train|inherit) TOOL="$2" ;; *) echo "error: --tool is train or inherit, got '$2'" >&2; usage ;; esac; shift 2 ;;
     --) shift; break ;;
     -h|--help) usage ;;
     *) echo "error: unknown option '$1' (trainer arguments go after --)" >&2; usage ;;
@@ -65,4 +68,4 @@ ARGS=(--worker_num="$WORKERS" --local_worker_num="$LOCAL_WORKERS" --master_addr=
 [[ -n "$RANK_TABLE" ]] && ARGS+=(--rank_table_file="$RANK_TABLE")
 
 echo "msrun: $WORKERS workers ($LOCAL_WORKERS here), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR" >&2
-exec msrun "${ARGS[@]}" "$ROOT/tools/train.py" "$CONFIG" "$@" --no-progress
+exec msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress
