@@ -25,3 +25,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "ascend" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def semi_auto(monkeypatch):
+    """A semi-auto parallel context of 8 devices without devices (mindspore-notes): the group-size
+    query is patched to 8; the context is reset afterwards so other tests run stand-alone."""
+    import mindspore as ms
+    import mindspore.communication as comm
+    import mindspore.communication.management as management
+
+    monkeypatch.setattr(comm, "get_group_size", lambda *a, **k: 8)
+    monkeypatch.setattr(management, "get_group_size", lambda *a, **k: 8)
+    ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel", device_num=8, full_batch=True)
+    yield
+    ms.reset_auto_parallel_context()

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from pangu_pro.config import (Config, ConfigError, ModelConfig, ParallelConfig, TrainConfig, check_layout,
+from pangu_pro.config import (Config, ConfigError, ParallelConfig, check_layout,
                               config_from_dict, load_config)
 from pangu_pro.model.params import count_parameters
 from pangu_pro.model.plan import format_plan, memory_plan, stage_tensors

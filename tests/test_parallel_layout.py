@@ -27,18 +27,6 @@ GQA = dataclasses.replace(MHA, num_kv_heads=2, siaf=False, tie_word_embeddings=T
 UNSHARDED = {"cast", "reshape", "gather_rows", "maximum", "mul_mask", "sum_masked", "div"}
 
 
-@pytest.fixture
-def semi_auto(monkeypatch):
-    import mindspore.communication as comm
-    import mindspore.communication.management as management
-
-    monkeypatch.setattr(comm, "get_group_size", lambda *a, **k: 8)
-    monkeypatch.setattr(management, "get_group_size", lambda *a, **k: 8)
-    ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel", device_num=8, full_batch=True)
-    yield
-    ms.reset_auto_parallel_context()
-
-
 def expected_layout(model_cfg: ModelConfig, d: int, m: int, sp: bool, vp: bool) -> dict[str, tuple]:
     """The layout of docs/parallel.md, written out independently of pangu_pro.model.sharding."""
     s = m if sp else 1

@@ -11,7 +11,7 @@ import pytest
 
 from pangu_pro.config import config_from_dict
 from pangu_pro.configtools import to_mapping
-from pangu_pro.io import load_tensors, save_tensors
+from pangu_pro.io import save_tensors
 from pangu_pro.rounds import driver, sampling
 from pangu_pro.rounds.scoring import save_scores
 from pangu_pro.rounds.selection import select_from_scores, write_selection

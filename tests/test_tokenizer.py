@@ -166,7 +166,7 @@ def test_unigram_compresses_by_frequency(work, tmp_path):
 def test_cli_count_coverage_compress(work, tmp_path):
     from pangu_pro.cli import main
 
-    root, big = work["root"], str(work["big"])
+    big = str(work["big"])
     assert main(["tokenizer", "count", str(work["corpus"]), "--tokenizer", big, "--out",
                  str(tmp_path / "c.npy")]) == 0
     assert np.array_equal(np.load(tmp_path / "c.npy"), work["counts"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from mindspore import Tensor, nn
 from pangu_pro.config import config_from_dict
 from pangu_pro.configtools import ConfigError
 from pangu_pro.train.trainer import Parallel, build_training, setup_parallel, train_dataset
-from tests.test_parallel_layout import semi_auto  # noqa: F401  (8 devices, group size patched, context reset)
 
 MODEL = {"vocab_size": 256, "hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128,
          "seq_length": 32, "aug_shortcut_ratio": 8}

@@ -22,7 +22,6 @@ for every implementation; achieved FLOP/s = FLOPs per token * tokens/s; MFU agai
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

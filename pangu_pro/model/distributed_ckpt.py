@@ -23,7 +23,7 @@ the default `integrated_save=True`, whose files hold only the model-parallel spl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
