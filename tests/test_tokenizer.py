@@ -125,6 +125,18 @@ def test_mindrecord_counts(tmp_path, workers):
         count_mindrecord(paths[:1], 40, workers=1, show_progress=False)
 
 
+def test_cli_counts_a_preprocess_folder(work, tmp_path):
+    from pangu_pro.cli import main
+    from pangu_pro.data.dataset import read_samples
+
+    big, packed = str(work["big"]), tmp_path / "packed"
+    assert main(["preprocess", "--tokenizer", big, "--seq-length", "32", "--workers", "1", "--shard-size", "50",
+                 "--out", str(packed), str(work["corpus"])]) == 0
+    assert len(list(packed.glob("*.mindrecord"))) > 1
+    assert main(["tokenizer", "count", str(packed), "--tokenizer", big, "--out", str(tmp_path / "c.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), np.bincount(read_samples(packed).ravel(), minlength=BIG))
+
+
 def test_bincount_rejects_negative_ids():
     with pytest.raises(ValueError, match="token id -1"):
         bincount_chunks([np.array([0, -1])], 4, "x")

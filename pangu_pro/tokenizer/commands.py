@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("count", help="token-id frequencies of MindRecord shards or raw text")
-    p.add_argument("inputs", nargs="+", help="MindRecord shards (input_ids) or text files")
+    p.add_argument("inputs", nargs="+", help="MindRecord shards (input_ids), preprocess output folders, or text files")
     p.add_argument("--tokenizer", required=True, help="the SentencePiece model the ids belong to")
     p.add_argument("--out", required=True, help="counts file (.npy); a .json sidecar is written beside it")
     p.add_argument("--format", choices=("auto", "mindrecord", "text"), default="auto",
@@ -78,15 +78,19 @@ def _count(args: argparse.Namespace) -> int:
     from pangu_pro.tokenizer.counting import count_mindrecord, count_text, is_mindrecord, save_counts
     from pangu_pro.tokenizer.vocab import read_model_proto
 
-    kinds = {is_mindrecord(p) for p in args.inputs} if args.format == "auto" else {args.format == "mindrecord"}
+    from pangu_pro.data.dataset import resolve_files
+
+    inputs = [shard for path in args.inputs
+              for shard in (resolve_files(path) if Path(path).is_dir() else [path])]  # preprocess folders
+    kinds = {is_mindrecord(p) for p in inputs} if args.format == "auto" else {args.format == "mindrecord"}
     if len(kinds) != 1:
         raise ValueError("inputs mix MindRecord shards and text files; count them separately")
     if kinds.pop():
         vocab_size = len(read_model_proto(args.tokenizer).pieces)
-        counts, kind = count_mindrecord(args.inputs, vocab_size, args.workers), "mindrecord"
+        counts, kind = count_mindrecord(inputs, vocab_size, args.workers), "mindrecord"
     else:
-        counts, kind = count_text(args.inputs, args.tokenizer, args.workers), "text"
-    info = save_counts(args.out, counts, args.tokenizer, args.inputs, kind)
+        counts, kind = count_text(inputs, args.tokenizer, args.workers), "text"
+    info = save_counts(args.out, counts, args.tokenizer, inputs, kind)
     print(f"counted {info['total_tokens']:,} tokens ({info['distinct_tokens']:,} distinct ids) -> {args.out}")
     return 0
 
