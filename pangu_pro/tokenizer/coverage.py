@@ -3,14 +3,12 @@
 The table holds, at each size: the corpus coverage of the selection `compress` would make (with
 BPE merge closure), the coverage of a plain top-n frequency cut for reference, and, given a model
 config, the embedding + LM-head parameters and their share of the model (paper rule: coverage
-above 90 % and share under about 20 %). A PNG curve is drawn with a small built-in writer (no
-plotting library): blue = coverage, red = parameter share, both on a 0..1 axis, x = vocab size.
+above 90 % and share under about 20 %). A PNG curve is drawn with the trainer's small plotter (`pangu_pro.train.plot`, no plotting
+library): blue = coverage, red = parameter share, x = vocab size.
 """
 from __future__ import annotations
 
 import dataclasses
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -74,45 +72,15 @@ def write_csv(rows: Sequence[CoverageRow], path: str | Path) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """Encode an RGB uint8 image [H, W, 3] as PNG (8-bit truecolour, no filtering)."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError("expected an [H, W, 3] uint8 image")
-    height, width = pixels.shape[:2]
+def write_png(rows: Sequence[CoverageRow], path: str | Path, width: int = 640, height: int = 360) -> None:
+    """Coverage (blue) and, with a model config, parameter share (red) against vocabulary size."""
+    from pangu_pro.train.plot import BLUE, RED, draw_panel, encode_png
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def plot_rows(rows: Sequence[CoverageRow], width: int = 480, height: int = 320) -> np.ndarray:
-    """Coverage (blue) and parameter share (red) against vocab size; grey grid lines every 10 %."""
-    image = np.full((height, width, 3), 255, dtype=np.uint8)
-    margin = 20
-    x0, x1, y0, y1 = margin, width - margin, height - margin, margin
-    for tenth in range(11):
-        y = round(y0 + (y1 - y0) * tenth / 10)
-        image[y, x0:x1 + 1] = (225, 225, 225) if tenth not in (0, 10) else (0, 0, 0)
-    image[y1:y0 + 1, x0] = image[y1:y0 + 1, x1] = (0, 0, 0)
-    sizes = np.array([r.vocab_size for r in rows], dtype=np.float64)
-    span = max(sizes.max() - sizes.min(), 1.0)
-    xs = x0 + (sizes - sizes.min()) / span * (x1 - x0)
-    series = [([r.coverage for r in rows], (31, 90, 200))]
+    sizes = [r.vocab_size for r in rows]
+    series = [(sizes, [r.coverage for r in rows], BLUE)]
     if all(r.vocab_share is not None for r in rows):
-        series.append(([r.vocab_share for r in rows], (210, 40, 40)))
-    for values, colour in series:
-        ys = y0 + np.asarray(values, dtype=np.float64) * (y1 - y0)
-        for (xa, ya), (xb, yb) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-            steps = int(max(abs(xb - xa), abs(yb - ya))) + 1
-            for t in np.linspace(0.0, 1.0, steps + 1):
-                x, y = round(xa + (xb - xa) * t), round(ya + (yb - ya) * t)
-                image[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = colour
-    return image
-
-
-def write_png(rows: Sequence[CoverageRow], path: str | Path) -> None:
+        series.append((sizes, [r.vocab_share for r in rows], RED))
+    image = np.full((height, width, 3), 255, np.uint8)
+    draw_panel(image, (0, 0, width, height), series)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(png_bytes(plot_rows(rows)))
+        tmp.write_bytes(encode_png(image))
