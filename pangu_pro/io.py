@@ -6,6 +6,7 @@ temporary name in the same folder and renamed, so a killed job never leaves a ha
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +69,12 @@ def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str
     except Exception as err:  # safetensors raises several types for a damaged file
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     return tensors, metadata
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (identifies tokenizers and weights in manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

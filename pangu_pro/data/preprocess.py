@@ -26,7 +26,6 @@ beside DIR that becomes DIR with one rename at the end; DIR/summary.json describ
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -40,7 +39,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from pangu_pro.io import atomic_write_json
+from pangu_pro.io import atomic_write_json, file_sha256
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 FOLDER_SUFFIXES = frozenset({".txt", ".text", ".jsonl", ".ndjson"})  # what a folder contributes
@@ -304,14 +303,6 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------ driver

@@ -12,10 +12,10 @@ from typing import Optional
 
 import numpy as np
 
-from pangu_pro.io import atomic_path, atomic_write_json
+from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
 from pangu_pro.tokenizer.counting import load_counts
 from pangu_pro.tokenizer.select import Selection, select_ids
-from pangu_pro.tokenizer.vocab import compact_model_bytes, read_model_proto, sha256_file, vocab_from_proto
+from pangu_pro.tokenizer.vocab import compact_model_bytes, read_model_proto, vocab_from_proto
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def compress_tokenizer(model_path: str | Path, counts_path: str | Path, out_pref
         with open(tmp, "wb") as handle:
             np.save(handle, selection.new2old)
     atomic_write_json(map_path.with_suffix(".json"), {
-        "source_tokenizer": str(model_path), "source_sha256": sha256_file(model_path),
-        "compact_tokenizer": str(compact_path), "compact_sha256": sha256_file(compact_path),
+        "source_tokenizer": str(model_path), "source_sha256": file_sha256(model_path),
+        "compact_tokenizer": str(compact_path), "compact_sha256": file_sha256(compact_path),
         "old_vocab_size": len(vocab), "new_vocab_size": int(selection.new2old.size),
         "required_pieces": selection.required, "coverage": selection.coverage, "merge_closure": closure,
         "new2old": selection.new2old.tolist()})

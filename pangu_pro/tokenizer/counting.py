@@ -16,8 +16,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pangu_pro.io import atomic_path, atomic_write_json
-from pangu_pro.tokenizer.vocab import sha256_file
+from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
 
 CHUNK_TOKENS = 1 << 20
 MINDRECORD_COLUMN = "input_ids"
@@ -171,7 +170,7 @@ def save_counts(path: str | Path, counts: np.ndarray, tokenizer: str | Path, sou
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, counts)
-    info = {"tokenizer": str(tokenizer), "tokenizer_sha256": sha256_file(tokenizer), "vocab_size": int(counts.size),
+    info = {"tokenizer": str(tokenizer), "tokenizer_sha256": file_sha256(tokenizer), "vocab_size": int(counts.size),
             "total_tokens": int(counts.sum()), "distinct_tokens": int(np.count_nonzero(counts)),
             "format": source_format, "sources": [str(s) for s in sources]}
     atomic_write_json(sidecar_path(path), info)
@@ -189,7 +188,7 @@ def load_counts(path: str | Path, tokenizer: Optional[str | Path] = None) -> Cou
     side = sidecar_path(path)
     info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
     if tokenizer is not None and info.get("tokenizer_sha256"):
-        sha = sha256_file(tokenizer)
+        sha = file_sha256(tokenizer)
         if sha != info["tokenizer_sha256"]:
             raise ValueError(f"{path}: counted with tokenizer {info.get('tokenizer')} (sha256 "
                              f"{info['tokenizer_sha256'][:12]}…), not with {tokenizer} (sha256 {sha[:12]}…)")

@@ -6,7 +6,6 @@ be tested without a trained model; `read_vocab` builds one from a `.model` file,
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -37,15 +36,6 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.pieces)
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file (identifies the tokenizer a counts file was made with)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_model_proto(path: str | Path):
