@@ -18,9 +18,10 @@ setup(
         "pyyaml",
         "tqdm",
         "safetensors",
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "rouge-score"],
         "hf": ["torch==2.13.0", "transformers==4.57.1"],
     },
     entry_points={"console_scripts": ["pangu-pro=pangu_pro.cli:main"]},

@@ -23,7 +23,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.pangu-pro-installed"
 WANT="$(cat "$REPO/setup.py" | sha256sum | cut -c1-16)-$EXTRAS"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+# PANGU_PRO_SKIP_INSTALL=1: use the environment as it is (a prepared cluster image, a shared venv).
+if [ "${PANGU_PRO_SKIP_INSTALL:-0}" != 1 ] && { [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; }; then
   echo "[env] installing pangu-pro[$EXTRAS] into $VENV (first run: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e "$REPO[$EXTRAS]"
