@@ -39,8 +39,10 @@ def _runner(name: str, summary: str):
             if err.name != f"pangu_pro.bench.{name}":
                 raise
             raise ValueError(f"benchmark '{name}' is not available yet (no module pangu_pro.bench.{name})") from None
+        from pangu_pro.cli import parse_command_line
+
         parser = argparse.ArgumentParser(prog=f"pangu-pro bench {name}", description=summary)
         module.add_arguments(parser)
-        return module.run(parser.parse_args(args.bench_args)) or 0
+        return module.run(parse_command_line(parser, args.bench_args)) or 0
 
     return run

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from pangu_pro.cli import add_config_overrides
+
 
 def _to_hf(args: argparse.Namespace) -> int:
     from pangu_pro.config import load_config
     from pangu_pro.convert.to_hf import export_to_hf
 
-    cfg = load_config(args.config).model
+    cfg = load_config(args.config, args.overrides).model
     summary = export_to_hf(args.checkpoint, cfg, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
                            max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
     to_hf.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest shard (default 5GB)")
     to_hf.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
     to_hf.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_overrides(to_hf)
     to_hf.set_defaults(func=_to_hf)
 
     from_hf = kinds.add_parser(

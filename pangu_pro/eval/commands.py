@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pangu_pro.cli import add_config_overrides
+
 
 def register(subparsers) -> None:
     from pangu_pro.eval.report import PAPER_ROWS
@@ -15,7 +17,7 @@ def register(subparsers) -> None:
                     "downloaded) and/or held-out perplexity (--ppl-text, --ppl-data). Writes the results JSON "
                     "and prints a Markdown table beside the paper's row.")
     p.add_argument("config", help="YAML config (its model section must fit the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    add_config_overrides(p)
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--tokenizer", help="SentencePiece .model (default: data.tokenizer of the config)")
     p.add_argument("--tasks", default="", help="comma-separated: ceval,cmmlu,mmlu,boolq,ax-b,piqa,eprstmt,c3,xsum "

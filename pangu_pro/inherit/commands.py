@@ -1,6 +1,8 @@
 """CLI commands of the inherit stage: `pangu-pro inherit CONFIG` (docs/inherit.md)."""
 from __future__ import annotations
 
+from pangu_pro.cli import add_config_overrides
+
 RESUME_AUTO = "auto"
 
 
@@ -11,8 +13,7 @@ def register(subparsers) -> None:
                               "and write the student's weights and config. Override any key with "
                               "section.key=value.")
     p.add_argument("config", help="inheritance YAML (model or inherit.teacher_config, data, inherit sections)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="e.g. inherit.criterion=taylor inherit.steps=50")
+    add_config_overrides(p)
     p.add_argument("--resume", nargs="?", const=RESUME_AUTO, default=None, metavar="DIR",
                    help="continue mask learning from a checkpoint folder (default: the newest under "
                    "OUTPUT_DIR/masks)")

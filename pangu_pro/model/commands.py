@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from pangu_pro.cli import add_config_overrides
 from pangu_pro.config import load_config
 
 
@@ -13,12 +14,12 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("params", help="analytic parameter count of a config, by component")
     p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. model.vocab_size=48000")
+    add_config_overrides(p)
     p.set_defaults(func=run_params)
 
     g = subparsers.add_parser("generate", help="generate text (or token ids) with a KV cache")
     g.add_argument("config", help="YAML config file")
-    g.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_config_overrides(g)
     g.add_argument("--checkpoint", help="weights file or checkpoint folder (random weights if omitted)")
     g.add_argument("--tokenizer", help="SentencePiece .model (default: data.tokenizer of the config)")
     source = g.add_mutually_exclusive_group(required=True)

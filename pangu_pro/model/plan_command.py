@@ -9,7 +9,7 @@ def run_plan(args) -> int:
     from pangu_pro.config import check_layout, load_config
     from pangu_pro.model.plan import format_plan
 
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.overrides)
     devices = args.devices if args.devices is not None else config.parallel.device_num
     try:
         check_layout(config, devices)
@@ -20,6 +20,8 @@ def run_plan(args) -> int:
 
 
 def register(subparsers) -> None:
+    from pangu_pro.cli import add_config_overrides
+
     parser = subparsers.add_parser(
         "plan", help="check a parallel layout and estimate memory per device",
         description="Validate the config's parallel section against N devices and print weights, "
@@ -28,8 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("config", help="YAML config with model, parallel and train sections")
     parser.add_argument("--devices", type=int, default=None,
                         help="device count of the run (default: data_parallel x model_parallel x pipeline_stage)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set parallel.model_parallel=4 (repeatable)")
+    add_config_overrides(parser)
     parser.add_argument("--device-memory-gib", type=float, default=64.0,
                         help="memory of one device in GiB (Ascend 910B: 64, 910A: 32)")
     parser.set_defaults(func=run_plan)

@@ -1,6 +1,8 @@
 """CLI commands of multi-round training: score, select, rounds (docs/multi_round.md)."""
 from __future__ import annotations
 
+from pangu_pro.cli import add_config_overrides
+
 
 def _score(args) -> int:
     from pangu_pro.rounds.scoring import score_command
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
                     "weights in --checkpoint. Under msrun the ranks split the batches and rank 0 assembles the "
                     "result. Resumable: re-run the same command after an interruption.")
     p.add_argument("config", help="YAML config (its model section must fit the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    add_config_overrides(p)
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--out", default=None, metavar="SCORES.npz", help="default: TRAIN.OUTPUT_DIR/scores.npz")
     p.add_argument("--data", nargs="+", default=None, help="MindRecord files or folders (default: data.train_files)")
@@ -59,7 +61,7 @@ def register(subparsers) -> None:
         description="Run the config's multi_round schedule under train.output_dir; re-run to continue "
                     "after an interruption.")
     p.add_argument("config", help="YAML config with a multi_round section")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. multi_round.rate=0.5")
+    add_config_overrides(p)
     p.add_argument("--workers", type=int, default=1, help="data-parallel workers for train and score (msrun)")
     p.add_argument("--master-port", type=int, default=8129, help="msrun master port (workers > 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pangu_pro.cli import add_config_overrides
+
 
 def register(subparsers) -> None:
     """Add the `tokenizer` command and its sub-commands."""
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--sizes", type=int, nargs="*", help="vocab sizes (default: 16 steps up to the full size)")
     p.add_argument("--csv", help="write the table as CSV")
     p.add_argument("--png", help="write the curves as PNG (blue coverage, red parameter share)")
+    add_config_overrides(p)
     p.set_defaults(func=_coverage)
 
     p = sub.add_parser("compress", help="write the compact tokenizer and its new2old id map")
@@ -103,7 +106,9 @@ def _coverage(args: argparse.Namespace) -> int:
 
     vocab = read_vocab(args.tokenizer)
     counts = load_counts(args.counts, tokenizer=args.tokenizer).counts
-    model = load_config(args.config).model if args.config else None
+    if args.overrides and not args.config:
+        raise ValueError("config overrides need --config")
+    model = load_config(args.config, args.overrides).model if args.config else None
     rows = coverage_table(vocab, counts, args.sizes or default_sizes(vocab), model)
     print(format_table(rows))
     if args.csv:

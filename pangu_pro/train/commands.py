@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from pangu_pro.cli import add_config_overrides
+
 RESUME_AUTO = "auto"
 
 
@@ -11,7 +13,7 @@ def register(subparsers) -> None:
                               description="Train (or resume training) as CONFIG says; override any key with "
                               "section.key=value.")
     p.add_argument("config", help="YAML config (model, data, train, parallel sections)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=100 train.lr=1e-3")
+    add_config_overrides(p)
     p.add_argument("--resume", nargs="?", const=RESUME_AUTO, default=None, metavar="DIR",
                    help="continue from a checkpoint folder or run dir (default: the newest checkpoint of "
                    "train.output_dir)")
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("perplexity", help="held-out loss and perplexity of a checkpoint")
     p.add_argument("config", help="YAML config (its model section must fit the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    add_config_overrides(p)
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--data", nargs="+", help="MindRecord files or preprocess folders (default: data.eval_files)")
     p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
