@@ -29,30 +29,30 @@ DType = Literal["float32", "bfloat16", "float16"]
 class ModelConfig:
     """Shape of a PanGu-pi decoder. With `siaf` and `aug_shortcut` off it is exactly LLaMA-2."""
 
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
+    vocab_size: int  # tokens in the vocabulary (embedding and LM-head rows)
+    hidden_size: int  # width of the residual stream
+    num_layers: int  # decoder layers
+    num_heads: int  # query heads; head_dim = hidden_size / num_heads must be even
+    intermediate_size: int  # SwiGLU FFN width
     num_kv_heads: Optional[int] = None  # None: plain multi-head attention (= num_heads)
     seq_length: int = 2048  # longest sequence (RoPE table, KV cache)
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0  # RoPE base frequency
+    rms_norm_eps: float = 1e-5  # epsilon of every RMSNorm
     # PanGu-pi modules (paper-notes §1)
     siaf: bool = True  # series informed activation on the SwiGLU gate
     siaf_terms: int = 2  # n in sum_i act(a_i x + b_i)
     aug_shortcut: bool = True  # T(norm(x)) = W_up GELU(W_down norm(x)) beside attention
     aug_shortcut_ratio: int = 32  # bottleneck = hidden_size / ratio
-    tie_word_embeddings: bool = False
-    init_std: float = 0.02
+    tie_word_embeddings: bool = False  # LM head shares the embedding matrix
+    init_std: float = 0.02  # standard deviation of the normal initialisation of the weight matrices
     # Numerics and kernels: parameters are always fp32, matmuls run in compute_dtype.
-    compute_dtype: DType = "float32"
+    compute_dtype: DType = "float32"  # dtype of the matmuls (parameters stay float32)
     use_flash_attention: bool = False  # Ascend only
     use_fused_kernels: bool = False  # fused RMSNorm / RoPE, Ascend only
-    pad_token_id: int = 0
-    bos_token_id: int = 1
-    eos_token_id: int = 2
-    ignore_index: int = -100
+    pad_token_id: int = 0  # id of padding (batched generation, HF export)
+    bos_token_id: int = 1  # beginning-of-sequence id (HF export, generation config)
+    eos_token_id: int = 2  # end-of-sequence id; generation stops on it
+    ignore_index: int = -100  # label value excluded from the loss
 
     @property
     def kv_heads(self) -> int:
@@ -96,16 +96,16 @@ class ParallelConfig:
     laid out by `pangu_pro.model.sharding` and run on Ascend. `check_layout` adds the checks that need
     the model section or the device count."""
 
-    data_parallel: int = 1
+    data_parallel: int = 1  # data-parallel replicas (batches split over them)
     model_parallel: int = 1  # tensor parallel: heads, kv-heads and the FFN channels are split
-    pipeline_stage: int = 1
+    pipeline_stage: int = 1  # pipeline stages (layers split over them)
     micro_batch_num: int = 1  # pipeline micro batches per step (>= pipeline_stage)
     pipeline_offset: list[int] = field(default_factory=list)  # per stage: layers added to the even split
     sequence_parallel: bool = False  # norms/residuals split along the sequence over model_parallel
     vocab_parallel: bool = False  # embedding and LM head split by vocabulary over model_parallel
     optimizer_shard: bool = False  # ZeRO: optimizer state (and weights) split over data_parallel
     optimizer_shard_threshold_kb: int = 64  # parameters smaller than this stay whole
-    recompute: Literal["none", "full", "selective"] = "none"
+    recompute: Literal["none", "full", "selective"] = "none"  # recompute in backward (docs/parallel.md)
     allreduce_fusion_mb: int = 32  # gradient all-reduce fusion buffer (MB); 0 = MindSpore's automatic fusion
     micro_batch_interleave_num: int = 1  # nn.MicroBatchInterleaved: overlap compute and communication
 
@@ -156,12 +156,12 @@ class DataConfig:
     samples in that order (a multi-round training subset) instead of a shuffle.
     """
 
-    train_files: list[str] = field(default_factory=list)
-    eval_files: list[str] = field(default_factory=list)
+    train_files: list[str] = field(default_factory=list)  # MindRecord shards or preprocess output folders to train on
+    eval_files: list[str] = field(default_factory=list)  # held-out shards or folders (train.eval_every, perplexity)
     tokenizer: Optional[str] = None  # SentencePiece .model used to make the data
-    shuffle: bool = True
-    seed: int = 1234
-    index_file: Optional[str] = None
+    shuffle: bool = True  # a seeded permutation per epoch; ignored with index_file
+    seed: int = 1234  # shuffle seed
+    index_file: Optional[str] = None  # .npy of sample indices read in that order (multi-round)
 
     def validate(self) -> None:
         for name in ("train_files", "eval_files"):
@@ -182,23 +182,23 @@ class TrainConfig:
 
     batch_size: int = 8  # per data-parallel rank, per micro step
     grad_accum_steps: int = 1  # micro steps per optimizer step
-    lr: float = 3e-4
+    lr: float = 3e-4  # peak learning rate (after warmup, before lr_base_batch scaling)
     lr_base_batch: Optional[int] = None  # if set: lr *= (global_batch / lr_base_batch) ** lr_scaling_power
-    lr_scaling_power: float = 0.5
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 0
-    steps: int = 1000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
+    lr_scaling_power: float = 0.5  # exponent of the batch-size lr scaling (0.5: square root)
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    steps: int = 1000  # optimizer steps of the run
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms, biases and SIAF parameters)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # global-norm clip; 0 turns clipping off
-    loss_scale: Literal["none", "static", "dynamic"] = "none"
+    loss_scale: Literal["none", "static", "dynamic"] = "none"  # fp16 loss scaling: off, fixed or dynamic
     loss_scale_value: float = 65536.0  # initial (dynamic) or fixed (static) scale
     loss_scale_factor: float = 2.0  # dynamic: divide on overflow, multiply after a clean window
     loss_scale_window: int = 1000  # dynamic: clean steps before the scale grows
-    seed: int = 1234
-    output_dir: str = "runs/default"
+    seed: int = 1234  # seed of the weight initialisation
+    output_dir: str = "runs/default"  # run folder: checkpoints/, metrics.jsonl, config.yaml
     init_weights: Optional[str] = None  # start a fresh run from these weights (e.g. an inherited student)
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # checkpoints kept (older ones are deleted)

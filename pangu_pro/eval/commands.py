@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--scoring", choices=SCORING_RULES, default=PAPER_SCORING,
                    help="prompt: mean log-likelihood over context+choice (OpenCompass PPL, the paper's; default); "
                         "mean: over the choice's tokens (length-normalised); sum: raw log-likelihood of the choice")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--max-length", type=int, default=None,
                    help="longest scored sequence in tokens (default: the model's seq_length + 1)")
     p.add_argument("--limit", type=int, default=None, help="at most this many items per subject/task")
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                    help="paper row to print beside ours (default: the preset of the model's shape)")
     p.add_argument("--details", action="store_true", help="per-item predictions and log-likelihoods in the JSON")
     p.add_argument("--out", default=None, help="results JSON path")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval_command)
 
 

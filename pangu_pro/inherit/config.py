@@ -40,24 +40,24 @@ class InheritConfig:
     teacher_config: Optional[str] = None  # teacher's YAML, when the file has no model section
     teacher_checkpoint: Optional[str] = None  # None: a randomly initialised teacher (tests, dry runs)
     vocab_map: Optional[str] = None  # new2old .npy (or .json) of a compressed tokenizer
-    criterion: Criterion = "learned"
-    layer_selection: LayerSelection = "cosine"
+    criterion: Criterion = "learned"  # importance of heads, neurons and channels (docs/inherit.md)
+    layer_selection: LayerSelection = "cosine"  # which layers the student keeps (docs/inherit.md)
     calibration_batches: int = 8  # batches scored by taylor and cosine
     steps: int = 100  # mask-learning steps
     batch_size: int = 4  # per data-parallel rank
-    lr_mask: float = 0.1
-    lr_lambda: float = 0.1
+    lr_mask: float = 0.1  # Adam learning rate of the hard-concrete mask logits
+    lr_lambda: float = 0.1  # learning rate of the Lagrange multipliers of the size constraint
     mask_beta1: float = 0.0  # Adam momentum of the masks: 0 avoids overshooting the target (docs/inherit.md)
     lr_weights: float = 1.0e-4  # 0: the teacher's weights stay frozen while the masks learn
     warmup_fraction: float = 0.2  # the target sparsity ramps up over this share of the steps
     init_keep_probability: float = 0.95  # every mask starts with this keep probability
     grad_clip: float = 1.0  # global-norm clip of the weight gradients
     fold_mask_values: bool = True  # multiply the kept units' mask values into the student weights
-    seed: int = 1234
-    log_every: int = 10
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    output_dir: str = "runs/inherit"
+    seed: int = 1234  # seed of the random criterion, mask sampling and data order
+    log_every: int = 10  # steps between metrics lines
+    checkpoint_every: int = 50  # steps between mask-learning checkpoints (resumable)
+    keep_checkpoints: int = 2  # mask-learning checkpoints kept
+    output_dir: str = "runs/inherit"  # masks/, student/ (config.yaml, model.safetensors) and metrics
 
     def validate(self) -> None:
         require(bool(self.target_config.strip()), "target_config", "empty path")

@@ -25,11 +25,12 @@ def register(subparsers) -> None:
     source = g.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     source.add_argument("--prompt-ids", action="append", help="prompt as space-separated token ids (repeatable)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: no limit)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: the smallest set of tokens whose probability reaches p (1: off)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (and of random weights)")
     g.add_argument("--no-eos-stop", action="store_true", help="do not stop at the end-of-sequence token")
     g.set_defaults(func=run_generate)
 

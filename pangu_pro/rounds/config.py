@@ -16,7 +16,7 @@ class MultiRoundConfig:
     weights on a subset of `rate` of the training data, drawn without replacement with probability
     softmax(loss / temperature) of the previous round's per-unit losses."""
 
-    rounds: int = 2
+    rounds: int = 2  # training rounds; 1 = plain training
     rate: float = 0.5  # fraction of the units (batches or samples) drawn for the next round, in (0, 1]
     unit: Unit = "batch"  # what is scored and drawn: consecutive blocks of score_batch_size samples, or samples
     temperature: float = 1.0  # p_i ∝ exp(l_i / T); large T -> uniform, small T -> hardest first

@@ -15,13 +15,15 @@ def register(subparsers) -> None:
     p = sub.add_parser("train", help="train the big SentencePiece tokenizer (byte fallback) on text files")
     p.add_argument("inputs", nargs="+", help="text files, one sentence or document line per line")
     p.add_argument("--out", required=True, help="output model path (.model; a .vocab is written beside it)")
-    p.add_argument("--vocab-size", type=int, required=True)
-    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
-    p.add_argument("--character-coverage", type=float, default=0.9995)
-    p.add_argument("--user-defined-symbols", nargs="*", default=[], metavar="SYMBOL")
+    p.add_argument("--vocab-size", type=int, required=True, help="pieces in the model")
+    p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece algorithm")
+    p.add_argument("--character-coverage", type=float, default=0.9995,
+                   help="share of the characters covered by pieces; the rest falls back to bytes")
+    p.add_argument("--user-defined-symbols", nargs="*", default=[], metavar="SYMBOL",
+                   help="pieces always kept whole (never split)")
     p.add_argument("--input-sentence-size", type=int, default=0, help="sample this many lines (0: all)")
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the sentence sampling")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("count", help="token-id frequencies of MindRecord shards or raw text")
@@ -30,12 +32,14 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="counts file (.npy); a .json sidecar is written beside it")
     p.add_argument("--format", choices=("auto", "mindrecord", "text"), default="auto",
                    help="auto: MindRecord when <file>.db exists, else text")
-    p.add_argument("--workers", type=int, default=None, help="default: all cores")
+    p.add_argument("--workers", type=int, default=None,
+                   help="MindRecord: counting processes (default: all cores when the shards total 256 MiB or more, "
+                        "else this process alone); text: SentencePiece threads (default: all cores)")
     p.set_defaults(func=_count)
 
     p = sub.add_parser("coverage", help="coverage and embedding+head share by vocabulary size")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--counts", required=True)
+    p.add_argument("--tokenizer", required=True, help="the big SentencePiece model")
+    p.add_argument("--counts", required=True, help="counts .npy written by `tokenizer count`")
     p.add_argument("--config", help="model config YAML, for the parameter share")
     p.add_argument("--sizes", type=int, nargs="*", help="vocab sizes (default: 16 steps up to the full size)")
     p.add_argument("--csv", help="write the table as CSV")
@@ -44,10 +48,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=_coverage)
 
     p = sub.add_parser("compress", help="write the compact tokenizer and its new2old id map")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--counts", required=True)
+    p.add_argument("--tokenizer", required=True, help="the big SentencePiece model")
+    p.add_argument("--counts", required=True, help="counts .npy written by `tokenizer count`")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--vocab-size", type=int)
+    target.add_argument("--vocab-size", type=int, help="pieces of the compact tokenizer")
     target.add_argument("--coverage", type=float, help="smallest vocabulary covering this fraction, in (0, 1]")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.model, PREFIX.new2old.npy/.json")
     p.add_argument("--no-closure", action="store_true",
@@ -56,15 +60,15 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("remap-checkpoint", help="gather embedding and LM-head rows through new2old")
     p.add_argument("--checkpoint", required=True, help="safetensors file or checkpoint directory")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="config YAML of the checkpoint")
     p.add_argument("--map", required=True, help="new2old .npy (or its .json)")
     p.add_argument("--out-checkpoint", required=True, help=".safetensors file, or a directory")
-    p.add_argument("--out-config", required=True)
+    p.add_argument("--out-config", required=True, help="config YAML written with the new vocab_size")
     p.set_defaults(func=_remap)
 
     p = sub.add_parser("export-hf", help="write Hugging Face tokenizer files for a SentencePiece model")
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--tokenizer", required=True, help="SentencePiece .model")
+    p.add_argument("--out-dir", required=True, help="folder for the Hugging Face tokenizer files")
     p.set_defaults(func=_export_hf)
 
 

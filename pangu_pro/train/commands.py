@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--data", nargs="+", help="MindRecord files or preprocess folders (default: data.eval_files)")
     p.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size")
-    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
     p.set_defaults(func=_perplexity)
 
     p = subparsers.add_parser("plot", help="draw a run's loss and learning-rate curves to PNG")
