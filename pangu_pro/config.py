@@ -205,7 +205,7 @@ class TrainConfig:
     log_every: int = 1  # steps between metrics.jsonl lines
     eval_every: int = 0  # steps between held-out evaluations on data.eval_files; 0 = never
     eval_batches: int = 8  # batches of batch_size per evaluation
-    peak_flops: Optional[float] = None  # per device, for MFU; None = the device default (docs/training.md)
+    peak_flops: Optional[float] = None  # per device, for MFU; None: measured on the CPU, vendor figure on Ascend
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "steps", "keep_last", "log_every", "eval_batches",

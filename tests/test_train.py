@@ -316,7 +316,7 @@ def full_run(data, tmp_path_factory):
 
 
 def test_run_outputs_and_metrics_fields(full_run):
-    from pangu_pro.train.metrics import read_metrics, train_flops_per_token
+    from pangu_pro.train.metrics import cpu_peak_flops, read_metrics, train_flops_per_token
 
     config, out, summary = full_run
     assert summary["step"] == 6 and summary["steps_run"] == 6
@@ -330,7 +330,8 @@ def test_run_outputs_and_metrics_fields(full_run):
         assert set(r) >= {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens"}
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and math.isfinite(r["loss"])
     r = train_lines[-1]
-    assert r["mfu"] == pytest.approx(train_flops_per_token(config.model, SEQ) * r["tokens_per_s"] / 80e9)
+    peak = cpu_peak_flops()  # measured by the run (or earlier) and cached for this machine
+    assert r["mfu"] == pytest.approx(train_flops_per_token(config.model, SEQ) * r["tokens_per_s"] / peak)
     assert [r["lr"] for r in train_lines[:2]] == pytest.approx([1.5e-3, 3e-3])
     assert train_lines[-1]["lr"] == pytest.approx(3e-4)
     evals = read_metrics(out, "eval")
@@ -435,6 +436,26 @@ def test_perplexity_of_a_checkpoint(full_run, data):
 
 
 # ---------------------------------------------------------------- FLOPs, plot, config
+
+def test_cpu_peak_is_measured_once_per_machine_and_declared_peaks_win(tmp_path, monkeypatch):
+    from pangu_pro.train import metrics
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(metrics, "matmul_peak", lambda: calls.append(1) or {"flops_per_s": 400e9})
+    assert metrics.device_peak_flops("CPU", None) == 400e9
+    assert metrics.device_peak_flops("CPU", None, workers=2) == 200e9  # two workers share the cores
+    assert len(calls) == 1 and (tmp_path / "pangu-pro" / "peak_flops.json").is_file()
+    assert metrics.record_cpu_peak({"flops_per_s": 300e9}) == 400e9  # a slower (loaded) re-measure is ignored
+    assert metrics.record_cpu_peak({"flops_per_s": 500e9}) == 500e9 == metrics.cpu_peak_flops()
+    monkeypatch.setattr(metrics.os, "getloadavg", lambda: (16.0, 0.0, 0.0))
+    metrics.record_cpu_peak({"flops_per_s": 600e9})  # measured on a busy machine ...
+    monkeypatch.setattr(metrics.os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+    assert metrics.cpu_peak_flops() == 600e9 and len(calls) == 2  # ... so measured again when it is quiet
+    assert metrics.cpu_peak_flops() == 600e9 and len(calls) == 2  # once
+    assert metrics.device_peak_flops("CPU", 1e9) == 1e9
+    assert metrics.device_peak_flops("Ascend", None) == metrics.DEFAULT_PEAK_FLOPS["Ascend"]
+
 
 def test_flops_formula_counts_the_matmul_weights():
     from pangu_pro.train.metrics import matmul_params, train_flops_per_token

@@ -64,34 +64,6 @@ def _median_step(fn, steps: int, warmup: int) -> dict:
     return {"s_per_step": statistics.median(times), "min_s": min(times), "first_call_s": compile_s}
 
 
-def matmul_peak(n: int = 1024, chain: int = 8, repeats: int = 5) -> dict:
-    """Best fp32 FLOP/s of a compiled chain of [n, n] matmuls (MindSpore, current device)."""
-    import mindspore as ms
-    from mindspore import Tensor, nn, ops
-
-    class Chain(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.matmul = ops.MatMul()
-
-        def construct(self, a, b):
-            for _ in range(chain):
-                a = self.matmul(a, b) * 0.03
-            return a
-
-    rng = np.random.default_rng(0)
-    a = Tensor(rng.standard_normal((n, n)).astype(np.float32))
-    b = Tensor((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32))
-    net = Chain()
-    net(a, b).asnumpy()
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        net(a, b).asnumpy()
-        best = min(best, time.perf_counter() - began)
-    return {"n": n, "matmuls": chain, "flops_per_s": 2 * n ** 3 * chain / best, "dtype": str(ms.float32)}
-
-
 def bench_ours(model_cfg, batch: int, steps: int, warmup: int) -> dict:
     from mindspore import Tensor
 
@@ -211,6 +183,8 @@ def worker(kind: str, shape: str, pangu: bool, batch: int, steps: int, warmup: i
 
     init_mindspore()
     if kind == "peak":
+        from pangu_pro.train.metrics import matmul_peak
+
         return matmul_peak()
     if kind == "data":
         return bench_data(batch, LLAMA_23M["seq_length"])
@@ -237,7 +211,10 @@ def run_benchmark(steps: int = 8, warmup: int = 2, batch: int = 4, tiny_batch: i
                   skip=(), announce=print) -> dict:
     """Every measurement in its own subprocess; the peer comparison alternates ours / MindFormers /
     PyTorch for `rounds` rounds and keeps each implementation's fastest round (the machine is shared)."""
+    from pangu_pro.train.metrics import record_cpu_peak
+
     peak = _in_subprocess("peak")
+    record_cpu_peak(peak)  # MFU of training runs on this machine uses the higher of this and earlier runs
     announce(f"fp32 matmul peak: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
     llama = _model_config("llama23m", False)
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -32,7 +32,7 @@ from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
                                         load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
-from pangu_pro.train.metrics import (DEFAULT_PEAK_FLOPS, METRICS_NAME, MetricsLog, mfu,
+from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
 from pangu_pro.train.schedule import lr_at, scaled_lr
 
@@ -313,7 +313,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     # 4. the loop
     lr0 = base_learning_rate(tc, par.replicas * par.micro_batches)
-    peak = tc.peak_flops or DEFAULT_PEAK_FLOPS.get(target, DEFAULT_PEAK_FLOPS["CPU"])
+    peak = device_peak_flops(target, tc.peak_flops, par.world, say) if lead else None
     bar = tqdm(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
                dynamic_ncols=True)
     window_tokens, window_time, flops_per_token, step = 0, 0.0, None, start
