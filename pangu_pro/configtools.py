@@ -168,7 +168,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         parts = dotted.strip().split(".")
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent or `section: null` (an optional section left out)
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(dotted, f"'{part}' is not a section")
         node[parts[-1]] = yaml.safe_load(raw)

@@ -68,4 +68,4 @@ ARGS=(--worker_num="$WORKERS" --local_worker_num="$LOCAL_WORKERS" --master_addr=
 [[ -n "$RANK_TABLE" ]] && ARGS+=(--rank_table_file="$RANK_TABLE")
 
 echo "msrun: $WORKERS workers ($LOCAL_WORKERS here), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR" >&2
-exec msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress
+exec ${PANGU_PRO_DRY_RUN:+printf %s\\n} msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress

@@ -3,6 +3,7 @@
 #   scripts/run_multi_round.sh CONFIG [--workers N] [--master-port PORT] [-- section.key=value ...]
 # CONFIG needs a multi_round: section. With --workers N > 1 the train and score stages run under msrun
 # with N data-parallel workers on this node. Re-run the same command to continue after an interruption.
+# PANGU_PRO_DRY_RUN=1 prints the command (one argument a line) instead of running it (tests/test_docs.py).
 set -euo pipefail
 
 usage() {
@@ -33,4 +34,4 @@ if [[ -x "$ROOT/.venv/bin/python" ]]; then
 fi
 export GLOG_v="${GLOG_v:-3}"
 export LOG_MF_PATH="${LOG_MF_PATH:-$HOME/.cache/pangu-pro/mf_log}"
-exec python -m pangu_pro.cli rounds "$CONFIG" --workers "$WORKERS" --master-port "$MASTER_PORT" "$@"
+exec ${PANGU_PRO_DRY_RUN:+printf %s\\n} python -m pangu_pro.cli rounds "$CONFIG" --workers "$WORKERS" --master-port "$MASTER_PORT" "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train on one device: scripts/run_standalone.sh CONFIG [section.key=value ...] [--resume [DIR]]
 # The device comes from PANGU_PRO_DEVICE (cpu by default, or ascend; DEVICE_ID picks the NPU).
+# PANGU_PRO_DRY_RUN=1 prints the command (one argument a line) instead of running it (tests/test_docs.py).
 set -euo pipefail
 
 usage() {
@@ -23,4 +24,4 @@ case "$1" in -h|--help) usage ;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON="${PYTHON:-python3}"; fi
 
-exec "$PYTHON" "$ROOT/tools/train.py" "$@"
+exec ${PANGU_PRO_DRY_RUN:+printf %s\\n} "$PYTHON" "$ROOT/tools/train.py" "$@"

@@ -20,3 +20,59 @@ def test_every_flag_and_key_has_a_meaning():
     assert not missing, f"add help= to: {', '.join(missing)}"
     assert not undocumented_keys(), ("add a `  # meaning` comment on the field's line: "
                                      + ", ".join(undocumented_keys()))
+
+
+# ------------------------------------------------------------------------------ the shell examples
+
+from tests.docs_examples import (ExampleError, Example, all_examples, check, doc_files,  # noqa: E402
+                                 examples, make_workspace, run)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("docs"))
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: p.name)
+def test_every_example_parses_and_its_config_validates(path, workspace):
+    """Every command of every ```bash block: the real parsers, the launchers' own option parsing, the
+    config with its overrides (cluster examples get only this; the others are also run, below)."""
+    errors = []
+    for example in examples(path):
+        try:
+            check(example, workspace)
+        except ExampleError as err:
+            errors.append(str(err))
+    assert not errors, "\n".join(errors)
+
+
+def test_a_wrong_flag_or_path_in_an_example_fails(workspace):
+    readme = doc_files()[0]
+    eval_example = next(e for e in examples(readme) if e.text.startswith("pangu-pro eval"))
+    check(eval_example, workspace)
+    for wrong, message in ((eval_example.text.replace("--ppl-text", "--ppl-txt"), "unrecognized arguments"),
+                           ("pangu-pro params configs/tiny_cpu.yml", "configs/tiny_cpu.yml: no such config"),
+                           ("pangu-pro params configs/tiny_cpu.yaml model.num_head=4", "model.num_head: unknown key"),
+                           ("bash scripts/run_multi_round.sh configs/tiny_cpu.yaml --worker 2",
+                            "unknown option '--worker'")):
+        bad = Example(readme, eval_example.line, wrong, cluster=True)
+        with pytest.raises(ExampleError, match="README.md:") as err:
+            check(bad, workspace)
+        assert message in str(err.value) and wrong in str(err.value), str(err.value)
+
+
+@pytest.mark.slow
+def test_the_readme_walkthrough_and_docs_examples_run_as_written(tmp_path):
+    """Every block not marked as a cluster example runs, in order (README.md first), in one workspace."""
+    from pangu_pro.train.metrics import read_metrics
+
+    work = make_workspace(tmp_path / "work")
+    ran = [e for e in all_examples() if not e.cluster]
+    assert any(e.path.name == "README.md" for e in ran)
+    for example in ran:
+        run(example, work)
+    # the walkthrough's training run: MFU against this machine's peak is a fraction
+    mfus = [r["mfu"] for r in read_metrics(work / "runs" / "tiny", "train")]
+    assert mfus and all(0 < m <= 1 for m in mfus), mfus
+    assert (work / "runs" / "rounds" / "rounds_summary.md").is_file()
+    assert (work / "runs" / "tiny" / "eval.json").is_file()
