@@ -139,11 +139,13 @@ def test_kv_cache_decoding_matches_full_forward_token_by_token(small_model):
     full = model(Tensor(ids)).asnumpy()
     valid = Tensor(np.ones((2, SMALL.seq_length), bool))
     prompt = 8
-    logits = step(Tensor(ids[:, :prompt]), Tensor(np.arange(prompt, dtype=np.int32)), valid).asnumpy()
-    np.testing.assert_allclose(logits, full[:, prompt - 1], rtol=1e-4, atol=1e-4)
+    logits, tokens = step(Tensor(ids[:, :prompt]), Tensor(np.arange(prompt, dtype=np.int32)), valid)
+    np.testing.assert_allclose(logits.asnumpy(), full[:, prompt - 1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(tokens.asnumpy()[:, 0], full[:, prompt - 1].argmax(-1))
     for pos in range(prompt, 20):
-        logits = step(Tensor(ids[:, pos:pos + 1]), Tensor(np.array([pos], np.int32)), valid).asnumpy()
-        np.testing.assert_allclose(logits, full[:, pos], rtol=1e-4, atol=1e-4)
+        logits, tokens = step(Tensor(ids[:, pos:pos + 1]), Tensor(np.array([pos], np.int32)), valid)
+        np.testing.assert_allclose(logits.asnumpy(), full[:, pos], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(tokens.asnumpy()[:, 0], full[:, pos].argmax(-1))
     assert len(step.compile_cache) == 2, "one graph for the prefill shape, one for all decode steps"
 
 
@@ -158,6 +160,29 @@ def test_generator_greedy_equals_recomputed_argmax_with_ragged_prompts(small_mod
             seq.append(int(model(Tensor([seq], ms.int32)).asnumpy()[0, -1].argmax()))
         assert out == seq[len(prompt):]
     assert len(generator.steps[2].compile_cache) == 2, "a long generation must not recompile per token"
+
+
+@pytest.mark.parametrize("pangu", [False, True], ids=["llama", "pangu"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_greedy_generation_equals_full_forward_loop_with_left_padding(pangu, batch):
+    """Token for token against argmax of a full forward per token, prompts of different lengths."""
+    cfg = dataclasses.replace(SMALL, siaf=pangu, aug_shortcut=pangu)
+    ms.set_seed(1)
+    model = PanGuPiForCausalLM(cfg)
+    randomized(model, seed=batch)
+    rng = np.random.default_rng(batch)
+    prompts = [rng.integers(0, cfg.vocab_size, int(n)).tolist() for n in rng.integers(1, 12, batch)]
+    new_tokens = 10
+    generator = Generator(model, max_length=cfg.seq_length)
+    outputs = generator.generate(prompts, SamplingConfig(max_new_tokens=new_tokens))
+    for prompt, out in zip(prompts, outputs):
+        seq = list(prompt)
+        for _ in range(new_tokens):
+            seq.append(int(model(Tensor([seq], ms.int32)).asnumpy()[0, -1].argmax()))
+        assert out == seq[len(prompt):]
+    assert len(generator.steps[batch].compile_cache) == 2, "one prefill graph and one decode graph"
+    again = generator.generate(prompts, SamplingConfig(max_new_tokens=new_tokens))
+    assert again == outputs and len(generator.steps[batch].compile_cache) == 2, "a second run reuses both"
 
 
 def test_generation_stops_at_eos(small_model):

@@ -1,11 +1,13 @@
 """Incremental decoding with a static-shape KV cache, and token sampling.
 
 Graph mode compiles one graph per input shape, so decoding keeps every shape fixed:
-- the cache is one pair of Parameters per layer, ``[max_length, B, kv_heads, head_dim]``, rows
-  indexed by position and written with ``scatter_update``;
+- the cache is one pair of Parameters per layer, ``[B, kv_heads, max_length, head_dim]`` (the layout
+  the attention matmuls read, so a step copies nothing), written in place with ``ScatterNdUpdate``;
 - the prompt is left-padded to a bucket length (a power of two), so prefill compiles once per bucket,
   and each new token is one call with ``T = 1`` — one more graph for the whole generation;
-- positions and the padding mask are Tensors (a Python int would recompile for every value).
+- positions and the padding mask are Tensors (a Python int would recompile for every value);
+- the step returns the greedy token beside the logits, so greedy decoding feeds it back as the
+  next input without a round trip through NumPy, and never copies [B, V] logits to the host.
 Left padding is exact: RoPE sees only relative positions, and padded keys are masked out.
 """
 from __future__ import annotations
@@ -68,7 +70,8 @@ def sample_next_tokens(logits: np.ndarray, temperature: float = 0.0, top_k: int 
 
 
 class CachedStep(nn.Cell):
-    """One incremental step: tokens [B, T] at `positions` [T] -> logits of the last token [B, V]."""
+    """One incremental step: tokens [B, T] at `positions` [T] -> (logits of the last token [B, V] fp32,
+    its argmax [B, 1] int32, ready to be the next step's input)."""
 
     def __init__(self, network: PanGuPiForCausalLM, batch_size: int, max_length: int):
         super().__init__(auto_prefix=False)  # the network's parameter names stay as they are
@@ -77,7 +80,9 @@ class CachedStep(nn.Cell):
             raise ValueError(f"max_length {max_length} exceeds the model's seq_length {cfg.seq_length}")
         self.network = network
         self.max_length = max_length
-        shape = (max_length, batch_size, cfg.kv_heads, cfg.head_dim)
+        self.batch_size = batch_size
+        self.kv_heads = cfg.kv_heads
+        shape = (batch_size, cfg.kv_heads, max_length, cfg.head_dim)
         dtype = DTYPES[cfg.compute_dtype]
 
         def cache(name):
@@ -86,15 +91,24 @@ class CachedStep(nn.Cell):
         self.k_caches = ParameterTuple([cache(f"kv_cache.k{i}") for i in range(cfg.num_layers)])
         self.v_caches = ParameterTuple([cache(f"kv_cache.v{i}") for i in range(cfg.num_layers)])
         self.key_positions = Tensor(np.arange(max_length, dtype=np.int32))
+        # (b, kv) of every cache row, [B, KV, 1, 2]; a step appends its positions as the third index
+        grid = np.stack(np.meshgrid(np.arange(batch_size), np.arange(cfg.kv_heads), indexing="ij"), axis=-1)
+        self.row_grid = Tensor(grid[:, :, None, :].astype(np.int32))
+        self.argmax = ops.Argmax(axis=-1, output_type=ms.int32)
 
     def construct(self, input_ids, positions, key_valid):
+        b, t = self.batch_size, positions.shape[0]
+        cache_index = ops.concat((ops.tile(self.row_grid, (1, 1, t, 1)),
+                                  ops.tile(positions.reshape(1, 1, t, 1), (b, self.kv_heads, 1, 1))), -1)
         # allowed[b, 0, i, j]: key j is not in the future of query i and is not padding
         causal = self.key_positions.reshape(1, 1, 1, -1) <= positions.reshape(1, 1, -1, 1)
         allowed = ops.logical_and(causal, key_valid.reshape(key_valid.shape[0], 1, 1, -1))
         mask = ops.select(allowed, ops.zeros(allowed.shape, ms.float32),
                           ops.fill(ms.float32, allowed.shape, MASK_VALUE))
-        hidden = self.network.model.forward_cached(input_ids, positions, mask, self.k_caches, self.v_caches)
-        return self.network.head(hidden[:, -1:, :]).squeeze(1)
+        hidden = self.network.model.forward_cached(input_ids, positions, cache_index, mask, self.k_caches,
+                                                   self.v_caches)
+        logits = self.network.head(hidden[:, -1:, :]).squeeze(1)
+        return logits, self.argmax(logits).reshape(b, 1)
 
 
 def prefill_length(prompt_length: int, max_new_tokens: int, max_length: int, minimum: int = 16) -> int:
@@ -142,11 +156,17 @@ class Generator:
         step = self.step_cell(batch)
         key_valid = Tensor(valid)
         rng = np.random.default_rng(sampling.seed)
-        logits = step(Tensor(ids), Tensor(np.arange(width, dtype=np.int32)), key_valid).asnumpy()
+        greedy = sampling.temperature == 0
+        logits, next_ids = step(Tensor(ids), Tensor(np.arange(width, dtype=np.int32)), key_valid)
         outputs: list[list[int]] = [[] for _ in range(batch)]
         finished = np.zeros(batch, bool)
         for i in range(sampling.max_new_tokens):
-            tokens = sample_next_tokens(logits, sampling.temperature, sampling.top_k, sampling.top_p, rng)
+            if greedy:  # argmax taken in the graph; the [B, 1] tensor goes straight back in
+                tokens = next_ids.asnumpy()[:, 0]
+            else:
+                tokens = sample_next_tokens(logits.asnumpy(), sampling.temperature, sampling.top_k,
+                                            sampling.top_p, rng)
+                next_ids = Tensor(tokens.astype(np.int32)[:, None])
             for row in np.flatnonzero(~finished):
                 outputs[row].append(int(tokens[row]))
             if sampling.eos_token_id is not None:
@@ -155,6 +175,5 @@ class Generator:
                 on_token(i, tokens)
             if finished.all() or i + 1 == sampling.max_new_tokens:
                 break
-            position = Tensor(np.array([width + i], np.int32))
-            logits = step(Tensor(tokens.astype(np.int32)[:, None]), position, key_valid).asnumpy()
+            logits, next_ids = step(next_ids, Tensor(np.array([width + i], np.int32)), key_valid)
         return outputs

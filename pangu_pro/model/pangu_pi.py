@@ -30,9 +30,10 @@ MASK_VALUE = -1e9  # added to fp32 scores only, never cast to fp16
 class Attention(nn.Cell):
     """Causal multi-head attention with RoPE and optional grouped-query heads.
 
-    Without a cache it attends within the given tokens. With a cache ([S_max, B, KV, D] Parameters)
-    it first writes this call's keys and values at rows `positions`, then attends over the whole
-    cache; `mask` hides rows that are in the future or padding.
+    Without a cache it attends within the given tokens. With a cache ([B, KV, S_max, D] Parameters,
+    already in the layout the score matmul reads, so no copy of the cache per step) it first writes
+    this call's keys and values in place at `cache_index` [B, KV, T, 3] (rows (b, kv, position)),
+    then attends over the whole cache; `mask` hides rows that are in the future or padding.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -66,6 +67,8 @@ class Attention(nn.Cell):
         self.tile_kv = ops.Tile()
         self.merge_heads = ops.Transpose()  # [B, N, T, D] -> [B, T, N, D]; its own layout, so its own primitive
         self.mul_head_mask = ops.Mul()  # head_mask only (parameter inheritance)
+        self.write_k_cache = ops.ScatterNdUpdate()  # in place: only T rows per step are written
+        self.write_v_cache = ops.ScatterNdUpdate()
 
     def split_heads(self, x, heads):
         b, t = x.shape[0], x.shape[1]
@@ -79,17 +82,14 @@ class Attention(nn.Cell):
         x = self.tile_kv(self.reshape(x, (b, kv, 1, s, dim)), (1, 1, self.groups, 1, 1))
         return self.reshape(x, (b, kv * self.groups, s, dim))
 
-    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None, head_mask=None):
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, cache_index=None, head_mask=None):
         b, t = x.shape[0], x.shape[1]
         q = self.rope(self.split_heads(self.wq(x), self.num_heads), cos, sin)
         k = self.rope(self.split_heads(self.wk(x), self.kv_heads), cos, sin)
         v = self.split_heads(self.wv(x), self.kv_heads)
         if k_cache is not None:
-            # rows of the cache are positions: [T, B, KV, D] slices written at `positions`
-            k = self.transpose(ops.scatter_update(k_cache, positions, self.transpose(k, (2, 0, 1, 3))),
-                               (1, 2, 0, 3))
-            v = self.transpose(ops.scatter_update(v_cache, positions, self.transpose(v, (2, 0, 1, 3))),
-                               (1, 2, 0, 3))
+            k = self.write_k_cache(k_cache, cache_index, k)
+            v = self.write_v_cache(v_cache, cache_index, v)
         if self.use_flash_attention and k_cache is None:
             out = self.flash_attention(self.cast(q, self.compute_dtype), self.cast(k, self.compute_dtype),
                                        self.cast(v, self.compute_dtype), None, None, None, mask)[3]
@@ -159,10 +159,10 @@ class DecoderLayer(nn.Cell):
             y = self.mul_mask(y, layer_gate)
         return y
 
-    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, positions=None,
+    def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, cache_index=None,
                   head_mask=None, neuron_mask=None, hidden_mask=None, layer_gate=None):
         h = self.attention_norm(x, hidden_mask)
-        mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, positions, head_mask), ms.float32)
+        mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, cache_index, head_mask), ms.float32)
         if self.use_aug_shortcut:
             mixed = self.add_shortcut(mixed, self.cast(self.aug_shortcut(h), ms.float32))
         x = self.add_attention(x, self.gate_branch(mixed, hidden_mask, layer_gate))
@@ -206,13 +206,13 @@ class PanGuPiModel(nn.Cell):
                                hidden_mask, _row(layer_mask, i))
         return self.norm(x, hidden_mask)
 
-    def forward_cached(self, input_ids, positions, mask, k_caches, v_caches):
-        """Incremental forward: tokens at `positions` [T] attend to the caches under `mask`."""
+    def forward_cached(self, input_ids, positions, cache_index, mask, k_caches, v_caches):
+        """Incremental forward: tokens at `positions` [T] (cache rows `cache_index`) attend to the caches."""
         x = self.embed_tokens(input_ids)
         cos = self.gather_rows(self.rope_cos, positions, 0)
         sin = self.gather_rows(self.rope_sin, positions, 0)
         for i in range(len(self.layers)):
-            x = self.layers[i](x, cos, sin, mask, k_caches[i], v_caches[i], positions)
+            x = self.layers[i](x, cos, sin, mask, k_caches[i], v_caches[i], cache_index)
         return self.norm(x)
 
 
