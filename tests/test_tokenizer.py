@@ -135,6 +135,13 @@ def test_cli_counts_a_preprocess_folder(work, tmp_path):
     assert len(list(packed.glob("*.mindrecord"))) > 1
     assert main(["tokenizer", "count", str(packed), "--tokenizer", big, "--out", str(tmp_path / "c.npy")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), np.bincount(read_samples(packed).ravel(), minlength=BIG))
+    # preprocess wrote the same counts as a by-product, in the same format (coverage/compress read it)
+    by_product = load_counts(packed / "token_counts.npy", tokenizer=big)
+    counted = load_counts(tmp_path / "c.npy", tokenizer=big)
+    np.testing.assert_array_equal(by_product.counts, counted.counts)
+    assert {k: v for k, v in by_product.info.items() if k != "sources"} == \
+        {k: v for k, v in counted.info.items() if k != "sources"}
+    assert sorted(map(str, by_product.info["sources"])) == sorted(map(str, counted.info["sources"]))
 
 
 def test_bincount_rejects_negative_ids():

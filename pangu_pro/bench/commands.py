@@ -1,4 +1,4 @@
-"""CLI commands of the bench stage: `pangu-pro bench {train,model,tokenizer,speed,rounds} [options]`.
+"""CLI commands of the bench stage: `pangu-pro bench {train,model,decode,tokenizer,speed,rounds,inherit} [options]`.
 
 Each benchmark is a module `pangu_pro.bench.<name>` exposing `add_arguments(parser)` and `run(args)`.
 Modules are imported only when their sub-command runs, so one missing or broken benchmark never
@@ -14,6 +14,7 @@ BENCHMARKS = {
     "train": "training-step throughput vs MindFormers and PyTorch peers, data-loading headroom",
     "model": "forward / train-step time, PanGu-pi module overhead, cached vs uncached decoding",
     "tokenizer": "token counting throughput and compressed-tokenizer quality",
+    "decode": "greedy decoding vs transformers generate on the same weights, memory-traffic bound",
     "speed": "decode speed: depth x width at equal size, SIAF / AugShortcut latency",
     "rounds": "multi-round training: hard vs uniform second-round samples",
     "inherit": "parameter inheritance: criteria compared on the built-in corpus",

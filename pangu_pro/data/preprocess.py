@@ -23,6 +23,10 @@ The first few places of each reason (``file:line``) are kept in the summary.
 Work is split into chunks of lines that worker processes tokenize; results are merged in input
 order, so the output is the same for any `--workers`. Everything is written into a temporary folder
 beside DIR that becomes DIR with one rename at the end; DIR/summary.json describes the run.
+
+As a by-product, DIR/token_counts.npy (with its sidecar token_counts.json) holds the frequency of every
+token id in the written samples, the file `pangu-pro tokenizer count DIR/*.mindrecord` would write, so
+`tokenizer coverage/compress` can use it without reading the corpus a second time.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 import numpy as np
 
 from pangu_pro.io import atomic_write_json, file_sha256
+from pangu_pro.tokenizer.counting import save_counts
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 FOLDER_SUFFIXES = frozenset({".txt", ".text", ".jsonl", ".ndjson"})  # what a folder contributes
@@ -48,6 +53,7 @@ MAX_EXAMPLES = 5  # places kept per skip reason
 CHUNK_BYTES = 1 << 20  # lines per work item: big enough to amortise pickling, small enough to balance
 SHARD_PREFIX = "data_"
 SHARD_SUFFIX = ".mindrecord"
+COUNTS_FILE = "token_counts.npy"
 SCHEMA = {"input_ids": {"type": "int32", "shape": [-1]}}
 WRITE_ROWS = 4096  # rows per FileWriter.write_raw_data call
 
@@ -350,6 +356,8 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
     try:
         packer = Packer(seq_length + 1)
         writer = ShardWriter(tmp, shard_size)
+        vocab_size = processor.get_piece_size()
+        counts = np.zeros(vocab_size, dtype=np.int64)
         documents = tokens = 0
         skipped = dict.fromkeys(REASONS, 0)
         examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
@@ -364,9 +372,13 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
                 for reason, place in result.examples:
                     if len(examples[reason]) < MAX_EXAMPLES:
                         examples[reason].append(place)
-                writer.write(packer.add(result.tokens))
+                rows = packer.add(result.tokens)
+                counts += np.bincount(rows.reshape(-1), minlength=vocab_size)
+                writer.write(rows)
                 bar.update(result.nbytes)
         writer.close()
+        save_counts(tmp / COUNTS_FILE, counts, tokenizer, [str(out / shard["file"]) for shard in writer.shards],
+                    "mindrecord")
         samples = sum(shard["samples"] for shard in writer.shards)
         summary = {
             "inputs": [{"path": str(p), "format": "jsonl" if is_jsonl(p) else "text", "bytes": p.stat().st_size}
@@ -387,6 +399,7 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
             "skipped_examples": {reason: places for reason, places in examples.items() if places},
             "shard_size": shard_size,
             "shards": writer.shards,
+            "token_counts": COUNTS_FILE,
         }
         atomic_write_json(tmp / "summary.json", summary)
         _publish(tmp, out)

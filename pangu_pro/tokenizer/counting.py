@@ -1,15 +1,19 @@
 """Token-id frequencies of a corpus: packed MindRecord shards, or raw text tokenized on the fly.
 
 Counting is vectorised: ids are gathered into chunks of about a million and counted with
-``np.bincount``. MindRecord shards are spread over worker processes (one file each); raw text is
-encoded by SentencePiece's own thread pool. The result is an int64 array of length vocab, saved as
+``np.bincount``. MindRecord shards are spread over worker threads (one file each): MindRecord's
+reader decodes in C++ and ``np.bincount`` is cheap, so threads scale where processes did not —
+a spawned process pays a MindSpore import (seconds) before it reads a byte, which made two workers
+five times slower than one on a 6M-token corpus (benchmarks/results/tokenizer.json before issue 16).
+Raw text is encoded by SentencePiece's own thread pool. The result is an int64 array of length vocab, saved as
 ``.npy`` with a JSON sidecar naming the tokenizer (path and SHA-256) and the totals.
 """
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -20,7 +24,6 @@ from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
 
 CHUNK_TOKENS = 1 << 20
 MINDRECORD_COLUMN = "input_ids"
-PROCESS_POOL_BYTES = 256 << 20  # with workers=None, shards smaller in total are read in-process
 
 
 def bincount_chunks(chunks: Iterable[np.ndarray], vocab_size: int, source: str = "") -> np.ndarray:
@@ -42,8 +45,7 @@ def is_mindrecord(path: str | Path) -> bool:
     return Path(f"{path}.db").is_file()
 
 
-def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS,
-                           progress: Optional[mp.Queue] = None) -> Iterator[np.ndarray]:
+def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS) -> Iterator[np.ndarray]:
     """Concatenated `input_ids` of a MindRecord shard, about `chunk_tokens` ids at a time."""
     from mindspore.mindrecord import FileReader
 
@@ -57,66 +59,37 @@ def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS,
             size += ids.size
             if size >= chunk_tokens:
                 yield np.concatenate(buffer)
-                if progress is not None:
-                    progress.put(size)
                 buffer, size = [], 0
         if buffer:
             yield np.concatenate(buffer)
-            if progress is not None:
-                progress.put(size)
     finally:
         reader.close()
 
 
-_PROGRESS: Optional[mp.Queue] = None
-
-
-def _init_worker(queue: mp.Queue) -> None:
-    global _PROGRESS
-    _PROGRESS = queue
-
-
-def _count_shard(task: tuple[str, int]) -> np.ndarray:
-    path, vocab_size = task
-    return bincount_chunks(iter_mindrecord_chunks(path, progress=_PROGRESS), vocab_size, path)
-
-
 def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
                      show_progress: bool = True) -> np.ndarray:
-    """Counts over MindRecord shards, one worker process per shard at a time, tqdm in tokens.
-
-    `workers=None`: all cores when the shards total at least 256 MiB, else in-process.
-    """
+    """Counts over MindRecord shards, one worker thread per shard at a time (all cores by default),
+    tqdm in tokens."""
     from tqdm import tqdm
 
     paths = [str(p) for p in paths]
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: MindRecord shard not found")
-    if workers is None:  # starting a process costs ~2 s (MindSpore import): only worth it on big data
-        size = sum(Path(p).stat().st_size for p in paths)
-        workers = (os.cpu_count() or 1) if size >= PROCESS_POOL_BYTES else 1
-    workers = max(1, min(workers, len(paths)))
-    counts = np.zeros(vocab_size, dtype=np.int64)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
     bar = tqdm(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
-    if workers == 1:
-        for path in paths:
-            for chunk in iter_mindrecord_chunks(path):
-                counts += bincount_chunks([chunk], vocab_size, path)
+    lock = threading.Lock()
+
+    def count_shard(path: str) -> np.ndarray:
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for chunk in iter_mindrecord_chunks(path):
+            counts += bincount_chunks([chunk], vocab_size, path)
+            with lock:
                 bar.update(chunk.size)
-        bar.close()
         return counts
-    ctx = mp.get_context("spawn")  # MindSpore's threads do not survive fork
-    queue = ctx.Queue()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(queue,)) as pool:
-        pending = pool.map_async(_count_shard, [(p, vocab_size) for p in paths])
-        while not pending.ready() or not queue.empty():
-            try:
-                bar.update(queue.get(timeout=0.1))
-            except Exception:  # queue.Empty
-                pass
-        for part in pending.get():
-            counts += part
+
+    with ThreadPoolExecutor(workers) as pool:
+        counts = sum(pool.map(count_shard, paths), np.zeros(vocab_size, dtype=np.int64))
     bar.close()
     return counts
 
