@@ -86,8 +86,8 @@ def verify(path: str | Path, note: Callable[[str], None] | None = None) -> str:
         folder = str(path.parent.resolve())
         if folder not in _noted:
             _noted.add(folder)
-            (note or _stderr)(f"note: {path.parent}: written without SHA-256 digests (before pangu-pro "
-                              "recorded them); loaded unverified")
+            (note or _stderr)(f"note: {path}: written without a SHA-256 digest (before pangu-pro recorded "
+                              "them); loaded unverified")
         return UNRECORDED
     signature = _signature(path)
     if _verified.get(str(path)) == signature:

@@ -146,16 +146,20 @@ def model_config_from_hf(data: dict, source: str = "config.json") -> ModelConfig
     """
     architectures = data.get("architectures") or []
     model_type = data.get("model_type")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        _refuse(source, "architectures", f"expected a list of names, got {brief(architectures)}")
+    if not isinstance(model_type, (str, type(None))):
+        _refuse(source, "model_type", f"expected a name, got {brief(model_type)}")
     known = {LLAMA_ARCHITECTURE: "llama", PANGU_ARCHITECTURE: "pangu_pi"}
     unknown = [a for a in architectures if a not in known]
     if unknown or (not architectures and model_type not in known.values()):
-        _refuse(source, "architectures", f"unsupported architecture {unknown or model_type!r}; only "
+        _refuse(source, "architectures", f"unsupported architecture {brief(unknown or model_type)}; only "
                 f"{list(known)} (model_type 'llama' or 'pangu_pi') can be converted")
     if len(set(architectures)) > 1:
-        _refuse(source, "architectures", f"several architectures {architectures}; expected one")
+        _refuse(source, "architectures", f"several architectures {brief(architectures)}; expected one")
     kind = known[architectures[0]] if architectures else model_type
     if model_type is not None and model_type != kind:
-        _refuse(source, "model_type", f"{model_type!r} does not match architecture {architectures[0]}")
+        _refuse(source, "model_type", f"{brief(model_type)} does not match architecture {architectures[0]}")
 
     for key in HF_REQUIRED:
         if data.get(key) is None:
