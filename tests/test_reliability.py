@@ -143,7 +143,7 @@ def test_damaged_state_json_is_named(checkpoint):
 
     _, root = checkpoint
     state = root / "step_00000002" / "state.json"
-    state.with_name("state.json.sha256").unlink()  # a checkpoint from before digests
+    state.with_name("state.json.sha256").unlink(missing_ok=True)  # a checkpoint from before digests
     state.write_text('{"step": 2, "consumed\x01": 2}', encoding="utf-8")
     with pytest.raises(ValueError, match=f"{state}: not valid JSON \\(line 1 column"):
         read_state(state.parent)
