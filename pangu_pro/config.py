@@ -13,6 +13,7 @@ it before any graph is built; errors name the file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -23,6 +24,14 @@ from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, r
                                    to_mapping)
 
 DType = Literal["float32", "bfloat16", "float16"]
+
+# Upper bounds on model sizes, about 16x the largest preset (configs/pangu_7b.yaml: 29 layers, hidden 4096,
+# FFN 11008, vocabulary 100883; sequence length 64x its 2048), so that a typo is refused before anything
+# is allocated. PANGU_PRO_ALLOW_LARGE_MODELS=1 in the environment lifts them for those who mean it.
+MODEL_LIMITS = {"num_layers": 512, "hidden_size": 65536, "num_heads": 1024, "intermediate_size": 262144,
+                "vocab_size": 2_097_152, "seq_length": 131072, "siaf_terms": 64}
+MAX_PARAMETERS = 128e9
+ALLOW_LARGE_MODELS = "PANGU_PRO_ALLOW_LARGE_MODELS"
 
 
 @dataclass
@@ -70,6 +79,15 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                      "seq_length", "siaf_terms", "aug_shortcut_ratio"):
             require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        if os.environ.get(ALLOW_LARGE_MODELS) != "1":
+            advice = f"set {ALLOW_LARGE_MODELS}=1 in the environment if you mean it"
+            for name, limit in MODEL_LIMITS.items():
+                require(getattr(self, name) <= limit, name, f"{getattr(self, name)} exceeds the limit {limit} "
+                        f"(about 16x the largest preset, configs/pangu_7b.yaml); {advice}")
+            d, f = self.hidden_size, self.intermediate_size
+            approx = self.vocab_size * d * (1 if self.tie_word_embeddings else 2) + self.num_layers * (4 * d * d + 3 * d * f)
+            require(approx <= MAX_PARAMETERS, "", f"the model would have about {approx / 1e9:.0f}B "
+                    f"parameters, more than the limit {MAX_PARAMETERS / 1e9:.0f}B; {advice}")
         require(self.hidden_size % self.num_heads == 0, "num_heads",
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         require(self.head_dim % 2 == 0, "num_heads",

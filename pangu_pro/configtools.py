@@ -8,6 +8,7 @@ of surfacing later as a shape error inside a compiled graph.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -36,20 +37,62 @@ class ConfigError(ValueError):
         return ConfigError(key, self.message, source or self.source)
 
 
+MAX_YAML_DEPTH = 64  # nesting levels of a config file; real configs use 3
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting deeper than MAX_YAML_DEPTH (PyYAML composes recursively)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError("", f"line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def safe_load(text: str):
+    """`yaml.safe_load` with nesting bounded to MAX_YAML_DEPTH levels."""
+    return yaml.load(text, Loader=_BoundedLoader)
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short repr of `value` for error messages: never expands deep or aliased structures."""
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with the safe loader; errors name the file."""
+    """Read a YAML mapping with the safe loader; errors name the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("", "config file not found", str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"not UTF-8 text (byte {err.start}: {err.reason})", str(path)) from None
+    except ConfigError as err:
+        raise err.within(source=str(path)) from None
     except yaml.YAMLError as err:
         raise ConfigError("", f"not valid YAML: {err}", str(path)) from None
+    except ValueError as err:  # e.g. an integer literal longer than Python converts
+        raise ConfigError("", f"not valid YAML: {brief(str(err), 120)}", str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("", f"expected a mapping at the top level, got {type(data).__name__}", str(path))
     return data
+
+
+_BRIEF = reprlib.Repr()  # at most 2 levels of 4 items each, so the cost is bounded whatever the value
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 2, 48, 24, 48
+for _name in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_BRIEF, _name, 4)
 
 
 def _type_name(tp: Any) -> str:
@@ -76,28 +119,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(key, "; ".join(errors))
     if origin is Literal:
         if value not in args:
-            raise ConfigError(key, f"expected one of {list(args)}, got {value!r}")
+            raise ConfigError(key, f"expected one of {list(args)}, got {brief(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
+            raise ConfigError(key, f"expected a list, got {brief(value)}")
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a mapping, got {value!r}")
+            raise ConfigError(key, f"expected a mapping, got {brief(value)}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(key, f"expected true or false, got {value!r}")
+        raise ConfigError(key, f"expected true or false, got {brief(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(key, f"expected an integer, got {value!r}")
+        raise ConfigError(key, f"expected an integer, got {brief(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -106,11 +149,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(key, f"expected a number, got {value!r}")
+        raise ConfigError(key, f"expected a number, got {brief(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(key, f"expected a string, got {value!r}")
+        raise ConfigError(key, f"expected a string, got {brief(value)}")
     raise ConfigError(key, f"unsupported annotation {_type_name(tp)}")
 
 
@@ -121,12 +164,13 @@ def from_mapping(cls, data: Mapping | None, key: str = ""):
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {data!r}")
+        raise ConfigError(key, f"expected a mapping, got {brief(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     values = {}
     for name, value in data.items():
-        sub = f"{key}.{name}" if key else str(name)
+        shown = name if isinstance(name, str) and len(name) <= 40 else brief(name, 40)
+        sub = f"{key}.{shown}" if key else shown
         if name not in fields:
             raise ConfigError(sub, f"unknown key (known keys: {', '.join(sorted(fields))})")
         values[name] = _coerce(value, hints[name], sub)

@@ -21,8 +21,10 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+def atomic_path(path: str | Path, digest: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    With `digest`, the finished file's SHA-256 is recorded beside it (`pangu_pro.digests`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,37 +33,65 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
+        if digest:
+            from pangu_pro import digests
+
+            value = file_sha256(tmp)
+            digests.forget(path)  # a kill before `record` leaves no digest rather than a stale one
         os.replace(tmp, path)
+        if digest:
+            digests.record(path, value)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_text(path: str | Path, text: str, digest: bool = False) -> None:
+    with atomic_path(path, digest) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_json(path: str | Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | Path, data, digest: bool = False) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", digest)
+
+
+def read_json(path: str | Path, verify: bool = False):
+    """Parse a JSON file; errors name the file (and line). With `verify`, check its digest first."""
+    path = Path(path)
+    if verify:
+        from pangu_pro.digests import verify as verify_digest
+
+        verify_digest(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, atomically."""
+    """Write numpy arrays as one safetensors file, atomically, with its SHA-256 digest beside it."""
     from safetensors.numpy import save_file
 
     arrays = {name: np.require(value, requirements="C") for name, value in tensors.items()}  # keeps 0-d shapes
-    with atomic_path(path) as tmp:
+    with atomic_path(path, digest=True) as tmp:
         save_file(arrays, str(tmp), metadata=dict(metadata or {}))
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file into numpy arrays and its metadata; errors name the file."""
+    """Read a safetensors file into numpy arrays and its metadata, after checking its digest
+    (`pangu_pro.digests.verify`); errors name the file."""
     from safetensors import safe_open
+
+    from pangu_pro.digests import verify
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
+    verify(path)
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}

@@ -5,7 +5,7 @@ or, as the trainer writes them, `step_N/model.safetensors` folders: the newest s
 is read), or a training output folder with them under `checkpoints/`, plus, when tensors were sliced (tensor or
 pipeline parallel), strategy files (`strategy/*.ckpt`, as training writes them). Without a strategy
 file, or when the strategies slice nothing (pure data parallel), every rank holds the whole model and
-rank 0 is read. Sliced parameters are merged one at a time with the training stage's
+rank 0 is read. Every file read is first checked against its digest (`pangu_pro.digests`). Sliced parameters are merged one at a time with the training stage's
 `pangu_pro.model.distributed_ckpt` (MindSpore's `merge_sliced_parameter`), so only one parameter's
 slices are in memory.
 """
@@ -67,6 +67,14 @@ def strategy_files(run: Path, ranks_dir: Path) -> list[Path]:
     return found
 
 
+def open_verified(path: Path) -> SafetensorsFile:
+    """One of our weights files, after checking it against its recorded digest."""
+    from pangu_pro.digests import verify
+
+    verify(path)
+    return SafetensorsFile(path)
+
+
 class MergedCheckpoint:
     """Tensors of a sliced distributed run, merged one parameter at a time.
 
@@ -112,7 +120,7 @@ class MergedCheckpoint:
 def open_distributed(run: Path, ranks: list[Path]):
     """Rank 0 for a data-parallel run (no strategy file, or one that slices nothing); else a merge."""
     strategies = strategy_files(run, ranks[0].parent)
-    first = SafetensorsFile(rank_weights(ranks[0]))
+    first = open_verified(rank_weights(ranks[0]))
     if not strategies:  # data parallel: no strategy file is written, every rank holds the whole model
         return first
     from pangu_pro.model.distributed_ckpt import merge_strategies
@@ -123,7 +131,7 @@ def open_distributed(run: Path, ranks: list[Path]):
         raise ValueError(f"{run}: cannot read the strategy files {[str(p) for p in strategies]}: {err}") from None
     if not any(s > 1 for layout in layouts.values() for s in layout.splits):
         return first
-    handles = [first] + [SafetensorsFile(rank_weights(r)) for r in ranks[1:]]
+    handles = [first] + [open_verified(rank_weights(r)) for r in ranks[1:]]
     return MergedCheckpoint(handles, layouts, f"{run} (merged from {len(ranks)} ranks)")
 
 
@@ -135,4 +143,4 @@ def open_checkpoint(path: str | Path):
             ranks = rank_dirs(ranks_dir) if ranks_dir.is_dir() else []
             if ranks:
                 return open_distributed(path, latest_common_step(ranks))
-    return SafetensorsFile(resolve_weights(path))
+    return open_verified(resolve_weights(path))

@@ -10,18 +10,17 @@ Output: a checkpoint folder with `model.safetensors` (fp32, our parameter names)
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
-from pangu_pro.configtools import to_mapping
+from pangu_pro.configtools import brief, to_mapping
 from pangu_pro.convert.names import expected_shapes, from_hf_name, model_config_from_hf, to_hf_name
 from pangu_pro.convert.safetensors_stream import SafetensorsFile, write_safetensors
 from pangu_pro.convert.to_hf import HF_INDEX, HF_WEIGHTS
-from pangu_pro.io import atomic_path, atomic_write_text
+from pangu_pro.io import atomic_path, atomic_write_text, read_json
 from pangu_pro.model.weights import WEIGHTS_NAME
 
 CONFIG_NAME = "config.yaml"
@@ -45,13 +44,13 @@ def weight_files(folder: Path) -> dict[str, Path]:
     """Hugging Face tensor name -> the safetensors file holding it (checked against the file headers)."""
     index_path = folder / HF_INDEX
     if index_path.is_file():
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{index_path}: not a safetensors index ({err!r})") from None
+        index = read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_path}: not a safetensors index (no weight_map mapping)")
         for name, filename in weight_map.items():
             if not isinstance(filename, str) or Path(filename).name != filename or not filename.endswith(".safetensors"):
-                raise ValueError(f"{index_path}: tensor {name}: file {filename!r} is not a safetensors file "
+                raise ValueError(f"{index_path}: tensor {name}: file {brief(filename)} is not a safetensors file "
                                  "in this folder")
         handles = {}
         for filename in sorted(set(weight_map.values())):
@@ -76,10 +75,7 @@ def import_from_hf(folder: str | Path, out: str | Path, progress: bool = True) -
         raise FileNotFoundError(f"{folder}: not a folder")
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
+    data = read_json(config_path)
     if not isinstance(data, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
     cfg = model_config_from_hf(data, str(config_path))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from pangu_pro.config import ModelConfig
+from pangu_pro.configtools import ConfigError, brief, from_mapping
 
 # per decoder layer: (our suffix, Hugging Face suffix)
 LAYER_NAMES = [
@@ -125,41 +126,52 @@ def _refuse(source: str, key: str, message: str):
     raise ValueError(f"{source}: {key}: {message}")
 
 
+HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+HF_KEYS = {  # our ModelConfig key -> the config.json key
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
+    "num_kv_heads": "num_key_value_heads", "seq_length": "max_position_embeddings", "rope_theta": "rope_theta",
+    "rms_norm_eps": "rms_norm_eps", "siaf": "siaf", "siaf_terms": "siaf_terms", "aug_shortcut": "aug_shortcut",
+    "aug_shortcut_ratio": "aug_shortcut_ratio", "tie_word_embeddings": "tie_word_embeddings",
+    "init_std": "initializer_range", "pad_token_id": "pad_token_id", "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+}
+
+
 def model_config_from_hf(data: dict, source: str = "config.json") -> ModelConfig:
     """Our ModelConfig for a Hugging Face `config.json` of a LLaMA or PanGu-pi model.
 
-    Anything we cannot reproduce exactly is refused, naming the key.
+    Anything we cannot reproduce exactly, of the wrong type or beyond the size limits
+    (`pangu_pro.config.MODEL_LIMITS`) is refused, naming the file and the key.
     """
     architectures = data.get("architectures") or []
     model_type = data.get("model_type")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        _refuse(source, "architectures", f"expected a list of names, got {brief(architectures)}")
+    if not isinstance(model_type, (str, type(None))):
+        _refuse(source, "model_type", f"expected a name, got {brief(model_type)}")
     known = {LLAMA_ARCHITECTURE: "llama", PANGU_ARCHITECTURE: "pangu_pi"}
     unknown = [a for a in architectures if a not in known]
     if unknown or (not architectures and model_type not in known.values()):
-        _refuse(source, "architectures", f"unsupported architecture {unknown or model_type!r}; only "
+        _refuse(source, "architectures", f"unsupported architecture {brief(unknown or model_type)}; only "
                 f"{list(known)} (model_type 'llama' or 'pangu_pi') can be converted")
     if len(set(architectures)) > 1:
-        _refuse(source, "architectures", f"several architectures {architectures}; expected one")
+        _refuse(source, "architectures", f"several architectures {brief(architectures)}; expected one")
     kind = known[architectures[0]] if architectures else model_type
     if model_type is not None and model_type != kind:
-        _refuse(source, "model_type", f"{model_type!r} does not match architecture {architectures[0]}")
+        _refuse(source, "model_type", f"{brief(model_type)} does not match architecture {architectures[0]}")
 
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-        if not isinstance(data.get(key), int):
-            _refuse(source, key, f"missing or not an integer ({data.get(key)!r})")
+    for key in HF_REQUIRED:
+        if data.get(key) is None:
+            _refuse(source, key, "missing")
     if data.get("rope_scaling"):
-        _refuse(source, "rope_scaling", f"{data['rope_scaling']!r} is not supported (plain RoPE only)")
+        _refuse(source, "rope_scaling", f"{brief(data['rope_scaling'])} is not supported (plain RoPE only)")
     for key in ("attention_bias", "mlp_bias"):
         if data.get(key):
             _refuse(source, key, "biases are not supported (the model has none)")
     act = data.get("hidden_act", "silu")
     if act != "silu":
-        _refuse(source, "hidden_act", f"{act!r} is not supported (SwiGLU with silu only)")
-    hidden, heads = data["hidden_size"], data["num_attention_heads"]
-    head_dim = data.get("head_dim")
-    if head_dim is not None and (hidden % heads or head_dim != hidden // heads):
-        _refuse(source, "head_dim", f"{head_dim} differs from hidden_size / num_attention_heads "
-                f"({hidden} / {heads}); not supported")
-    kv = data.get("num_key_value_heads") or heads
+        _refuse(source, "hidden_act", f"{brief(act)} is not supported (SwiGLU with silu only)")
 
     def token_id(key, default):
         value = data.get(key, default)
@@ -167,24 +179,22 @@ def model_config_from_hf(data: dict, source: str = "config.json") -> ModelConfig
             value = value[0] if value else default
         return default if value is None else value
 
-    cfg = ModelConfig(
-        vocab_size=data["vocab_size"], hidden_size=hidden, num_layers=data["num_hidden_layers"], num_heads=heads,
-        intermediate_size=data["intermediate_size"], num_kv_heads=None if kv == heads else kv,
-        seq_length=data.get("max_position_embeddings", 2048), rope_theta=float(data.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(data.get("rms_norm_eps", 1e-6)),
-        siaf=kind == "pangu_pi" and bool(data.get("siaf", True)),
-        siaf_terms=data.get("siaf_terms", 2),
-        aug_shortcut=kind == "pangu_pi" and bool(data.get("aug_shortcut", True)),
-        aug_shortcut_ratio=data.get("aug_shortcut_ratio", 32),
-        tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
-        init_std=float(data.get("initializer_range", 0.02)),
-        pad_token_id=token_id("pad_token_id", 0), bos_token_id=token_id("bos_token_id", 1),
-        eos_token_id=token_id("eos_token_id", 2),
-    )
-    from pangu_pro.configtools import ConfigError
-
+    # our key -> its value in config.json, type- and range-checked by ModelConfig before anything is built
+    raw = {ours: data[hf] for ours, hf in HF_KEYS.items() if data.get(hf) is not None}
+    raw.setdefault("rms_norm_eps", 1e-6)  # the transformers default, not ours
+    raw.update({name: token_id(name, default) for name, default in
+                (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2))})
+    if kind != "pangu_pi":
+        raw.update(siaf=False, aug_shortcut=False)
+    if raw.get("num_kv_heads") == raw["num_heads"]:
+        del raw["num_kv_heads"]
     try:
-        cfg.validate()
+        cfg = from_mapping(ModelConfig, raw)
     except ConfigError as err:
-        raise ValueError(f"{source}: the converted model config is invalid: {err}") from None
+        ours = err.key.split(".")[0].split("[")[0]
+        raise ValueError(f"{source}: {HF_KEYS.get(ours, ours) or 'config'}: {err.message}") from None
+    head_dim = data.get("head_dim")
+    if head_dim is not None and head_dim != cfg.head_dim:
+        _refuse(source, "head_dim", f"{brief(head_dim)} differs from hidden_size / num_attention_heads "
+                f"({cfg.hidden_size} / {cfg.num_heads}); not supported")
     return cfg

@@ -105,7 +105,8 @@ class SafetensorsFile:
 def write_safetensors(path: str | Path, entries: Iterable[tuple[str, tuple[int, ...], str]],
                       produce: Callable[[str], np.ndarray], metadata: dict[str, str] | None = None,
                       on_tensor: Callable[[str], None] | None = None) -> int:
-    """Write tensors `(name, shape, dtype code)` to `path`, atomically, asking `produce(name)` for each.
+    """Write tensors `(name, shape, dtype code)` to `path`, atomically (with its SHA-256 digest beside
+    it, `pangu_pro.digests`), asking `produce(name)` for each.
 
     `produce` returns the stored array (see `cast_for_storage`); its shape and size are checked against
     the header. Returns the number of data bytes written.
@@ -119,7 +120,7 @@ def write_safetensors(path: str | Path, entries: Iterable[tuple[str, tuple[int, 
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % ALIGNMENT)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, digest=True) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(len(encoded).to_bytes(8, "little"))
             handle.write(encoded)

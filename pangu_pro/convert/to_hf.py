@@ -26,7 +26,7 @@ HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
 MODELING_DIR = Path(__file__).parent / "hf_modeling"
 MODELING_FILES = ("configuration_pangu_pi.py", "modeling_pangu_pi.py")
-STALE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
+STALE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json|\.sha256)?")  # with digests (pangu_pro.digests)
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 

@@ -4,6 +4,7 @@
         model.safetensors       the model's parameters, named as in the model (weights.WEIGHTS_NAME)
         optimizer.safetensors   AdamW moments (adam_m.*, adam_v.*) and its update count (adam_step)
         state.json              step, data position, loss scale, lr, RNG seeds, config snapshot
+        *.sha256                each file's SHA-256, checked on every load (pangu_pro.digests)
 
 A save writes everything into ``.tmp-step_N-<pid>/`` beside the final folder and renames it in one
 step, so a killed job leaves either a complete checkpoint or a temporary folder that the next run
@@ -17,7 +18,6 @@ adds ``rank``, ``layout`` and ``strategy``; `resolve_rank_resume` finds this ran
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 from mindspore import Tensor
 
-from pangu_pro.io import atomic_write_json, load_tensors, save_tensors
+from pangu_pro.io import atomic_write_json, load_tensors, read_json, save_tensors
 from pangu_pro.model.weights import WEIGHTS_NAME, load_state, model_state
 
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -69,7 +69,7 @@ def save_checkpoint(directory: str | Path, model, optimizer, state: dict) -> Pat
     save_tensors(tmp / WEIGHTS_NAME, model_state(model), {"format": "pangu-pro", "step": str(state.get("step", ""))})
     if optimizer is not None:
         save_tensors(tmp / OPTIMIZER_NAME, optimizer_state(optimizer))
-    atomic_write_json(tmp / STATE_NAME, state)
+    atomic_write_json(tmp / STATE_NAME, state, digest=True)
     if directory.exists():  # re-saving the same step: move the old one out of the way first
         _discard(directory)
     os.rename(tmp, directory)
@@ -81,7 +81,7 @@ def read_state(directory: str | Path) -> dict:
     state_path = Path(directory) / STATE_NAME
     if not state_path.is_file():
         raise FileNotFoundError(f"{directory}: not a training checkpoint (no {STATE_NAME})")
-    return json.loads(state_path.read_text(encoding="utf-8"))
+    return read_json(state_path, verify=True)
 
 
 def load_checkpoint(directory: str | Path, model, optimizer=None) -> dict:
@@ -95,7 +95,7 @@ def load_checkpoint(directory: str | Path, model, optimizer=None) -> dict:
     if optimizer is not None:
         opt_tensors, _ = load_tensors(directory / OPTIMIZER_NAME)
         load_optimizer_state(optimizer, opt_tensors, str(directory / OPTIMIZER_NAME))
-    return json.loads(state_path.read_text(encoding="utf-8"))
+    return read_json(state_path, verify=True)
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[tuple[int, Path]]:
@@ -126,6 +126,25 @@ def resolve_resume(path: str | Path) -> Path:
         if latest is not None:
             return latest
     raise FileNotFoundError(f"{path}: no checkpoint to resume from (expected {CHECKPOINTS}/step_*/{STATE_NAME})")
+
+
+def intact_resume(chosen: Path, fallback: bool, announce=print) -> Path:
+    """`chosen` if its files match their digests and its state.json reads; with `fallback`, else the
+    newest older checkpoint beside it that does, announcing each one skipped and why."""
+    from pangu_pro.digests import verify_folder
+
+    step = int(_STEP_DIR.match(chosen.name).group(1)) if _STEP_DIR.match(chosen.name) else None
+    older = [p for s, p in reversed(list_checkpoints(chosen.parent)) if step is not None and s < step]
+    for candidate in [chosen] + (older if fallback else []):
+        try:
+            verify_folder(candidate)
+            read_state(candidate)
+            return candidate
+        except ValueError as err:
+            if not fallback:
+                raise
+            announce(f"skipping checkpoint {candidate}: {err}")
+    raise ValueError(f"{chosen.parent}: no intact checkpoint to resume from (all were skipped, see above)")
 
 
 _RANK_DIR = re.compile(r"^rank_(\d+)$")

@@ -34,6 +34,15 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(func=_plot)
 
+    p = subparsers.add_parser("checkpoint", help="check checkpoints against their SHA-256 digests",
+                              description="Checkpoint maintenance.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = actions.add_parser("verify", help="verify a run directory, one checkpoint folder or one weights file",
+                           description="Hash every checkpoint file under PATH and compare it with the digest "
+                           "written beside it (FILE.sha256). Exits 1 if any file is damaged.")
+    p.add_argument("path", metavar="PATH", help="run directory, checkpoints/ folder, checkpoint folder or file")
+    p.set_defaults(func=_checkpoint_verify)
+
 
 def _train(args) -> int:
     from pangu_pro.config import load_config
@@ -73,3 +82,14 @@ def _plot(args) -> int:
     out = plot_run(args.run_dir, Path(args.out) if args.out else None)
     print(out)
     return 0
+
+
+def _checkpoint_verify(args) -> int:
+    from pangu_pro.digests import verify_tree
+
+    results = verify_tree(args.path)
+    for target, status, detail in results:
+        print(f"{status:<10} {target}: {detail}")
+    damaged = sum(status == "damaged" for _, status, _ in results)
+    print(f"{len(results)} checked, {damaged} damaged")
+    return 1 if damaged else 0

@@ -43,8 +43,9 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float, grad_norm: float, checkpoint: Optional[Path]):
         self.step, self.loss, self.grad_norm, self.checkpoint = step, loss, grad_norm, checkpoint
         last = str(checkpoint) if checkpoint else "none saved yet"
-        super().__init__(f"step {step}: non-finite loss {loss} (grad norm {grad_norm}); stopped before "
-                         f"applying this update. Last good checkpoint: {last}")
+        bad = [name for name, value in (("loss", loss), ("gradient norm", grad_norm)) if not math.isfinite(value)]
+        super().__init__(f"step {step}: non-finite {' and '.join(bad) or 'value'} (loss {loss}, gradient norm "
+                         f"{grad_norm}); stopped before applying this update. Last good checkpoint: {last}")
 
 
 @dataclasses.dataclass
@@ -245,7 +246,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
     from pangu_pro.runtime import adapt_to_device, init_mindspore
-    from pangu_pro.train.checkpoint import read_state, resolve_rank_resume
+    from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
     tc = config.train
@@ -267,6 +268,9 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     if resume is not None:
         where = out if resume == "auto" else Path(resume)
         last_ckpt = resolve_rank_resume(where, par.rank) if par.semi_auto else resolve_resume(where)
+        # a damaged newest checkpoint falls back to an older one, unless that folder was named (or under
+        # semi-auto, where each rank checks only its own slice and all ranks must resume the same step)
+        last_ckpt = intact_resume(last_ckpt, not par.semi_auto and last_ckpt != where, say)
         state = read_state(last_ckpt)
         if par.semi_auto and "layout" in state:  # a rank slice: only this layout can load it
             sliced = True
