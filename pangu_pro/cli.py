@@ -69,14 +69,14 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-def _subparsers(parser: argparse.ArgumentParser):
+def subparsers_of(parser: argparse.ArgumentParser):
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
 
 
 def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, int]:
     """The (sub-)parser that the leading command words of `argv` select, and how many words they are."""
     depth = 0
-    while (sub := _subparsers(parser)) is not None and depth < len(argv) and argv[depth] in sub.choices:
+    while (sub := subparsers_of(parser)) is not None and depth < len(argv) and argv[depth] in sub.choices:
         parser = sub.choices[argv[depth]]
         depth += 1
     return parser, depth
@@ -85,7 +85,7 @@ def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[a
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args with the override rule (module docstring) applied to the selected command."""
     command, depth = _command_parser(parser, argv)
-    if not reads_config(command) or _subparsers(command) is not None:
+    if not reads_config(command) or subparsers_of(command) is not None:
         return parser.parse_args(argv)
     try:
         overrides, rest = split_overrides(argv[depth:])
@@ -101,7 +101,7 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
 
 def _document_overrides(parser: argparse.ArgumentParser) -> None:
     """Give every config-reading command `--set` and the override paragraph in its --help."""
-    sub = _subparsers(parser)
+    sub = subparsers_of(parser)
     if sub is None:
         if reads_config(parser) and OVERRIDE_HELP not in (parser.epilog or ""):
             add_config_overrides(parser)

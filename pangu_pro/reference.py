@@ -28,13 +28,11 @@ def _cell(text: Any) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _subparsers(parser):
-    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-
-
 def leaf_commands(parser, words=()):
     """(command words, parser, one-line help) of every command, in registration order."""
-    sub = _subparsers(parser)
+    from pangu_pro.cli import subparsers_of
+
+    sub = subparsers_of(parser)
     if sub is None:
         yield words, parser, ""
         return

@@ -63,9 +63,9 @@ def examples(path: Path) -> list[Example]:
             if not pending:
                 start = i + 1
             if line.rstrip().endswith("\\"):
-                pending += line.rstrip()[:-1] + " "
+                pending += line.strip()[:-1].strip() + " "
             else:
-                text = (pending + line).strip()
+                text = (pending + line.strip()).strip()
                 pending = ""
                 if text and not text.startswith("#"):
                     found.append(Example(path, start, text, cluster))
@@ -160,7 +160,8 @@ def _check_script(script: str, rest: list[str], workspace: Path) -> None:
         raise ExampleError(f"{script}: {syntax.stderr.strip()}")
     if path.name not in LAUNCHERS:
         return None
-    if rest and not (workspace / rest[0]).is_file() and not rest[0].startswith("configs/"):
+    config = rest[0] if rest else None
+    if config and not (workspace / config).is_file() and not config.startswith("configs/"):
         rest = [STAND_IN, *rest[1:]]  # a config an earlier step writes: check the options on a stand-in
     for option, value in zip(rest, rest[1:]):
         if option in LAUNCHER_INPUTS and not (workspace / value).exists():  # a cluster's file: a stand-in
@@ -172,7 +173,7 @@ def _check_script(script: str, rest: list[str], workspace: Path) -> None:
     if proc.returncode:
         said = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines()[-1:]
         raise ExampleError(f"{script} refuses the arguments: {' / '.join(said)}")
-    launched = proc.stdout.splitlines()
+    launched = [config if arg == STAND_IN and rest[0] != config else arg for arg in proc.stdout.splitlines()]
     if launched[0] == "msrun":
         return _check_msrun(launched[1:], workspace)
     if launched[1:3] == ["-m", "pangu_pro.cli"]:

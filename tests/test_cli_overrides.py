@@ -13,27 +13,14 @@ import pytest
 
 from pangu_pro.cli import build_parser, parse_command_line, reads_config, split_overrides
 from pangu_pro.config import load_config
+from pangu_pro.reference import leaf_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/tiny_cpu.yaml"
 OVERRIDE = "train.steps=7"
 
 
-def leaf_commands(parser=None, words=()):
-    """(command words, parser) of every leaf command, e.g. (('tokenizer', 'coverage'), <parser>)."""
-    parser = parser or build_parser()
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    if sub is None:
-        yield words, parser
-        return
-    seen = set()
-    for name, child in sub.choices.items():
-        if id(child) not in seen:
-            seen.add(id(child))
-            yield from leaf_commands(child, (*words, name))
-
-
-CONFIG_COMMANDS = [(words, p) for words, p in leaf_commands() if reads_config(p)]
+CONFIG_COMMANDS = [(words, p) for words, p, _ in leaf_commands(build_parser()) if reads_config(p)]
 
 
 def _value(action: argparse.Action) -> list[str]:
