@@ -16,7 +16,7 @@ from pangu_pro.config import ModelConfig, ParallelConfig
 from pangu_pro.model.pangu_pi import PanGuPiForCausalLM, PanGuPiWithLoss
 from pangu_pro.model.sharding import (apply_recompute, assign_pipeline_stages, configure_model, dataset_shard,
                                       parallel_context_kwargs, set_parallel_context, shard_model,
-                                      wrap_for_pipeline)
+                                      summed_micro_losses, wrap_for_pipeline)
 
 MHA = ModelConfig(vocab_size=256, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
                   seq_length=32, aug_shortcut_ratio=8, siaf_terms=3)
@@ -172,7 +172,10 @@ def test_pipeline_stages(semi_auto, layers, pp, offset, stages):
     assert lm.model.embed_tokens.pipeline_stage == 0
     assert lm.model.norm.pipeline_stage == pp - 1
     assert lm.lm_head.pipeline_stage == pp - 1
-    assert network.pipeline_stage == pp - 1
+    with pytest.raises(AttributeError):  # the loss cell is not staged (its input slice feeds stage 0)
+        network.pipeline_stage
+    with pytest.raises(AttributeError):
+        lm.pipeline_stage
 
 
 def test_recompute_modes():
@@ -238,5 +241,9 @@ def test_wrap_for_pipeline(semi_auto):
     piped = wrap_for_pipeline(network, ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=4))
     assert isinstance(piped, nn.PipelineCell) and piped.micro_size == 4
     inter = wrap_for_pipeline(network, ParallelConfig(data_parallel=8, micro_batch_interleave_num=2))
-    assert isinstance(inter, nn.MicroBatchInterleaved)
+    assert isinstance(inter.interleaved, nn.MicroBatchInterleaved) and inter.inverse == 0.5
+    accumulated = wrap_for_pipeline(network, ParallelConfig(data_parallel=8, micro_batch_interleave_num=2), 4)
+    assert accumulated.micro_size == 4 and accumulated.network.interleaved.network is network
+    assert summed_micro_losses(ParallelConfig(data_parallel=8), 4) == 4
+    assert summed_micro_losses(ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=8)) == 8
     assert wrap_for_pipeline(network, ParallelConfig(data_parallel=8)) is network
