@@ -41,6 +41,10 @@ def build(parallel: dict, **model) -> Config:
     ({"pipeline_stage": 2, "micro_batch_num": 2, "micro_batch_interleave_num": 2}, {},
      "parallel.micro_batch_interleave_num", "cannot be combined with pipeline_stage 2"),
     ({"recompute": "some"}, {}, "parallel.recompute", "expected one of"),
+    ({"data_parallel": 4, "optimizer_shard": True, "optimizer_weight_shard_size": 3}, {},
+     "parallel.optimizer_weight_shard_size", "divisor > 1 of data_parallel 4"),
+    ({"data_parallel": 2, "micro_batch_interleave_num": 3}, {}, "parallel.micro_batch_interleave_num",
+     "does not divide train.batch_size 8"),
 ])
 def test_bad_layouts_name_the_key(parallel, model, key, words):
     with pytest.raises(ConfigError) as err:
@@ -109,9 +113,32 @@ def test_plan_matches_a_hand_computation_for_1b_pro():
     selective = 21_728 + 14_392 + 3 * 2 * 4_864 / 2
     assert s0.activations["selective"] == 11 * 2 * 2048 * selective == 2_284_879_872
     assert s0.activations["full"] == 11 * 2 * 2048 * 4 * 1792 + 2048 * per_token == 456_704_000
-    head = 2048 * (4 * 1792 + 2 * 1792 / 2 + 8 * 48_000 / 2)
-    assert s1.activations["none"] == 10 * 1 * 2048 * per_token + head == 1_748_992_000
-    assert s0.total("none") == weights0 + 2 * weights0 + 4 * 302_836_736 + 2_942_337_024
+    head = 2048 * (4 * 1792 + 2 * 1792 / 2 + 12 * 48_000 / 2)  # fp32 logits, log-softmax, logits gradient
+    assert s1.activations["none"] == 10 * 1 * 2048 * per_token + head == 1_945_600_000
+    # weight copies kept for the backward pass: bf16 copies (2 B) of every matmul-read slice (all of a
+    # layer but its norms), the embedding's fp32 all-gathered copy (4 B, ZeRO-split); the head's bf16 copy
+    copies_per_layer = 2 * (4 * 1_605_632 + 3 * 4_358_144 + 2 * 4_864 + 2 * 100_352)
+    assert s0.weight_copies == 4 * 86_016_000 + 11 * copies_per_layer == 777_626_624
+    assert s1.weight_copies == 2 * 86_016_000 + 10 * copies_per_layer
+    assert s0.total("none") == weights0 + 2 * weights0 + 4 * 302_836_736 + 777_626_624 + 2_942_337_024
+
+
+def test_plan_counts_sequence_parallel_gathers_and_fp32_weights_without_copies():
+    """Sequence parallel stores each layer's two all-gathered norm outputs (2cH per token, whole
+    sequence); an fp32 model without ZeRO matmuls its parameters directly (no copies)."""
+    base = ["parallel.data_parallel=2", "parallel.model_parallel=2", "train.batch_size=1"]
+    plain = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base)
+    sp = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base + ["parallel.sequence_parallel=true"])
+    (a,), (b,) = memory_plan(plain), memory_plan(sp)
+    stream = 2 * (4 * 1792 + 2 * 1792) + 2 * 2 * 56
+    assert b.activations["none"] - a.activations["none"] == pytest.approx(
+        21 * 2048 * (2 * 2 * 1792 - stream / 2) + 2048 * (4 * 1792 / 2 - 4 * 1792))
+    fp32 = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base + ["model.compute_dtype=float32"])
+    assert memory_plan(fp32)[0].weight_copies == 0
+    zero_fp32 = load_config(ROOT / "configs" / "pangu_1b_pro.yaml",
+                            base + ["model.compute_dtype=float32", "parallel.optimizer_shard=true"])
+    assert memory_plan(zero_fp32)[0].weight_copies == pytest.approx(4 * (memory_plan(zero_fp32)[0].parameters
+                                                                         - 2 * 21 * 1792 - 1792 - 21 * 2 * 2 * 4864 / 2))
 
 
 def test_plan_parameters_add_up_to_the_model():

@@ -207,15 +207,18 @@ def test_parallel_context_kwargs():
     dp_only = ParallelConfig(data_parallel=8, optimizer_shard=True, optimizer_shard_threshold_kb=128)
     assert parallel_context_kwargs(dp_only) == {
         "parallel_mode": "data_parallel", "device_num": 8, "gradients_mean": True,
-        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128},
-        "comm_fusion": {"allreduce": {"mode": "size", "config": 32}}}
+        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128,
+                                                                         "optimizer_weight_shard_size": -1},
+        "comm_fusion": {kind: {"mode": "size", "config": 32} for kind in ("allreduce", "allgather", "reducescatter")}}
     pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)
     assert parallel_context_kwargs(pipe, "out/strategy/strategy_rank_3.ckpt") == {
         "parallel_mode": "semi_auto_parallel", "device_num": 8, "gradients_mean": True, "full_batch": True,
         "pipeline_stages": 2, "pipeline_config": {"pipeline_interleave": False, "pipeline_scheduler": "1f1b"},
         "strategy_ckpt_config": {"save_file": "out/strategy/strategy_rank_3.ckpt", "only_trainable_params": False},
-        "comm_fusion": {"allreduce": {"mode": "auto", "config": None}}}
+        "comm_fusion": {kind: {"mode": "auto", "config": None} for kind in ("allreduce", "allgather", "reducescatter")}}
     assert parallel_context_kwargs(ParallelConfig()) == {"parallel_mode": "stand_alone"}
+    node_local = ParallelConfig(data_parallel=16, model_parallel=4, optimizer_shard=True, optimizer_weight_shard_size=8)
+    assert parallel_context_kwargs(node_local)["parallel_optimizer_config"]["optimizer_weight_shard_size"] == 8
     assert dataset_shard(dp_only, 3) == (8, 3)
     assert dataset_shard(pipe, 3) == (1, 0)
 

@@ -296,11 +296,12 @@ def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optiona
     if parallel_cfg.optimizer_shard:
         kwargs["enable_parallel_optimizer"] = True
         kwargs["parallel_optimizer_config"] = {
-            "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb}
-    if parallel_cfg.allreduce_fusion_mb > 0:
-        kwargs["comm_fusion"] = {"allreduce": {"mode": "size", "config": parallel_cfg.allreduce_fusion_mb}}
-    else:
-        kwargs["comm_fusion"] = {"allreduce": {"mode": "auto", "config": None}}
+            "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb,
+            "optimizer_weight_shard_size": parallel_cfg.optimizer_weight_shard_size}
+    # one buffer size for the gradient all-reduce and ZeRO's reduce-scatter (gradients) / all-gather (weights)
+    fusion = ({"mode": "size", "config": parallel_cfg.allreduce_fusion_mb} if parallel_cfg.allreduce_fusion_mb > 0
+              else {"mode": "auto", "config": None})
+    kwargs["comm_fusion"] = {kind: dict(fusion) for kind in ("allreduce", "allgather", "reducescatter")}
     return kwargs
 
 

@@ -248,12 +248,13 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
-    from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.runtime import adapt_to_device, apply_device_config, init_mindspore
     from pangu_pro.train.checkpoint import read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
     tc = config.train
     target = init_mindspore()
+    apply_device_config(config.device, target)
     par = setup_parallel(config)
     lead = par.rank == par.writer
     say = announce if (lead and announce is not None) else (lambda *_: None)
