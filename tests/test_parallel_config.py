@@ -190,3 +190,24 @@ def test_plan_command(capsys):
         args.func(args)
     args = parser.parse_args(["plan", path, "--devices", "16", "--set", "parallel.data_parallel=16"])
     assert args.func(args) == 0
+
+
+def test_plan_measure_compiles_a_step_and_says_what_the_cpu_reports(tmp_path, capsys):
+    from pangu_pro.model import plan_command
+    from pangu_pro.train.memory_probe import Measurement
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text("model: {vocab_size: 256, hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 128,"
+                    " seq_length: 32, aug_shortcut_ratio: 8}\n"
+                    f"train: {{batch_size: 2, grad_accum_steps: 2, output_dir: {tmp_path / 'run'}}}\n")
+    parser = argparse.ArgumentParser()
+    plan_command.register(parser.add_subparsers())
+    args = parser.parse_args(["plan", str(path), "--measure"])
+    assert args.func(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    estimate = memory_plan(load_config(path))[0].total("none") / 1024 ** 3
+    assert line.startswith(f"rank 0 (stage 0) on CPU: plan estimate {estimate:.3f} GiB; measured: none")
+    assert "max_memory_allocated() is 0" in line and re.search(r"process peak RSS \d+\.\d{3} GiB", line)
+    ascend = Measurement("Ascend", 3, 1, 40 * 1024 ** 3, 46 * 1024 ** 3, 1.0).describe()
+    assert ascend == ("rank 3 (stage 1) on Ascend: plan estimate 40.000 GiB; measured device peak 46.000 GiB "
+                      "(1.15x the estimate)")

@@ -71,6 +71,7 @@ def test_tensor_parallel_accumulates_in_one_graph(semi_auto, tmp_path):
     model, loss_net, optimizer, step_fn = build_training(config, par)
     wrapper = step_fn.fused.loss_net  # MindSpore's accumulation cell: gradients reduced once per update
     assert isinstance(wrapper, GradAccumulation) and wrapper.network is loss_net and wrapper.micro_size == 2
+    assert isinstance(loss_net, LazyInlineWithLoss)  # called twice per update: one reusable sub-graph
     assert not hasattr(step_fn, "micro") and step_fn.fused.micro_batches == 2.0
     assert isinstance(step_fn.update.reducer, nn.PipelineGradReducer)
     assert strategy(model, "model.layers.1.attention.wk.matmul") == ((2, 1), (4, 1))
