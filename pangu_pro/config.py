@@ -123,8 +123,10 @@ class ParallelConfig:
     vocab_parallel: bool = False  # embedding and LM head split by vocabulary over model_parallel
     optimizer_shard: bool = False  # ZeRO: optimizer state (and weights) split over data_parallel
     optimizer_shard_threshold_kb: int = 64  # parameters smaller than this stay whole
+    optimizer_weight_shard_size: int = -1  # ZeRO group size; -1: all data_parallel ranks (< dp: within a node)
     recompute: Literal["none", "full", "selective"] = "none"  # recompute in backward (docs/parallel.md)
-    allreduce_fusion_mb: int = 32  # gradient all-reduce fusion buffer (MB); 0 = MindSpore's automatic fusion
+    allreduce_fusion_mb: int = 32  # fusion buffer (MB) of the gradient all-reduce and of ZeRO's reduce-scatter /
+    #                                all-gather; 0 = MindSpore's automatic fusion
     micro_batch_interleave_num: int = 1  # nn.MicroBatchInterleaved: overlap compute and communication
 
     def validate(self) -> None:
@@ -141,6 +143,10 @@ class ParallelConfig:
                     f"entries move layers between stages and must sum to 0, got {sum(self.pipeline_offset)}")
         require(self.optimizer_shard_threshold_kb >= 0, "optimizer_shard_threshold_kb",
                 f"must be non-negative, got {self.optimizer_shard_threshold_kb}")
+        require(self.optimizer_weight_shard_size == -1 or (
+            self.optimizer_weight_shard_size > 1 and self.data_parallel % self.optimizer_weight_shard_size == 0),
+            "optimizer_weight_shard_size", f"must be -1 (all {self.data_parallel} data-parallel ranks) or a divisor "
+            f"> 1 of data_parallel {self.data_parallel}, got {self.optimizer_weight_shard_size}")
         require(self.allreduce_fusion_mb >= 0, "allreduce_fusion_mb",
                 f"must be 0 (off) or positive, got {self.allreduce_fusion_mb}")
         require(not (self.sequence_parallel and self.model_parallel == 1), "sequence_parallel",
@@ -251,6 +257,19 @@ class TrainConfig:
 
 
 @dataclass
+class DeviceConfig:
+    """Ascend runtime settings that `runtime.apply_device_config` applies (the CPU ignores them)."""
+
+    jit_level: Optional[Literal["O0", "O1", "O2"]] = None  # MindSpore jit_config jit_level; None: its default
+    max_device_memory_gb: Optional[float] = None  # memory pool cap per device (runtime.set_memory); None: all
+
+    def validate(self) -> None:
+        if self.max_device_memory_gb is not None:
+            require(1 <= self.max_device_memory_gb <= 1024, "max_device_memory_gb",
+                    f"must be in [1, 1024] GB, got {self.max_device_memory_gb}")
+
+
+@dataclass
 class Config:
     """A whole pangu-pro config file."""
 
@@ -258,6 +277,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     inherit: Optional[InheritConfig] = None  # parameter inheritance (pangu_pro.inherit.config)
     multi_round: Optional[MultiRoundConfig] = None  # multi-round training (pangu_pro.rounds, docs/multi_round.md)
     source: str = field(default="", compare=False)
@@ -298,6 +318,9 @@ def check_layout(config: Config, device_num: int | None) -> None:
         require(not m.tie_word_embeddings, "parallel.pipeline_stage",
                 "tied embeddings would share one weight between the first and the last stage; "
                 "set model.tie_word_embeddings: false or pipeline_stage: 1")
+    require(config.train.batch_size % p.micro_batch_interleave_num == 0, "parallel.micro_batch_interleave_num",
+            f"{p.micro_batch_interleave_num} does not divide train.batch_size {config.train.batch_size} (each "
+            "interleaved slice must split evenly over the data-parallel ranks)")
     if p.pipeline_offset:
         counts = p.stage_layers(m.num_layers)
         require(min(counts) >= 1, "parallel.pipeline_offset",

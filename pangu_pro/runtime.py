@@ -28,6 +28,23 @@ def init_mindspore(seed: int | None = None) -> str:
     return target
 
 
+def apply_device_config(device_cfg, target: str | None = None) -> dict:
+    """Apply the config's `device:` section on Ascend: `jit_config` jit_level through set_context and
+    the memory pool cap through `mindspore.runtime.set_memory(max_size=...)` (the replacement of the
+    deprecated `max_device_memory` context key). Nothing on the CPU. Returns what was applied."""
+    target = target or device_target()
+    applied = {}
+    if target != "Ascend":
+        return applied
+    if device_cfg.jit_level is not None:
+        applied["jit_config"] = {"jit_level": device_cfg.jit_level}
+        ms.set_context(jit_config=applied["jit_config"])
+    if device_cfg.max_device_memory_gb is not None:
+        applied["max_size"] = f"{device_cfg.max_device_memory_gb:g}GB"
+        ms.runtime.set_memory(max_size=applied["max_size"])
+    return applied
+
+
 def adapt_to_device(cfg, target: str | None = None, announce=print):
     """The model config as it can run on `target`.
 

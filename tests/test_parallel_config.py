@@ -41,6 +41,10 @@ def build(parallel: dict, **model) -> Config:
     ({"pipeline_stage": 2, "micro_batch_num": 2, "micro_batch_interleave_num": 2}, {},
      "parallel.micro_batch_interleave_num", "cannot be combined with pipeline_stage 2"),
     ({"recompute": "some"}, {}, "parallel.recompute", "expected one of"),
+    ({"data_parallel": 4, "optimizer_shard": True, "optimizer_weight_shard_size": 3}, {},
+     "parallel.optimizer_weight_shard_size", "divisor > 1 of data_parallel 4"),
+    ({"data_parallel": 2, "micro_batch_interleave_num": 3}, {}, "parallel.micro_batch_interleave_num",
+     "does not divide train.batch_size 8"),
 ])
 def test_bad_layouts_name_the_key(parallel, model, key, words):
     with pytest.raises(ConfigError) as err:
@@ -109,9 +113,32 @@ def test_plan_matches_a_hand_computation_for_1b_pro():
     selective = 21_728 + 14_392 + 3 * 2 * 4_864 / 2
     assert s0.activations["selective"] == 11 * 2 * 2048 * selective == 2_284_879_872
     assert s0.activations["full"] == 11 * 2 * 2048 * 4 * 1792 + 2048 * per_token == 456_704_000
-    head = 2048 * (4 * 1792 + 2 * 1792 / 2 + 8 * 48_000 / 2)
-    assert s1.activations["none"] == 10 * 1 * 2048 * per_token + head == 1_748_992_000
-    assert s0.total("none") == weights0 + 2 * weights0 + 4 * 302_836_736 + 2_942_337_024
+    head = 2048 * (4 * 1792 + 2 * 1792 / 2 + 12 * 48_000 / 2)  # fp32 logits, log-softmax, logits gradient
+    assert s1.activations["none"] == 10 * 1 * 2048 * per_token + head == 1_945_600_000
+    # weight copies kept for the backward pass: bf16 copies (2 B) of every matmul-read slice (all of a
+    # layer but its norms), the embedding's fp32 all-gathered copy (4 B, ZeRO-split); the head's bf16 copy
+    copies_per_layer = 2 * (4 * 1_605_632 + 3 * 4_358_144 + 2 * 4_864 + 2 * 100_352)
+    assert s0.weight_copies == 4 * 86_016_000 + 11 * copies_per_layer == 777_626_624
+    assert s1.weight_copies == 2 * 86_016_000 + 10 * copies_per_layer
+    assert s0.total("none") == weights0 + 2 * weights0 + 4 * 302_836_736 + 777_626_624 + 2_942_337_024
+
+
+def test_plan_counts_sequence_parallel_gathers_and_fp32_weights_without_copies():
+    """Sequence parallel stores each layer's two all-gathered norm outputs (2cH per token, whole
+    sequence); an fp32 model without ZeRO matmuls its parameters directly (no copies)."""
+    base = ["parallel.data_parallel=2", "parallel.model_parallel=2", "train.batch_size=1"]
+    plain = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base)
+    sp = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base + ["parallel.sequence_parallel=true"])
+    (a,), (b,) = memory_plan(plain), memory_plan(sp)
+    stream = 2 * (4 * 1792 + 2 * 1792) + 2 * 2 * 56
+    assert b.activations["none"] - a.activations["none"] == pytest.approx(
+        21 * 2048 * (2 * 2 * 1792 - stream / 2) + 2048 * (4 * 1792 / 2 - 4 * 1792))
+    fp32 = load_config(ROOT / "configs" / "pangu_1b_pro.yaml", base + ["model.compute_dtype=float32"])
+    assert memory_plan(fp32)[0].weight_copies == 0
+    zero_fp32 = load_config(ROOT / "configs" / "pangu_1b_pro.yaml",
+                            base + ["model.compute_dtype=float32", "parallel.optimizer_shard=true"])
+    assert memory_plan(zero_fp32)[0].weight_copies == pytest.approx(4 * (memory_plan(zero_fp32)[0].parameters
+                                                                         - 2 * 21 * 1792 - 1792 - 21 * 2 * 2 * 4864 / 2))
 
 
 def test_plan_parameters_add_up_to_the_model():
@@ -163,3 +190,24 @@ def test_plan_command(capsys):
         args.func(args)
     args = parser.parse_args(["plan", path, "--devices", "16", "--set", "parallel.data_parallel=16"])
     assert args.func(args) == 0
+
+
+def test_plan_measure_compiles_a_step_and_says_what_the_cpu_reports(tmp_path, capsys):
+    from pangu_pro.model import plan_command
+    from pangu_pro.train.memory_probe import Measurement
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text("model: {vocab_size: 256, hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 128,"
+                    " seq_length: 32, aug_shortcut_ratio: 8}\n"
+                    f"train: {{batch_size: 2, grad_accum_steps: 2, output_dir: {tmp_path / 'run'}}}\n")
+    parser = argparse.ArgumentParser()
+    plan_command.register(parser.add_subparsers())
+    args = parser.parse_args(["plan", str(path), "--measure"])
+    assert args.func(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    estimate = memory_plan(load_config(path))[0].total("none") / 1024 ** 3
+    assert line.startswith(f"rank 0 (stage 0) on CPU: plan estimate {estimate:.3f} GiB; measured: none")
+    assert "max_memory_allocated() is 0" in line and re.search(r"process peak RSS \d+\.\d{3} GiB", line)
+    ascend = Measurement("Ascend", 3, 1, 40 * 1024 ** 3, 46 * 1024 ** 3, 1.0).describe()
+    assert ascend == ("rank 3 (stage 1) on Ascend: plan estimate 40.000 GiB; measured device peak 46.000 GiB "
+                      "(1.15x the estimate)")

@@ -16,7 +16,7 @@ from pangu_pro.config import ModelConfig, ParallelConfig
 from pangu_pro.model.pangu_pi import PanGuPiForCausalLM, PanGuPiWithLoss
 from pangu_pro.model.sharding import (apply_recompute, assign_pipeline_stages, configure_model, dataset_shard,
                                       parallel_context_kwargs, set_parallel_context, shard_model,
-                                      wrap_for_pipeline)
+                                      summed_micro_losses, wrap_for_pipeline)
 
 MHA = ModelConfig(vocab_size=256, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
                   seq_length=32, aug_shortcut_ratio=8, siaf_terms=3)
@@ -172,7 +172,10 @@ def test_pipeline_stages(semi_auto, layers, pp, offset, stages):
     assert lm.model.embed_tokens.pipeline_stage == 0
     assert lm.model.norm.pipeline_stage == pp - 1
     assert lm.lm_head.pipeline_stage == pp - 1
-    assert network.pipeline_stage == pp - 1
+    with pytest.raises(AttributeError):  # the loss cell is not staged (its input slice feeds stage 0)
+        network.pipeline_stage
+    with pytest.raises(AttributeError):
+        lm.pipeline_stage
 
 
 def test_recompute_modes():
@@ -204,15 +207,18 @@ def test_parallel_context_kwargs():
     dp_only = ParallelConfig(data_parallel=8, optimizer_shard=True, optimizer_shard_threshold_kb=128)
     assert parallel_context_kwargs(dp_only) == {
         "parallel_mode": "data_parallel", "device_num": 8, "gradients_mean": True,
-        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128},
-        "comm_fusion": {"allreduce": {"mode": "size", "config": 32}}}
+        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128,
+                                                                         "optimizer_weight_shard_size": -1},
+        "comm_fusion": {kind: {"mode": "size", "config": 32} for kind in ("allreduce", "allgather", "reducescatter")}}
     pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)
     assert parallel_context_kwargs(pipe, "out/strategy/strategy_rank_3.ckpt") == {
         "parallel_mode": "semi_auto_parallel", "device_num": 8, "gradients_mean": True, "full_batch": True,
         "pipeline_stages": 2, "pipeline_config": {"pipeline_interleave": False, "pipeline_scheduler": "1f1b"},
         "strategy_ckpt_config": {"save_file": "out/strategy/strategy_rank_3.ckpt", "only_trainable_params": False},
-        "comm_fusion": {"allreduce": {"mode": "auto", "config": None}}}
+        "comm_fusion": {kind: {"mode": "auto", "config": None} for kind in ("allreduce", "allgather", "reducescatter")}}
     assert parallel_context_kwargs(ParallelConfig()) == {"parallel_mode": "stand_alone"}
+    node_local = ParallelConfig(data_parallel=16, model_parallel=4, optimizer_shard=True, optimizer_weight_shard_size=8)
+    assert parallel_context_kwargs(node_local)["parallel_optimizer_config"]["optimizer_weight_shard_size"] == 8
     assert dataset_shard(dp_only, 3) == (8, 3)
     assert dataset_shard(pipe, 3) == (1, 0)
 
@@ -238,5 +244,9 @@ def test_wrap_for_pipeline(semi_auto):
     piped = wrap_for_pipeline(network, ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=4))
     assert isinstance(piped, nn.PipelineCell) and piped.micro_size == 4
     inter = wrap_for_pipeline(network, ParallelConfig(data_parallel=8, micro_batch_interleave_num=2))
-    assert isinstance(inter, nn.MicroBatchInterleaved)
+    assert isinstance(inter.interleaved, nn.MicroBatchInterleaved) and inter.inverse == 0.5
+    accumulated = wrap_for_pipeline(network, ParallelConfig(data_parallel=8, micro_batch_interleave_num=2), 4)
+    assert accumulated.micro_size == 4 and accumulated.network.interleaved.network is network
+    assert summed_micro_losses(ParallelConfig(data_parallel=8), 4) == 4
+    assert summed_micro_losses(ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=8)) == 8
     assert wrap_for_pipeline(network, ParallelConfig(data_parallel=8)) is network

@@ -18,7 +18,10 @@ from mindspore import Tensor, nn
 
 from pangu_pro.config import config_from_dict
 from pangu_pro.configtools import ConfigError
+from pangu_pro.model.sharding import LazyInlineWithLoss
+from pangu_pro.train.step import ParallelGradientUpdate
 from pangu_pro.train.trainer import Parallel, build_training, setup_parallel, train_dataset
+from mindspore.parallel.nn import GradAccumulation
 
 MODEL = {"vocab_size": 256, "hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128,
          "seq_length": 32, "aug_shortcut_ratio": 8}
@@ -44,25 +47,33 @@ def test_pipeline_layout_is_sharded_staged_and_wrapped(semi_auto, tmp_path):
     model, loss_net, optimizer, step_fn = build_training(config, par)
     assert isinstance(step_fn.fused.loss_net, nn.PipelineCell)
     assert step_fn.fused.loss_net.network is loss_net and step_fn.fused.micro_batches == 4.0
+    assert isinstance(step_fn.update, ParallelGradientUpdate)  # norm and overflow over every rank
     assert isinstance(step_fn.update.reducer, nn.PipelineGradReducer)  # the framework reduces; no DP reducer
+    assert isinstance(loss_net, LazyInlineWithLoss) and loss_net.cell_init_args.startswith("lazy_inline_")
     assert strategy(model, "model.layers.0.attention.wq.matmul") == ((2, 1), (2, 1))
     assert strategy(model, "model.layers.3.feed_forward.w2.matmul") == ((2, 2), (1, 2))
     assert strategy(model, "lm_head.matmul") == ((4, 1), (1, 1))
     assert strategy(loss_net, "log_softmax") == ((2, 2, 1),)
     assert [layer.pipeline_stage for layer in model.model.layers] == [0, 0, 1, 1]
     assert (model.model.embed_tokens.pipeline_stage, model.model.norm.pipeline_stage,
-            loss_net.pipeline_stage) == (0, 1, 1)
+            model.lm_head.pipeline_stage) == (0, 1, 1)
+    with pytest.raises(AttributeError):  # unstaged, as in MindFormers: its input_ids[:, :-1] feeds stage 0
+        loss_net.pipeline_stage
     whole = sorted(p.name for p in optimizer.params if not p.parallel_optimizer)
     assert whole == sorted(p.name for p in optimizer.params if p.name.endswith("norm.weight"))
     assert len(whole) == 2 * 4 + 1  # two norms per layer + the final norm; everything else is ZeRO-split
 
 
-def test_tensor_parallel_layout_is_not_wrapped(semi_auto, tmp_path):
+def test_tensor_parallel_accumulates_in_one_graph(semi_auto, tmp_path):
     config = make_config(tmp_path, {"data_parallel": 2, "model_parallel": 4, "sequence_parallel": True},
                          grad_accum_steps=2)
     par = Parallel(rank=0, world=8, semi_auto=True, replicas=2)
     model, loss_net, optimizer, step_fn = build_training(config, par)
-    assert step_fn.micro.loss_net is loss_net and step_fn.update.reducer is None  # assign_add accumulation
+    wrapper = step_fn.fused.loss_net  # MindSpore's accumulation cell: gradients reduced once per update
+    assert isinstance(wrapper, GradAccumulation) and wrapper.network is loss_net and wrapper.micro_size == 2
+    assert isinstance(loss_net, LazyInlineWithLoss)  # called twice per update: one reusable sub-graph
+    assert not hasattr(step_fn, "micro") and step_fn.fused.micro_batches == 2.0
+    assert isinstance(step_fn.update.reducer, nn.PipelineGradReducer)
     assert strategy(model, "model.layers.1.attention.wk.matmul") == ((2, 1), (4, 1))
     assert model.model.layers[1].attention.wo.matmul.out_strategy == ((8, 1),)  # sequence parallel
     assert strategy(model, "model.layers.1.attention_norm.square") == ((2, 4, 1),)

@@ -19,6 +19,23 @@ from mindspore.ops.auto_generate import RmsNorm, RotaryPositionEmbedding, SiLU
 DTYPES = {"float32": ms.float32, "bfloat16": ms.bfloat16, "float16": ms.float16}
 
 
+FLASH_MASK_SIZE = 2048  # the compressed causal mask of FlashAttentionScore's sparse modes 2-4
+
+
+def flash_sparse_mode(seq_length: int) -> int:
+    """FlashAttentionScore's sparse_mode for causal attention, as MindFormers chooses it: 2 (leftUpCausal,
+    compressed mask: the kernel skips the blocks above the diagonal) for sequences of at least 2048
+    tokens (MindFormers refuses compression below that), else 0 with the full [S, S] mask."""
+    return 2 if seq_length >= FLASH_MASK_SIZE else 0
+
+
+def flash_causal_mask(seq_length: int) -> np.ndarray:
+    """The uint8 mask (1 = discard) flash attention gets: the compressed 2048 x 2048 upper triangle under
+    sparse_mode 2, whatever the sequence length; the full [S, S] one under sparse_mode 0."""
+    size = FLASH_MASK_SIZE if flash_sparse_mode(seq_length) == 2 else seq_length
+    return np.triu(np.ones((size, size), dtype=np.uint8), k=1)
+
+
 class Linear(nn.Cell):
     """y = x W^T without bias; x is [..., in], W is [out, in]."""
 

@@ -22,7 +22,7 @@ from mindspore.ops.auto_generate import SiLU
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.model.layers import (DTYPES, AugmentedShortcut, Linear, RMSNorm, RotaryEmbedding,
-                                    SeriesInformedActivation, rope_tables)
+                                    SeriesInformedActivation, flash_causal_mask, flash_sparse_mode, rope_tables)
 
 MASK_VALUE = -1e9  # added to fp32 scores only, never cast to fp16
 
@@ -52,10 +52,11 @@ class Attention(nn.Cell):
         self.wo = Linear(cfg.num_heads * cfg.head_dim, d, dtype, cfg.init_std)
         self.rope = RotaryEmbedding(cfg.head_dim, fused=cfg.use_fused_kernels)
         self.use_flash_attention = cfg.use_flash_attention
-        if self.use_flash_attention:  # Ascend kernel; causal via a [S, S] "discard" mask
+        if self.use_flash_attention:  # Ascend kernel; causal via a "discard" mask (layers.flash_causal_mask)
             from mindspore.ops.operations.nn_ops import FlashAttentionScore
             self.flash_attention = FlashAttentionScore(head_num=cfg.num_heads, scale_value=self.scale,
-                                                       input_layout="BNSD", sparse_mode=0)
+                                                       pre_tokens=2147483647, next_tokens=0, input_layout="BNSD",
+                                                       sparse_mode=flash_sparse_mode(cfg.seq_length))
         self.reshape = ops.Reshape()
         self.transpose = ops.Transpose()
         self.cast = ops.Cast()
@@ -171,10 +172,11 @@ class DecoderLayer(nn.Cell):
 
 
 def causal_mask(seq_length: int, flash: bool) -> np.ndarray:
-    """[S, S] causal mask: additive (0 / MASK_VALUE) for manual attention, 1 = discard for flash."""
-    future = np.triu(np.ones((seq_length, seq_length), dtype=bool), k=1)
+    """Causal mask: [S, S] additive (0 / MASK_VALUE) for manual attention; for flash attention the
+    1 = discard mask of `layers.flash_causal_mask` (compressed 2048 x 2048 from 2048 tokens on)."""
     if flash:
-        return future.astype(np.uint8)
+        return flash_causal_mask(seq_length)
+    future = np.triu(np.ones((seq_length, seq_length), dtype=bool), k=1)
     return np.where(future, MASK_VALUE, 0.0).astype(np.float32)
 
 
@@ -191,6 +193,7 @@ class PanGuPiModel(nn.Cell):
         self.rope_cos = Tensor(cos)
         self.rope_sin = Tensor(sin)
         self.causal_mask = Tensor(causal_mask(cfg.seq_length, cfg.use_flash_attention))
+        self.compressed_mask = cfg.use_flash_attention and flash_sparse_mode(cfg.seq_length) == 2
         self.gather_rows = ops.Gather()
 
     def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None):
@@ -200,7 +203,7 @@ class PanGuPiModel(nn.Cell):
         if hidden_mask is not None:
             x = x * hidden_mask
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        mask = self.causal_mask[:t, :t]
+        mask = self.causal_mask if self.compressed_mask else self.causal_mask[:t, :t]  # compressed: any t
         for i in range(len(self.layers)):
             x = self.layers[i](x, cos, sin, mask, None, None, None, _row(head_mask, i), _row(neuron_mask, i),
                                hidden_mask, _row(layer_mask, i))

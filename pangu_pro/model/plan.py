@@ -3,16 +3,21 @@
 Pure arithmetic on the config (nothing is built); `pangu-pro plan CONFIG --devices N` prints it.
 
 Mixed-precision convention (ours, see docs/parallel.md): parameters are fp32 and are the master
-copy; matmuls cast them to `compute_dtype` (bf16 on Ascend) on the fly, and those copies live one op
-at a time, so they are not counted. Per parameter element a device holds:
+copy; matmuls cast them to `compute_dtype` (bf16 on Ascend). Per parameter element a device holds:
 
     weights 4 B (fp32) + gradients 4 B (fp32) + AdamW m and v 8 B (fp32)   = 16 B
 
 (the same 16 B as the bf16-weights/grads + fp32-master + moments convention: 2 + 2 + 4 + 8).
 With `optimizer_shard` (MindSpore's parallel optimizer) the fp32 weights and the moments of every
 tensor whose per-device slice is at least `optimizer_shard_threshold_kb` are split over the
-`data_parallel` ranks (norm weights opt out); gradients are not split. The all-gathered weights
-of the forward pass are transient and not counted.
+`data_parallel` ranks, or `optimizer_weight_shard_size` of them (norm weights opt out); gradients
+are not split.
+
+Weight copies, kept from the forward to the backward pass (the matmul backward reads its weight):
+each tensor a matmul reads (everything but the norms and the embedding) as a `compute_dtype` copy
+of its whole model-parallel slice (c B per element; MindSpore gathers ZeRO-split weights after the
+cast), when it is cast (c < 4) or ZeRO-split; the embedding, read in fp32, as a 4 B all-gathered
+copy when ZeRO-split. An fp32 model without ZeRO reads the parameters themselves: no copies.
 
 A device's parameter slice: attention (wq, wk, wv, wo), FFN (w1, w2, w3) and SIAF tensors divided
 by model_parallel; AugShortcut and norms whole (replicated); embedding and LM head whole, or divided
@@ -24,6 +29,10 @@ n SIAF terms, a heads, S seq_length; sp = model_parallel with sequence parallel,
 
     stream    = 2 * (4H + cH) + 2cR                      / sp   (fp32 norm inputs, norm outputs,
                                                                  GELU input/output of the shortcut)
+    gathered  = 2cH with sequence parallel, else 0              (the two norm outputs all-gathered
+                                                                 along the sequence for the column-
+                                                                 parallel matmuls, kept for their
+                                                                 weight gradients)
     attention = rope + 3cH + cH + core                   / mp   (q, k, v after RoPE and the GQA
                                                                  repeat; the wo input)
         rope  = 8(H + K) unfused (fp32 input and rotate_half copy of q and k), 4(H + K) fused
@@ -35,7 +44,8 @@ n SIAF terms, a heads, S seq_length; sp = model_parallel with sequence parallel,
 recompute "selective" recomputes the scores (core becomes c a S; flash unchanged) and the FFN
 activation (ffn becomes 3cF); "full" stores only each layer's fp32 input, 4H / sp, plus one layer's
 unrecomputed activations while it is recomputed. The last stage also holds the head of one micro
-batch: 4H / sp + cH (/ mp unless vocab_parallel) + 8V / mp (fp32 logits and log-softmax output).
+batch: 4H / sp + cH (/ mp unless vocab_parallel) + 12V / mp (fp32 logits, log-softmax output and,
+in the backward pass, the fp32 logits gradient).
 
 With 1F1B pipelining stage i keeps min(micro_batch_num, pp - i) micro batches in flight; without
 pipelining one. A micro batch is train.batch_size sequences of seq_length tokens per data-parallel
@@ -60,6 +70,7 @@ class TensorSlice:
     name: str
     elements: int
     zero_eligible: bool = True  # False: opts out of the parallel optimizer (norm weights)
+    cast: bool = True  # read by a matmul in compute_dtype (False: norms, the embedding gather)
 
 
 def layer_tensors(m: ModelConfig, p: ParallelConfig) -> list[TensorSlice]:
@@ -74,7 +85,7 @@ def layer_tensors(m: ModelConfig, p: ParallelConfig) -> list[TensorSlice]:
     if m.aug_shortcut:
         r = m.aug_shortcut_dim
         tensors += [TensorSlice("aug_shortcut.down", r * d), TensorSlice("aug_shortcut.up", d * r)]
-    tensors += [TensorSlice("attention_norm", d, False), TensorSlice("ffn_norm", d, False)]
+    tensors += [TensorSlice("attention_norm", d, False, False), TensorSlice("ffn_norm", d, False, False)]
     return tensors
 
 
@@ -84,10 +95,10 @@ def stage_tensors(m: ModelConfig, p: ParallelConfig, stage: int) -> list[TensorS
     last = p.pipeline_stage - 1
     tensors = []
     if stage == 0:
-        tensors.append(TensorSlice("embedding", vocab))
+        tensors.append(TensorSlice("embedding", vocab, cast=False))
     tensors += layer_tensors(m, p) * p.stage_layers(m.num_layers)[stage]
     if stage == last:
-        tensors.append(TensorSlice("norm", m.hidden_size, False))
+        tensors.append(TensorSlice("norm", m.hidden_size, False, False))
         if not m.tie_word_embeddings:
             tensors.append(TensorSlice("lm_head", vocab))
     return tensors
@@ -103,6 +114,7 @@ def activation_bytes_per_token(m: ModelConfig, p: ParallelConfig, mode: str) -> 
         return 4 * h / sp
     r = m.aug_shortcut_dim if m.aug_shortcut else 0
     stream = 2 * (4 * h + c * h) + 2 * c * r
+    gathered = 2 * c * h if p.sequence_parallel else 0
     rope = (4 if m.use_fused_kernels else 8) * (h + kv)
     if m.use_flash_attention:
         core = 8 * m.num_heads
@@ -113,7 +125,7 @@ def activation_bytes_per_token(m: ModelConfig, p: ParallelConfig, mode: str) -> 
         ffn = 3 * c * f
     else:
         ffn = (4 + (m.siaf_terms if m.siaf else 0)) * c * f
-    return stream / sp + (attention + ffn) / mp
+    return stream / sp + gathered + (attention + ffn) / mp
 
 
 def head_bytes_per_token(m: ModelConfig, p: ParallelConfig) -> float:
@@ -121,7 +133,7 @@ def head_bytes_per_token(m: ModelConfig, p: ParallelConfig) -> float:
     c, h, mp = BYTES[m.compute_dtype], m.hidden_size, p.model_parallel
     sp = mp if p.sequence_parallel else 1
     head_input = c * h if p.vocab_parallel else c * h / mp
-    return 4 * h / sp + head_input + 8 * m.vocab_size / mp
+    return 4 * h / sp + head_input + 12 * m.vocab_size / mp
 
 
 @dataclass(frozen=True)
@@ -134,19 +146,26 @@ class StageMemory:
     optimizer: float
     activations: dict = field(default_factory=dict)  # recompute mode -> bytes
     micro_batches_in_flight: int = 1
+    weight_copies: float = 0.0  # compute-dtype / all-gathered weight copies (module doc)
 
     def total(self, mode: str) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations[mode]
+        return self.weights + self.gradients + self.optimizer + self.weight_copies + self.activations[mode]
 
 
 def stage_memory(m: ModelConfig, p: ParallelConfig, batch_size: int, stage: int) -> StageMemory:
     tensors = stage_tensors(m, p, stage)
     threshold = p.optimizer_shard_threshold_kb * 1024
-    weights = optimizer = 0.0
+    c = BYTES[m.compute_dtype]
+    weights = optimizer = copies = 0.0
     for t in tensors:
-        split = p.data_parallel if (p.optimizer_shard and t.zero_eligible and 4 * t.elements >= threshold) else 1
+        zero = p.optimizer_shard and t.zero_eligible and 4 * t.elements >= threshold
+        split = zero_group(p) if zero else 1
         weights += 4 * t.elements / split
         optimizer += 8 * t.elements / split
+        if t.cast and (c < 4 or zero):
+            copies += c * t.elements
+        elif zero:
+            copies += 4 * t.elements
     parameters = sum(t.elements for t in tensors)
     layers = p.stage_layers(m.num_layers)[stage]
     in_flight = min(p.micro_batch_num, p.pipeline_stage - stage) if p.pipeline_stage > 1 else 1
@@ -158,7 +177,12 @@ def stage_memory(m: ModelConfig, p: ParallelConfig, batch_size: int, stage: int)
         if mode == "full" and layers:
             stored += tokens * activation_bytes_per_token(m, p, "none")  # the layer being recomputed
         activations[mode] = stored + head
-    return StageMemory(stage, layers, parameters, weights, 4.0 * parameters, optimizer, activations, in_flight)
+    return StageMemory(stage, layers, parameters, weights, 4.0 * parameters, optimizer, activations, in_flight, copies)
+
+
+def zero_group(p: ParallelConfig) -> int:
+    """Ranks a ZeRO-split tensor is divided over: `optimizer_weight_shard_size`, or all data_parallel."""
+    return p.data_parallel if p.optimizer_weight_shard_size == -1 else p.optimizer_weight_shard_size
 
 
 def memory_plan(config: Config) -> list[StageMemory]:
@@ -179,13 +203,14 @@ def format_plan(config: Config, device_memory_gib: float = 64.0) -> str:
         f"micro batch: {config.train.batch_size} x {m.seq_length} tokens per data-parallel rank; "
         f"compute {m.compute_dtype}; flash attention {m.use_flash_attention}",
         "bytes per parameter: fp32 weights 4 + fp32 gradients 4 + fp32 AdamW moments 8 "
-        "(weights and moments / data_parallel under optimizer_shard)",
-        f"{'stage':>5}{'layers':>7}{'params':>14}{'weights':>10}{'grads':>10}{'optim':>10}"
+        "(weights and moments / data_parallel under optimizer_shard); copies: compute-dtype / "
+        "all-gathered weights kept for the backward pass",
+        f"{'stage':>5}{'layers':>7}{'params':>14}{'weights':>10}{'grads':>10}{'optim':>10}{'copies':>10}"
         f"{'act none':>10}{'act sel':>10}{'act full':>10}{'total*':>10}   (GiB; * with recompute '{p.recompute}')",
     ]
     for s in stages:
         lines.append(f"{s.stage:>5}{s.layers:>7}{s.parameters:>14,}{s.weights / GIB:>10.2f}{s.gradients / GIB:>10.2f}"
-                     f"{s.optimizer / GIB:>10.2f}{s.activations['none'] / GIB:>10.2f}"
+                     f"{s.optimizer / GIB:>10.2f}{s.weight_copies / GIB:>10.2f}{s.activations['none'] / GIB:>10.2f}"
                      f"{s.activations['selective'] / GIB:>10.2f}{s.activations['full'] / GIB:>10.2f}"
                      f"{s.total(p.recompute) / GIB:>10.2f}")
     worst = max(stages, key=lambda s: s.total(p.recompute))

@@ -16,6 +16,9 @@ def run_plan(args) -> int:
     except Exception as err:  # ConfigError: name the file as load_config does
         raise err.within(source=args.config) if hasattr(err, "within") else err
     print(format_plan(config, args.device_memory_gib))
+    if args.measure:
+        from pangu_pro.train.memory_probe import measure_step_memory
+        print(measure_step_memory(config).describe())
     return 0
 
 
@@ -33,4 +36,8 @@ def register(subparsers) -> None:
     add_config_overrides(parser)
     parser.add_argument("--device-memory-gib", type=float, default=64.0,
                         help="memory of one device in GiB (Ascend 910B: 64, 910A: 32)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also compile and run one training step on this device and print the framework's "
+                             "peak device memory beside the estimate (multi-device layouts: launch with msrun; "
+                             "the CPU backend reports no device memory)")
     parser.set_defaults(func=run_plan)

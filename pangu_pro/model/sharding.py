@@ -34,6 +34,7 @@ import mindspore as ms
 from mindspore import nn
 
 from pangu_pro.config import Config, ConfigError, ParallelConfig, check_layout
+from pangu_pro.model.pangu_pi import PanGuPiWithLoss
 
 PARALLEL_MODES = ("semi_auto_parallel", "auto_parallel")
 
@@ -203,9 +204,11 @@ def shard_model(model: nn.Cell, parallel_cfg: ParallelConfig, force: bool = Fals
 
 
 def assign_pipeline_stages(model: nn.Cell, parallel_cfg: ParallelConfig) -> list[int]:
-    """Set `pipeline_stage` on the embedding (0), each decoder layer (`ParallelConfig.layer_stages`),
-    the final norm, LM head and loss cell (last stage). Returns the layers' stages."""
-    loss, lm, backbone = _parts(model)
+    """Set `pipeline_stage` on what MindFormers stages: the embedding (0), each decoder layer
+    (`ParallelConfig.layer_stages`), the final norm and LM head (last stage). The loss cell stays
+    unstaged, so its `input_ids[:, :-1]` slice goes with its consumer, the stage-0 embedding, and the
+    log-softmax with the last-stage logits. Returns the layers' stages."""
+    _, lm, backbone = _parts(model)
     last = parallel_cfg.pipeline_stage - 1
     stages = parallel_cfg.layer_stages(len(backbone.layers))
     backbone.embed_tokens.pipeline_stage = 0
@@ -214,8 +217,6 @@ def assign_pipeline_stages(model: nn.Cell, parallel_cfg: ParallelConfig) -> list
     backbone.norm.pipeline_stage = last
     if lm is not None and not lm.tie_word_embeddings:
         lm.lm_head.pipeline_stage = last
-    if loss is not None:
-        loss.pipeline_stage = last
     return stages
 
 
@@ -295,11 +296,12 @@ def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optiona
     if parallel_cfg.optimizer_shard:
         kwargs["enable_parallel_optimizer"] = True
         kwargs["parallel_optimizer_config"] = {
-            "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb}
-    if parallel_cfg.allreduce_fusion_mb > 0:
-        kwargs["comm_fusion"] = {"allreduce": {"mode": "size", "config": parallel_cfg.allreduce_fusion_mb}}
-    else:
-        kwargs["comm_fusion"] = {"allreduce": {"mode": "auto", "config": None}}
+            "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb,
+            "optimizer_weight_shard_size": parallel_cfg.optimizer_weight_shard_size}
+    # one buffer size for the gradient all-reduce and ZeRO's reduce-scatter (gradients) / all-gather (weights)
+    fusion = ({"mode": "size", "config": parallel_cfg.allreduce_fusion_mb} if parallel_cfg.allreduce_fusion_mb > 0
+              else {"mode": "auto", "config": None})
+    kwargs["comm_fusion"] = {kind: dict(fusion) for kind in ("allreduce", "allgather", "reducescatter")}
     return kwargs
 
 
@@ -340,16 +342,55 @@ def dataset_shard(parallel_cfg: ParallelConfig, rank: int) -> tuple[int, int]:
     return 1, 0
 
 
-def wrap_for_pipeline(network_with_loss: nn.Cell, parallel_cfg: ParallelConfig) -> nn.Cell:
-    """Wrap the loss network for the step cell: `nn.PipelineCell` (micro_batch_num micro batches) when
-    pipeline_stage > 1, else `nn.MicroBatchInterleaved` when micro_batch_interleave_num > 1, else as is.
+class LazyInlineWithLoss(PanGuPiWithLoss):
+    """PanGuPiWithLoss compiled once as a reusable sub-graph (`mindspore.lazy_inline`) instead of being
+    inlined once per micro batch: what MindFormers' legacy `LlamaForCausalLM` does (MindSpore: under
+    gradient accumulation only the outermost cell may carry it). Used under semi-auto parallel when a
+    pipeline or accumulation wrapper calls the loss net several times; stand-alone it is never chosen."""
 
-    With a PipelineCell, build the optimizer over `network_with_loss.trainable_params()` and give the
-    train step `nn.PipelineGradReducer(optimizer.parameters, opt_shard=parallel_cfg.optimizer_shard)`
-    (functional steps) or use `Model`/`TrainOneStepCell`, which handle the accumulation themselves.
-    """
+    @ms.lazy_inline
+    def __init__(self, network):
+        super().__init__(network)
+
+
+class InterleavedMean(nn.Cell):
+    """`nn.MicroBatchInterleaved` returns the SUM of its n slices' losses (mindspore/nn/wrap/
+    cell_wrapper.py), which would scale the loss and every gradient by n; this divides it back."""
+
+    def __init__(self, network: nn.Cell, interleave_num: int):
+        super().__init__(auto_prefix=False)
+        self.interleaved = nn.MicroBatchInterleaved(network, interleave_num)
+        self.inverse = 1.0 / interleave_num
+
+    def construct(self, *inputs):
+        return self.interleaved(*inputs) * self.inverse
+
+
+def summed_micro_losses(parallel_cfg: ParallelConfig, grad_accum_steps: int = 1) -> int:
+    """How many micro-batch losses the wrapped loss net (`wrap_for_pipeline`) sums: the train step
+    divides the loss and the gradients by this."""
     if parallel_cfg.pipeline_stage > 1:
-        return nn.PipelineCell(network_with_loss, parallel_cfg.micro_batch_num)
+        return parallel_cfg.micro_batch_num
+    return grad_accum_steps
+
+
+def wrap_for_pipeline(network_with_loss: nn.Cell, parallel_cfg: ParallelConfig, grad_accum_steps: int = 1) -> nn.Cell:
+    """Wrap the loss network for the semi-auto step cell, as MindFormers' trainer does: first
+    `InterleavedMean` (`nn.MicroBatchInterleaved`, mean not sum) when micro_batch_interleave_num > 1,
+    then `nn.PipelineCell` (micro_batch_num micro batches) when pipeline_stage > 1, or MindSpore's
+    one-graph `GradAccumulation` (grad_accum_steps micro batches) when grad_accum_steps > 1.
+
+    The pipeline and accumulation cells sum `summed_micro_losses(...)` micro losses; build the
+    optimizer over `network_with_loss.trainable_params()` and give the train step
+    `nn.PipelineGradReducer(optimizer.parameters, opt_shard=parallel_cfg.optimizer_shard)`.
+    """
+    from mindspore.parallel.nn import GradAccumulation
+
+    network = network_with_loss
     if parallel_cfg.micro_batch_interleave_num > 1:
-        return nn.MicroBatchInterleaved(network_with_loss, parallel_cfg.micro_batch_interleave_num)
-    return network_with_loss
+        network = InterleavedMean(network, parallel_cfg.micro_batch_interleave_num)
+    if parallel_cfg.pipeline_stage > 1:
+        return nn.PipelineCell(network, parallel_cfg.micro_batch_num)
+    if grad_accum_steps > 1:
+        return GradAccumulation(network, grad_accum_steps)
+    return network

@@ -194,8 +194,9 @@ def build_training(config: Config, par: Parallel):
 
     Under semi-auto parallel (`par.semi_auto`, context set by `setup_parallel`) the loss network gets
     its strategies, pipeline stages, recompute and ZeRO opt-outs (`sharding.configure_model`), is
-    wrapped in `nn.PipelineCell` when pipeline_stage > 1 (`wrap_for_pipeline`), and the framework
-    reduces the gradients (no DistributedGradReducer; `nn.PipelineGradReducer` with a pipeline).
+    wrapped for interleaving, the pipeline or one-graph accumulation (`wrap_for_pipeline`), and the
+    framework reduces the gradients (no DistributedGradReducer; `nn.PipelineGradReducer` when the
+    wrapper sums micro losses); the step computes the global norm and overflow flag over all ranks.
     Nothing is compiled here. Returns (model, loss_net, optimizer, step_fn).
     """
     import mindspore as ms
@@ -214,15 +215,18 @@ def build_training(config: Config, par: Parallel):
         optimizer = build_optimizer(model.trainable_params(), tc)
         return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
                                                      grad_accum_steps=tc.grad_accum_steps, world=par.world)
-    from pangu_pro.model.sharding import configure_model, wrap_for_pipeline
+    from pangu_pro.model.sharding import (LazyInlineWithLoss, configure_model, summed_micro_losses,
+                                          wrap_for_pipeline)
 
+    summed = summed_micro_losses(pcfg, tc.grad_accum_steps)
+    if summed > 1:  # called once per micro batch by the wrapper: one reusable sub-graph
+        loss_net = LazyInlineWithLoss(model)
     configure_model(loss_net, pcfg)
-    step_net = wrap_for_pipeline(loss_net, pcfg)
+    step_net = wrap_for_pipeline(loss_net, pcfg, tc.grad_accum_steps)
     optimizer = build_optimizer(step_net.trainable_params(), tc)
-    reducer = (nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard)
-               if pcfg.pipeline_stage > 1 else None)
+    reducer = nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard) if summed > 1 else None
     step_fn = TrainStep(step_net, optimizer, grad_clip=tc.grad_clip, grad_accum_steps=tc.grad_accum_steps,
-                        micro_batches=par.micro_batches, grad_reducer=reducer)
+                        micro_batches=summed, grad_reducer=reducer, semi_auto=True)
     return model, loss_net, optimizer, step_fn
 
 
@@ -245,12 +249,13 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
-    from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.runtime import adapt_to_device, apply_device_config, init_mindspore
     from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
     tc = config.train
     target = init_mindspore()
+    apply_device_config(config.device, target)
     par = setup_parallel(config)
     lead = par.rank == par.writer
     say = announce if (lead and announce is not None) else (lambda *_: None)
