@@ -1,6 +1,8 @@
 """Distributed checkpoints: synthetic rank slices merged with a strategy give back the full tensors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import mindspore as ms
@@ -102,3 +104,91 @@ def test_merge_rank_checkpoints_with_pipeline_stages_and_reshard(tmp_path):
     again = merge_rank_slices("model.layers.0.attention.wq.weight",
                               [r["model.layers.0.attention.wq.weight"] for r in ranks], new["model.layers.0.attention.wq.weight"])
     np.testing.assert_array_equal(again, full["model.layers.0.attention.wq.weight"])
+
+
+# ---------------------------------------------------------------- a pp 2 x mp 2 x ZeRO run, saved and merged
+
+def expected_layout(name: str, shape, dp: int, mp: int, zero: bool) -> ParamLayout:
+    """The layout MindSpore gives a parameter of our cells over a stage's [dp, mp] devices (sharding.py's
+    table): column/row parallel linears, SIAF rows split with the FFN, the rest replicated; ZeRO splits
+    dimension 0 further over the repeated devices (norms opt out)."""
+    leaf = name.rsplit(".", 2)[-2]
+    if leaf in ("wq", "wk", "wv", "w1", "w3"):
+        tensor_map = (0, -1)
+    elif leaf in ("wo", "w2") or ".siaf." in name:
+        tensor_map = (-1, 0)
+    else:
+        tensor_map = (-1,) * len(shape)
+    sharded = zero and not name.endswith("norm.weight")
+    return ParamLayout((dp, mp), tensor_map, 0, -1 if sharded else 0, mp if sharded else 0)
+
+
+def write_sliced_run(run, cfg, dp: int = 2, mp: int = 2, pp: int = 2, step: int = 5) -> dict[str, np.ndarray]:
+    """A run of dp x mp x pp ranks with ZeRO as the trainer leaves it: each rank's model and optimizer
+    are set to the slices it would hold (our NumPy emulation of MindSpore's layout) and saved through
+    the trainer's save path with the names it owns, beside strategy files as MindSpore writes them.
+    Must run under the `semi_auto` fixture. Returns the full tensors (weights and optimizer state)."""
+    from mindspore import Tensor
+
+    from pangu_pro.config import ParallelConfig, TrainConfig
+    from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir, write_strategy_file
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.sharding import configure_model, strategy_file_path
+    from pangu_pro.model.weights import build_model
+    from pangu_pro.train.checkpoint import checkpoint_name, save_checkpoint
+    from pangu_pro.train.optim import build_optimizer
+
+    world, group = dp * mp * pp, dp * mp
+    par = ParallelConfig(data_parallel=dp, model_parallel=mp, pipeline_stage=pp, micro_batch_num=pp,
+                         optimizer_shard=True, optimizer_shard_threshold_kb=0)
+    model = build_model(cfg, seed=0)
+    configure_model(PanGuPiWithLoss(model), par)
+    optimizer = build_optimizer(model.trainable_params(), TrainConfig())
+    params = {p.name: p for p in [*model.trainable_params(), *optimizer.state_parameters()]}
+    full = {name: RNG.standard_normal(p.shape).astype(np.float32) for name, p in params.items()}
+    full["adam_step"] = np.array([step], np.int32)
+    layouts = {name: expected_layout(name.split(".", 1)[1] if name.startswith(("adam_m.", "adam_v.")) else name,
+                                     value.shape, dp, mp, zero=True)
+               for name, value in full.items() if name != "adam_step"}  # the update count: no layout
+    for rank in range(world):
+        owned = owned_parameters(model, pp, world, rank)
+        moments = {n for n in full if n.startswith(("adam_m.", "adam_v.")) and n.split(".", 1)[1] in owned}
+        write_strategy_file({n: l for n, l in layouts.items() if n in owned | moments},
+                            strategy_file_path(str(run), rank), rank // group)
+        for name, param in params.items():
+            local = slice_for_rank(full[name], layouts[name], rank % group) if name in layouts else full[name]
+            param.set_data(Tensor(np.ascontiguousarray(local)), True)
+        save_checkpoint(rank_checkpoint_dir(run, rank) / checkpoint_name(step), model, optimizer,
+                        {"step": step, "rank": rank, "layout": {"pipeline_stage": pp}}, names=owned)
+    return full
+
+
+def test_pp2_mp2_zero_rank_checkpoints_merge_to_the_full_tensors(tmp_path, semi_auto):
+    """8 ranks (2 stages of dp 2 x mp 2, ZeRO); `convert merge` (MindSpore's transform_checkpoints)
+    gives back every full tensor, and a stage's rank folder holds only that stage's parameters."""
+    from pangu_pro.config import ModelConfig
+    from pangu_pro.convert.merge import merge_run
+    from pangu_pro.io import load_tensors
+    from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=64, seq_length=16, siaf=True, siaf_terms=2, aug_shortcut=False)
+    run = tmp_path / "run"
+    full = write_sliced_run(run, cfg)
+    for rank in (0, 5):
+        held, _ = load_tensors(rank_checkpoint_dir(run, rank) / "step_00000005" / "model.safetensors")
+        stage = rank // 4
+        assert any(f"layers.{stage}." in n for n in held) and not any(f"layers.{1 - stage}." in n for n in held)
+        assert ("model.embed_tokens.weight" in held) == (stage == 0) and ("lm_head.weight" in held) == (stage == 1)
+        assert held["model.layers.%d.attention.wq.weight" % stage].shape == (32 // 4, 32)  # mp 2 x ZeRO 2
+    summary = merge_run(run, tmp_path / "merged")
+    assert summary["ranks"] == 8 and summary["step"] == 5
+    weights, _ = load_tensors(tmp_path / "merged" / "model.safetensors")
+    moments, _ = load_tensors(tmp_path / "merged" / "optimizer.safetensors")
+    assert set(weights) | set(moments) == set(full)
+    for name, value in {**weights, **moments}.items():
+        np.testing.assert_array_equal(value, full[name], err_msg=name)
+    state = json.loads((tmp_path / "merged" / "state.json").read_text())
+    assert state["step"] == 5 and "rank" not in state and state["merged_from"]["ranks"] == 8
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        merge_run(run, tmp_path / "merged")

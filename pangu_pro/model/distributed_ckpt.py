@@ -56,9 +56,40 @@ class ParamLayout:
         return tuple(int(c) for c in np.unravel_index(rank, self.dev_matrix))
 
     def block(self, rank: int) -> tuple[int, ...]:
-        """Which piece along each tensor dimension local rank `rank` holds."""
+        """Which piece along each tensor dimension local rank `rank` holds (model-parallel split)."""
         coords = self.coordinates(rank)
         return tuple(0 if m == -1 else coords[len(self.dev_matrix) - 1 - m] for m in self.tensor_map)
+
+    def optimizer_split(self, rank: int) -> tuple[int, int]:
+        """(pieces, piece) of the parallel optimizer's (ZeRO's) further split of dimension 0 within
+        the model-parallel piece; (1, 0) without it.
+
+        MindSpore (`parallel/_tensor.py`, `_construct_tensor_layout_for_opt_shard`) takes the device
+        dimensions the tensor is repeated over, innermost first, until `opt_weight_shard_size` pieces
+        are covered (-1: all of them); a dimension larger than what is left contributes its inner
+        part (its coordinate modulo what is left). The piece index is row-major over those."""
+        if self.opt_weight_shard_size == 0:
+            return 1, 0
+        sharded = {len(self.dev_matrix) - 1 - m for m in self.tensor_map if m != -1}
+        repeated = [i for i, size in enumerate(self.dev_matrix) if i not in sharded and size > 1]
+        remaining = (self.opt_weight_shard_size if self.opt_weight_shard_size > 0
+                     else int(np.prod([self.dev_matrix[i] for i in repeated])))
+        pieces, coords = remaining, self.coordinates(rank)
+        index, stride = 0, 1
+        for dim in reversed(repeated):
+            size = min(self.dev_matrix[dim], remaining)
+            if self.dev_matrix[dim] % size or remaining % size:
+                raise ValueError(f"optimizer shard size {self.opt_weight_shard_size} does not divide the repeated "
+                                 f"device dimensions of {list(self.dev_matrix)}")
+            index += (coords[dim] % size) * stride
+            stride *= size
+            remaining //= size
+            if remaining == 1:
+                break
+        if remaining != 1:
+            raise ValueError(f"optimizer shard size {self.opt_weight_shard_size} exceeds the repeated devices of "
+                             f"{list(self.dev_matrix)} (tensor map {list(self.tensor_map)})")
+        return pieces, index
 
 
 def layout_from_strategy(dp_mp_strategy: Sequence[int], dev_matrix: Sequence[int]) -> ParamLayout:
@@ -130,8 +161,29 @@ def write_strategy_json(layouts: Mapping[str, ParamLayout], path: str | Path) ->
     path.write_text(json.dumps({"parallel_layout_item": items}, indent=1), encoding="utf-8")
 
 
+def write_strategy_file(layouts: Mapping[str, ParamLayout], path: str | Path, stage: int = 0) -> None:
+    """Write layouts as MindSpore writes a rank's strategy at compile time (protobuf
+    `ParallelStrategyMap`, with the pipeline stage that `merge_pipeline_strategys` groups by).
+    For synthetic runs in tests and for the cluster check's expected strategies."""
+    from mindspore.train.node_strategy_pb2 import ParallelStrategyMap
+
+    proto = ParallelStrategyMap()
+    proto.current_stage = stage
+    marker = proto.parallel_strategy_item.add()
+    marker.node_name = f"stage_{stage}"
+    marker.parallel_strategys.stage = stage
+    for name, layout in layouts.items():
+        item = proto.parallel_layout_item.add()
+        item.param_name = name
+        item.parallel_layouts.CopyFrom(_to_proto(layout))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(proto.SerializeToString())
+
+
 def slice_for_rank(full: np.ndarray, layout: ParamLayout, rank: int) -> np.ndarray:
-    """The piece of `full` that local rank `rank` holds under `layout` (even splits)."""
+    """The piece of `full` that local rank `rank` holds under `layout` (even splits): the
+    model-parallel piece, then, under the parallel optimizer, its piece of dimension 0 of that."""
     if len(layout.tensor_map) != full.ndim:
         raise ValueError(f"layout has {len(layout.tensor_map)} dims, tensor has {full.ndim}")
     index = []
@@ -140,7 +192,14 @@ def slice_for_rank(full: np.ndarray, layout: ParamLayout, rank: int) -> np.ndarr
             raise ValueError(f"dimension of size {size} does not split evenly into {pieces}")
         step = size // pieces
         index.append(slice(piece * step, (piece + 1) * step))
-    return full[tuple(index)]
+    local = full[tuple(index)]
+    pieces, piece = layout.optimizer_split(rank)
+    if pieces > 1:
+        if local.shape[0] % pieces:
+            raise ValueError(f"dimension 0 of size {local.shape[0]} does not split evenly into {pieces} "
+                             f"optimizer shards")
+        local = np.split(local, pieces, axis=0)[piece]
+    return local
 
 
 def merge_rank_slices(name: str, slices: Sequence, layout: ParamLayout) -> np.ndarray:
@@ -154,6 +213,30 @@ def merge_rank_slices(name: str, slices: Sequence, layout: ParamLayout) -> np.nd
         params.append(Parameter(Tensor(data), name=name))
     merged = ms.merge_sliced_parameter(params, {name: _to_proto(layout)})
     return merged.asnumpy()
+
+
+def parameter_stages(model) -> dict[str, int]:
+    """Pipeline stage of each parameter of `model`, from the `pipeline_stage` of the innermost cell
+    that has one (`sharding.assign_pipeline_stages`); parameters of no staged cell are left out."""
+    stages: dict[str, int] = {}
+    for _, cell in model.cells_and_names():  # parents come before their children: the innermost wins
+        stage = getattr(cell, "_pipeline_stage", None)
+        if stage is None:
+            continue
+        for param in cell.get_parameters():
+            stages[param.name] = int(stage)
+    return stages
+
+
+def owned_parameters(model, pipeline_stages: int, world: int, rank: int) -> Optional[set[str]]:
+    """Names of the parameters rank `rank` holds and saves: those of its pipeline stage (ranks are
+    split into `pipeline_stages` consecutive groups, as MindSpore does) plus any parameter of no
+    stage. None without pipeline parallelism (every rank holds every parameter, maybe sliced)."""
+    if pipeline_stages <= 1:
+        return None
+    own = rank // (world // pipeline_stages)
+    stages = parameter_stages(model)
+    return {p.name for p in model.trainable_params() if stages.get(p.name, own) == own}
 
 
 def rank_checkpoint_dir(output_dir: str | Path, rank: int) -> Path:
