@@ -406,5 +406,6 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
             metrics.close()
     if par.world > 1 and not par.semi_auto:  # identical fingerprints: the data-parallel replicas did not diverge
         print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
-    return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "output_dir": str(out)}
+    # a rank that writes no checkpoints names none (its last_ckpt is only where it resumed from)
+    return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last, "rank": par.rank,
+            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out)}
