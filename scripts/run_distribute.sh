@@ -69,25 +69,12 @@ fi
 PYTHON="$(command -v python3 || command -v python)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# The device: an explicit PANGU_PRO_DEVICE wins; else an Ascend install or npu-smi means ascend.
-if [[ -n "${PANGU_PRO_DEVICE:-}" ]]; then
-  WHY="PANGU_PRO_DEVICE=$PANGU_PRO_DEVICE"
-elif command -v npu-smi >/dev/null 2>&1; then
-  PANGU_PRO_DEVICE=ascend; WHY="npu-smi found"
-elif [[ -n "${ASCEND_HOME_PATH:-}" || -d /usr/local/Ascend/ascend-toolkit ]]; then
-  PANGU_PRO_DEVICE=ascend; WHY="Ascend install found (${ASCEND_HOME_PATH:-/usr/local/Ascend/ascend-toolkit})"
-else
-  PANGU_PRO_DEVICE=cpu; WHY="no Ascend install or npu-smi found; set PANGU_PRO_DEVICE=ascend to override"
-fi
-PANGU_PRO_DEVICE="$(echo "$PANGU_PRO_DEVICE" | tr '[:upper:]' '[:lower:]')"
-[[ "$PANGU_PRO_DEVICE" == npu ]] && PANGU_PRO_DEVICE=ascend
-[[ "$PANGU_PRO_DEVICE" == cpu || "$PANGU_PRO_DEVICE" == ascend ]] || {
-  echo "error: PANGU_PRO_DEVICE=$PANGU_PRO_DEVICE: expected cpu or ascend" >&2; exit 2; }
-export PANGU_PRO_DEVICE
+source "$ROOT/scripts/device.sh"
+detect_device || exit 2
 
 # Pre-flight: refuse what cannot run before any worker starts (no MindSpore import: a second or two).
 if [[ "$CHECK" == 1 ]]; then
-  "$PYTHON" -m pangu_pro.launch check --workers "$WORKERS" --device "$PANGU_PRO_DEVICE" --why "$WHY" \
+  "$PYTHON" -m pangu_pro.launch check --workers "$WORKERS" --device "$PANGU_PRO_DEVICE" --why "$DEVICE_WHY" \
     --tool "$TOOL" "$CONFIG" -- "$@" || exit 2
 fi
 command -v msrun >/dev/null || { echo "error: msrun not found (install mindspore)" >&2; exit 2; }

@@ -112,8 +112,8 @@ def test_a_killed_rank_is_named_as_the_first_failure(tmp_path):
     from tests.test_train import make_rows, write_shard
     from tests.test_train_processes import write_config
 
-    shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(96, 0)))
-    config = write_config(tmp_path, shard, steps=100000, save_every=0)
+    shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(960, 0)))
+    config = write_config(tmp_path, shard, steps=1000, save_every=0)  # long enough to be killed mid-run
     logs, out = tmp_path / "logs", tmp_path / "run"
     env = {**os.environ, "GLOG_v": "3", "PANGU_PRO_DEVICE": "cpu"}
     proc = subprocess.Popen(["bash", str(SCRIPT), str(config), "--workers", "2", "--master-port", str(free_port()),
