@@ -160,3 +160,26 @@ def test_pp2_mp2_zero_rank_checkpoints_merge_to_the_full_tensors(tmp_path, semi_
     assert state["step"] == 5 and "rank" not in state and state["merged_from"]["ranks"] == 8
     with pytest.raises(FileExistsError, match="--overwrite"):
         merge_run(run, tmp_path / "merged")
+
+
+def test_resume_on_another_layout_merges_once(tmp_path, semi_auto):
+    """The trainer's resume on a new layout: rank 0 merges the old run into checkpoints/merged/step_N,
+    the other ranks wait for that folder (and give up after the time-out, naming it)."""
+    from pangu_pro.config import ModelConfig
+    from pangu_pro.io import load_tensors
+    from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
+    from pangu_pro.train.trainer import merged_for_new_layout
+
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=64, seq_length=16, siaf=False, aug_shortcut=True, aug_shortcut_ratio=8)
+    run = tmp_path / "run"
+    full = write_sliced_run(run, cfg, dp=2, mp=1, pp=2)
+    rank3 = rank_checkpoint_dir(run, 3) / "step_00000005"
+    with pytest.raises(TimeoutError, match="rank 0 did not finish merging"):
+        merged_for_new_layout(rank3, rank=3, wait_s=0.1)
+    merged = merged_for_new_layout(rank_checkpoint_dir(run, 0) / "step_00000005", rank=0)
+    assert merged == run / "checkpoints" / "merged" / "step_00000005"
+    assert merged_for_new_layout(rank3, rank=3, wait_s=0.1) == merged
+    weights, _ = load_tensors(merged / "model.safetensors")
+    assert all(np.array_equal(weights[n], full[n]) for n in weights) and len(weights) == len(
+        [n for n in full if not n.startswith("adam_")])

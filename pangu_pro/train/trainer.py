@@ -293,6 +293,10 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         last_ckpt = resolve_rank_resume(where, par.rank) if par.semi_auto else resolve_resume(where)
         state = read_state(last_ckpt)
         if par.semi_auto and "layout" in state and state["layout"] != layout_of(config, par):
+            if last_ckpt.parent.parent.parent.resolve() == out.resolve():
+                raise ConfigError("train.output_dir", f"{out} holds the run being resumed under another layout "
+                                  f"({state['layout']}); its rank folders and strategy files would mix with the "
+                                  "new layout's: choose a new train.output_dir and pass --resume " + str(out))
             say(f"{last_ckpt}: written under the layout {state['layout']}; merging it for {layout_of(config, par)}")
             last_ckpt = merged_for_new_layout(last_ckpt, par.rank)  # whole tensors: the compile slices them
             state = read_state(last_ckpt)
