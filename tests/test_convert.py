@@ -227,6 +227,18 @@ def test_data_parallel_run_takes_rank_0(tmp_path):
     assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in ranks[0].items())
 
 
+def test_data_parallel_run_directory_exports_its_newest_checkpoint(tmp_path):
+    cfg = tiny_config()
+    for step, seed in ((2, 0), (4, 1)):
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        save_file(random_weights(cfg, seed), str(folder / "model.safetensors"))
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    export_to_hf(tmp_path / "run", cfg, tmp_path / "hf", progress=False)
+    stored = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in random_weights(cfg, 1).items())
+
+
 def test_trainer_rank_step_folders_take_the_newest_common_step(tmp_path):
     cfg = tiny_config()
     run = tmp_path / "run"

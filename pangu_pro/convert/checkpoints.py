@@ -88,11 +88,16 @@ def open_distributed(run: Path, ranks: list[Path]):
 
 
 def open_checkpoint(path: str | Path):
-    """A tensor source (`keys`, `shape`, `get` -> fp32) for a weights file, checkpoint folder or distributed run."""
+    """A tensor source (`keys`, `shape`, `get` -> fp32) for a weights file, a checkpoint folder, or a
+    training run (its newest checkpoint; a distributed run merged)."""
     path = Path(path)
     if path.is_dir():
         for ranks_dir in (path, path / "checkpoints"):
             ranks = rank_dirs(ranks_dir) if ranks_dir.is_dir() else []
             if ranks:
                 return open_distributed(path, latest_common_step(ranks))
+        if not (path / WEIGHTS_NAME).is_file():  # a data-parallel run: rank 0 wrote checkpoints/step_N
+            from pangu_pro.train.checkpoint import latest_checkpoint
+
+            path = latest_checkpoint(path / "checkpoints") or path
     return SafetensorsFile(resolve_weights(path))
