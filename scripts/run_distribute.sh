@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Distributed training (or parameter inheritance) with msrun, one process per worker
-# (docs/ascend.md, "Launching").
+# Distributed training (or parameter inheritance) with msrun, one process per worker (docs/ascend.md).
 #   scripts/run_distribute.sh CONFIG [options] [-- section.key=value ... [--resume [DIR]]]
+# Before any worker starts, the config is checked (data present, data_parallel x model_parallel x
+# pipeline_stage = workers, memory plan fits the device); when a worker fails, the rank that failed
+# first is named with its exit code or signal and the last lines of its log.
 set -euo pipefail
 
 usage() {
@@ -14,13 +16,16 @@ options:
   --master-addr ADDR   address of the scheduler node (default 127.0.0.1)
   --master-port PORT   its port (default 8118)
   --node-rank R        this node's rank (multi-node; default: assigned by msrun)
-  --log-dir DIR        per-worker logs (default output/msrun_log)
+  --log-dir DIR        per-worker logs (default output/msrun_log; an earlier run's logs move to DIR/previous)
   --rank-table FILE    HCCL rank table (Ascend clusters that use one)
-  --timeout SECONDS    cluster set-up time-out (default 600)
+  --timeout SECONDS    cluster set-up time-out (default 7200, as MindFormers)
+  --bind-core          bind each worker to its own CPU cores (msrun --bind_core=True)
   --tool NAME          what each worker runs: train (default) or inherit (tools/NAME.py)
+  --skip-check         start without the pre-flight check of the config
 
 Everything after "--" goes to the tool: overrides and --resume.
-environment: PANGU_PRO_DEVICE=cpu|ascend (default cpu)
+environment: PANGU_PRO_DEVICE=cpu|ascend (default: ascend when an Ascend install or npu-smi is
+found, else cpu); PANGU_PRO_DEVICE_MEMORY_GIB (device memory for the check, default 64)
 USAGE
   exit 2
 }
@@ -31,7 +36,7 @@ CONFIG="$1"; shift
 [[ -f "$CONFIG" ]] || { echo "error: config file not found: $CONFIG" >&2; usage; }
 
 WORKERS=8; LOCAL_WORKERS=""; MASTER_ADDR=127.0.0.1; MASTER_PORT=8118; NODE_RANK=""
-LOG_DIR=output/msrun_log; RANK_TABLE=""; TIMEOUT=600; TOOL=train
+LOG_DIR=output/msrun_log; RANK_TABLE=""; TIMEOUT=7200; TOOL=train; BIND_CORE=0; CHECK=1
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "error: $1 needs a value" >&2; usage; }; }
 is_int() { [[ "$2" =~ ^[0-9]+$ ]] || { echo "error: $1 expects a number, got '$2'" >&2; usage; }; }
 while [[ $# -gt 0 ]]; do
@@ -43,7 +48,9 @@ while [[ $# -gt 0 ]]; do
     --node-rank) need "$@"; is_int "$1" "$2"; NODE_RANK="$2"; shift 2 ;;
     --log-dir) need "$@"; LOG_DIR="$2"; shift 2 ;;
     --rank-table) need "$@"; RANK_TABLE="$2"; shift 2 ;;
-    --timeout) need "$@"; TIMEOUT="$2"; shift 2 ;;
+    --timeout) need "$@"; is_int "$1" "$2"; TIMEOUT="$2"; shift 2 ;;
+    --bind-core) BIND_CORE=1; shift ;;
+    --skip-check) CHECK=0; shift ;;
     --tool) need "$@"; case "$2" in train|inherit) TOOL="$2" ;; *) echo "error: --tool is train or inherit, got '$2'" >&2; usage ;; esac; shift 2 ;;
     --) shift; break ;;
     -h|--help) usage ;;
@@ -59,13 +66,57 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -x "$ROOT/.venv/bin/msrun" ]]; then
   export PATH="$ROOT/.venv/bin:$PATH"
 fi
+PYTHON="$(command -v python3 || command -v python)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+source "$ROOT/scripts/device.sh"
+detect_device || exit 2
+
+# Pre-flight: refuse what cannot run before any worker starts (no MindSpore import: a second or two).
+if [[ "$CHECK" == 1 && -z "${PANGU_PRO_DRY_RUN:-}" ]]; then  # a dry run checks only the arguments
+  "$PYTHON" -m pangu_pro.launch check --workers "$WORKERS" --device "$PANGU_PRO_DEVICE" --why "$DEVICE_WHY" \
+    --tool "$TOOL" "$CONFIG" -- "$@" || exit 2
+fi
 command -v msrun >/dev/null || { echo "error: msrun not found (install mindspore)" >&2; exit 2; }
+
+# Fresh logs: an earlier run's worker logs would end in lines that are not this run's.
 mkdir -p "$LOG_DIR"
+LOG_DIR="$(cd "$LOG_DIR" && pwd)"
+if compgen -G "$LOG_DIR/*.log" >/dev/null || [[ -d "$LOG_DIR/.workers" ]]; then
+  rm -rf "$LOG_DIR/previous"; mkdir -p "$LOG_DIR/previous"
+  mv "$LOG_DIR"/*.log "$LOG_DIR/previous/" 2>/dev/null || true
+  rm -rf "$LOG_DIR/.workers"
+fi
+export PANGU_PRO_LOG_DIR="$LOG_DIR"
+
+# As MindFormers' launcher: many threads per worker on a big node.
+ulimit -u unlimited 2>/dev/null || echo "note: could not lift the process limit (ulimit -u is $(ulimit -u))" >&2
 
 ARGS=(--worker_num="$WORKERS" --local_worker_num="$LOCAL_WORKERS" --master_addr="$MASTER_ADDR"
       --master_port="$MASTER_PORT" --log_dir="$LOG_DIR" --join=True --cluster_time_out="$TIMEOUT")
 [[ -n "$NODE_RANK" ]] && ARGS+=(--node_rank="$NODE_RANK")
 [[ -n "$RANK_TABLE" ]] && ARGS+=(--rank_table_file="$RANK_TABLE")
+[[ "$BIND_CORE" == 1 ]] && ARGS+=(--bind_core=True)
 
-echo "msrun: $WORKERS workers ($LOCAL_WORKERS here), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR" >&2
-exec ${PANGU_PRO_DRY_RUN:+printf %s\\n} msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress
+echo "msrun: $WORKERS workers ($LOCAL_WORKERS here) on $PANGU_PRO_DEVICE, master $MASTER_ADDR:$MASTER_PORT" >&2
+if [[ -n "$NODE_RANK" ]]; then FIRST=$((NODE_RANK * LOCAL_WORKERS)); else FIRST=0; fi
+if [[ "$LOCAL_WORKERS" == "$WORKERS" || -n "$NODE_RANK" ]]; then
+  for ((r = FIRST; r < FIRST + LOCAL_WORKERS; r++)); do echo "  rank $r log: $LOG_DIR/worker_$r.log" >&2; done
+else
+  echo "  worker logs: $LOG_DIR/worker_<rank>.log (ranks assigned by msrun)" >&2
+fi
+echo "  scheduler log: $LOG_DIR/scheduler.log; msrun's own output: $LOG_DIR/msrun.log" >&2
+
+if [[ -n "${PANGU_PRO_DRY_RUN:-}" ]]; then  # tests/docs_examples.py: print the command, one argument a line
+  printf '%s\n' msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress
+  exit 0
+fi
+set +e
+msrun "${ARGS[@]}" "$ROOT/tools/$TOOL.py" "$CONFIG" "$@" --no-progress 2>&1 | tee "$LOG_DIR/msrun.log"
+STATUS=${PIPESTATUS[0]}
+set -e
+if [[ "$STATUS" != 0 ]]; then
+  echo "error: the distributed job failed (msrun exit status $STATUS)" >&2
+  "$PYTHON" -m pangu_pro.launch failure "$LOG_DIR" >&2 || true
+  exit "$STATUS"
+fi

@@ -36,4 +36,5 @@ for i in range(3):
     print(f"rank {rank} step {i} loss {float(step(ids).asnumpy()):.4f}", flush=True)
 target = rank_checkpoint_dir(out, rank)
 target.mkdir(parents=True, exist_ok=True)
-ms.save_checkpoint(network, str(target / "step_3.safetensors"), format="safetensors")
+# the slices as held (integrated_save=False): the strategy file says how they fit together
+ms.save_checkpoint(network, str(target / "step_3.safetensors"), integrated_save=False, format="safetensors")

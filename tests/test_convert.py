@@ -227,6 +227,18 @@ def test_data_parallel_run_takes_rank_0(tmp_path):
     assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in ranks[0].items())
 
 
+def test_data_parallel_run_directory_exports_its_newest_checkpoint(tmp_path):
+    cfg = tiny_config()
+    for step, seed in ((2, 0), (4, 1)):
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        folder.mkdir(parents=True)
+        save_file(random_weights(cfg, seed), str(folder / "model.safetensors"))
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    export_to_hf(tmp_path / "run", cfg, tmp_path / "hf", progress=False)
+    stored = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in random_weights(cfg, 1).items())
+
+
 def test_trainer_rank_step_folders_take_the_newest_common_step(tmp_path):
     cfg = tiny_config()
     run = tmp_path / "run"
@@ -243,20 +255,10 @@ def test_trainer_rank_step_folders_take_the_newest_common_step(tmp_path):
 
 
 def write_strategy(path, layouts):
-    from mindspore.train import node_strategy_pb2
+    from pangu_pro.model.distributed_ckpt import ParamLayout, write_strategy_file
 
-    strategy = node_strategy_pb2.ParallelStrategyMap()
-    strategy.current_stage = 1
-    for name, (devices, tensor_map) in layouts.items():
-        item = strategy.parallel_layout_item.add()
-        item.param_name = name
-        layout = item.parallel_layouts
-        layout.dev_matrix.add().dim.extend(devices)
-        layout.tensor_map.add().dim.extend(tensor_map)
-        layout.param_split_shape.add()
-        layout.indices_offset.add()
-        layout.field, layout.opt_weight_shard_step, layout.opt_weight_shard_size = 0, 0, 0
-    path.write_bytes(strategy.SerializeToString())
+    write_strategy_file({name: ParamLayout(tuple(devices), tuple(tensor_map)) for name, (devices, tensor_map)
+                         in layouts.items()}, path)
 
 
 def test_sliced_run_is_merged(tmp_path):
@@ -285,6 +287,27 @@ def test_sliced_run_is_merged(tmp_path):
                        {n: ((2,), (-1,) * len(s)) for n, s in expected_shapes(cfg).items()})
     with pytest.raises(ValueError, match=f"tensor {column} has shape \\(32, 64\\)"):
         export_to_hf(run / "checkpoints", cfg, tmp_path / "hf2", progress=False)
+
+
+def test_run_directory_exports_like_its_merged_checkpoint(tmp_path, semi_auto):
+    """`to-hf` straight from a pp 2 x mp 2 x ZeRO run directory (merged on the fly) gives the same files
+    and logits as `convert merge` then `to-hf` of the merged checkpoint, and those of the full tensors."""
+    from pangu_pro.convert.merge import merge_run
+    from tests.test_parallel_ckpt import write_sliced_run
+
+    cfg = tiny_config(siaf=True, aug_shortcut=False)
+    full = write_sliced_run(tmp_path / "run", cfg)
+    assert main(["convert", "merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
+    export_to_hf(tmp_path / "run", cfg, tmp_path / "hf_run", progress=False)
+    export_to_hf(tmp_path / "merged", cfg, tmp_path / "hf_merged", progress=False)
+    from_run, from_merged = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("hf_run", "hf_merged"))
+    assert sorted(from_run) == sorted(from_merged)
+    assert all(np.array_equal(from_run[n], from_merged[n]) for n in from_run)
+    assert all(np.array_equal(from_run[to_hf_name(n)], full[n]) for n in expected_shapes(cfg))
+    ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 12))
+    np.testing.assert_array_equal(hf_logits(tmp_path / "hf_run", ids, trust=True)[1],
+                                  hf_logits(tmp_path / "hf_merged", ids, trust=True)[1])
+    assert not list(tmp_path.glob("pangu-pro-merge-*"))
 
 
 # ---------------------------------------------------------------- errors

@@ -1,38 +1,77 @@
-"""Tensor + pipeline + sequence parallel on real NPUs (skipped elsewhere).
+"""Parallel training on real NPUs (skipped elsewhere), and the cluster check's plumbing on the CPU.
 
 Run on one 8-NPU Ascend node, from the repository root:
 
     PANGU_PRO_DEVICE=ascend python -m pytest -m ascend tests/test_parallel_ascend.py
 
-It launches tests/parallel_ascend_worker.py with msrun on 8 workers (logs in the test's tmp dir,
-`worker_*.log`), then merges the per-rank checkpoints with the strategy files on the host.
+`test_ascend_check_passes` runs scripts/ascend_check.sh (every layout against one device, then save,
+merge, export, logits). `test_dp2_mp2_pp2_trains_and_checkpoints_merge` launches
+tests/parallel_ascend_worker.py with msrun on 8 workers (logs in the test's tmp dir, `worker_*.log`)
+and merges its per-rank checkpoints with the strategy files on the host (`convert.merge`).
 """
 from __future__ import annotations
 
-import glob
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("parallel_ascend_worker.py")
+ASCEND_LAYOUTS = ("dp8", "dp2_mp4", "dp2_pp2_mp2", "zero", "sequence_parallel", "accumulation", "interleave")
+
+
+def run_check(out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "ascend_check.sh"), "--out", str(out), *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=3600)
+
+
+@pytest.mark.ascend
+@pytest.mark.distributed
+def test_ascend_check_passes(tmp_path):
+    done = run_check(tmp_path / "check")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    for name in ASCEND_LAYOUTS:
+        assert re.search(rf"^PASS {name} ", done.stdout, re.M), f"{name}: {done.stdout[-4000:]}"
+    assert "PASS hf logits" in done.stdout
+
+
+def test_ascend_check_refuses_without_an_npu(tmp_path):
+    if Path("/usr/local/Ascend/ascend-toolkit").exists() or os.environ.get("PANGU_PRO_DEVICE", "cpu") != "cpu":
+        pytest.skip("an Ascend install is present")
+    done = run_check(tmp_path / "check")
+    assert done.returncode == 2 and "error: no NPU" in done.stderr and "--cpu" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ascend_check_plumbing_on_the_cpu(tmp_path):
+    """--cpu: one device, dp 2 and dp 2 with accumulation through the real launcher; then merge, export
+    and logits. All PASS: data parallel on the CPU is exact up to reduction order."""
+    done = run_check(tmp_path / "check", "--cpu")
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert [line.split()[:2] for line in lines] == [["PASS", "dp2"], ["PASS", "dp2_accumulation"],
+                                                   ["PASS", "hf"]], done.stdout
+    assert done.stdout.rstrip().endswith("ascend_check: all PASS")
 
 
 @pytest.mark.ascend
 @pytest.mark.distributed
 def test_dp2_mp2_pp2_trains_and_checkpoints_merge(tmp_path):
-    from pangu_pro.model.distributed_ckpt import merge_rank_checkpoints, merge_strategies
+    from pangu_pro.convert.merge import merge_run
+    from pangu_pro.io import load_tensors
 
     cmd = ["msrun", "--worker_num=8", "--local_worker_num=8", "--master_port=8129", f"--log_dir={tmp_path}",
            "--join=True", str(WORKER), str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(WORKER.parents[1])}
     result = subprocess.run(cmd, env=env, timeout=1800)
     assert result.returncode == 0, f"msrun failed; see {tmp_path}/worker_*.log"
-    strategy = merge_strategies(sorted(glob.glob(str(tmp_path / "strategy" / "*.ckpt"))))
-    files = [tmp_path / "checkpoints" / f"rank_{r}" / "step_3.safetensors" for r in range(8)]
-    merged = merge_rank_checkpoints(files, strategy)
+    merge_run(tmp_path, tmp_path / "merged")
+    merged, _ = load_tensors(tmp_path / "merged" / "model.safetensors")
     assert merged["model.layers.0.attention.wq.weight"].shape == (128, 128)
     assert merged["lm_head.weight"].shape == (512, 128)
     assert all(np.isfinite(v).all() for v in merged.values())

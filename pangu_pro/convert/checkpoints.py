@@ -4,17 +4,15 @@ A distributed run is a folder of `rank_0/`, `rank_1/`, ... (each holding a safet
 or, as the trainer writes them, `step_N/model.safetensors` folders: the newest step every rank holds
 is read), or a training output folder with them under `checkpoints/`, plus, when tensors were sliced (tensor or
 pipeline parallel), strategy files (`strategy/*.ckpt`, as training writes them). Without a strategy
-file, or when the strategies slice nothing (pure data parallel), every rank holds the whole model and
-rank 0 is read. Every file read is first checked against its digest (`pangu_pro.digests`). Sliced parameters are merged one at a time with the training stage's
-`pangu_pro.model.distributed_ckpt` (MindSpore's `merge_sliced_parameter`), so only one parameter's
-slices are in memory.
+file (pure data parallel) every rank holds the whole model and rank 0 is read; with one, the run is
+merged first into a temporary checkpoint (`pangu_pro.convert.merge`, MindSpore's
+`transform_checkpoints`). Every file read is first checked against its digest (`pangu_pro.digests`).
 """
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
-
-import numpy as np
 
 from pangu_pro.convert.safetensors_stream import SafetensorsFile
 from pangu_pro.model.weights import WEIGHTS_NAME, resolve_weights
@@ -75,72 +73,40 @@ def open_verified(path: Path) -> SafetensorsFile:
     return SafetensorsFile(path)
 
 
-class MergedCheckpoint:
-    """Tensors of a sliced distributed run, merged one parameter at a time.
-
-    A parameter whose layout splits it is put together from the ranks that hold it (with pipeline
-    parallel, the ranks of its stage) by `distributed_ckpt.merge_rank_slices`; any other is read
-    from the first rank holding it. Only one parameter's slices are in memory at a time.
-    """
-
-    def __init__(self, ranks: list[SafetensorsFile], layouts: dict, description: str):
-        self.ranks = ranks
-        self.path = description
-        self.holders: dict[str, list[SafetensorsFile]] = {}
-        for handle in ranks:
-            for name in handle.keys():
-                self.holders.setdefault(name, []).append(handle)
-        self.layouts = {name: layout for name, layout in layouts.items()
-                        if name in self.holders and any(s > 1 for s in layout.splits)}
-        for name, layout in self.layouts.items():
-            if len(self.holders[name]) != layout.device_count:
-                raise ValueError(f"{description}: sliced parameter {name} is held by {len(self.holders[name])} "
-                                 f"ranks, its layout spans {layout.device_count} devices")
-
-    def keys(self) -> list[str]:
-        return list(self.holders)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        shape = self.holders[name][0].shape(name)
-        if name not in self.layouts:
-            return shape
-        return tuple(size * pieces for size, pieces in zip(shape, self.layouts[name].splits))
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self.layouts:
-            return self.holders[name][0].get(name)
-        from pangu_pro.model.distributed_ckpt import merge_rank_slices
-
-        merged = merge_rank_slices(name, [handle.get(name) for handle in self.holders[name]], self.layouts[name])
-        if tuple(merged.shape) != self.shape(name):
-            raise ValueError(f"{self.path}: merging {name} gave shape {merged.shape}, expected {self.shape(name)}")
-        return merged.astype(np.float32)
-
-
 def open_distributed(run: Path, ranks: list[Path]):
-    """Rank 0 for a data-parallel run (no strategy file, or one that slices nothing); else a merge."""
+    """Rank 0 for a data-parallel run (no strategy file: every rank holds the whole model); else the
+    run merged into a temporary checkpoint by `convert.merge.merge_run` (MindSpore's
+    `transform_checkpoints`), deleted when the returned handle is."""
     strategies = strategy_files(run, ranks[0].parent)
-    first = open_verified(rank_weights(ranks[0]))
-    if not strategies:  # data parallel: no strategy file is written, every rank holds the whole model
-        return first
-    from pangu_pro.model.distributed_ckpt import merge_strategies
+    if not strategies:
+        return open_verified(rank_weights(ranks[0]))
+    import tempfile
+    import weakref
 
+    from pangu_pro.convert.merge import merge_run
+
+    tmp = Path(tempfile.mkdtemp(prefix="pangu-pro-merge-"))
     try:
-        layouts = merge_strategies(strategies)
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{run}: cannot read the strategy files {[str(p) for p in strategies]}: {err}") from None
-    if not any(s > 1 for layout in layouts.values() for s in layout.splits):
-        return first
-    handles = [first] + [open_verified(rank_weights(r)) for r in ranks[1:]]
-    return MergedCheckpoint(handles, layouts, f"{run} (merged from {len(ranks)} ranks)")
+        merge_run(run, tmp / "merged", rank_folders=ranks)
+        handle = SafetensorsFile(tmp / "merged" / WEIGHTS_NAME)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(handle, shutil.rmtree, tmp, True)
+    return handle
 
 
 def open_checkpoint(path: str | Path):
-    """A tensor source (`keys`, `shape`, `get` -> fp32) for a weights file, checkpoint folder or distributed run."""
+    """A tensor source (`keys`, `shape`, `get` -> fp32) for a weights file, a checkpoint folder, or a
+    training run (its newest checkpoint; a distributed run merged)."""
     path = Path(path)
     if path.is_dir():
         for ranks_dir in (path, path / "checkpoints"):
             ranks = rank_dirs(ranks_dir) if ranks_dir.is_dir() else []
             if ranks:
                 return open_distributed(path, latest_common_step(ranks))
+        if not (path / WEIGHTS_NAME).is_file():  # a data-parallel run: rank 0 wrote checkpoints/step_N
+            from pangu_pro.train.checkpoint import latest_checkpoint
+
+            path = latest_checkpoint(path / "checkpoints") or path
     return open_verified(resolve_weights(path))

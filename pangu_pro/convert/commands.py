@@ -1,4 +1,4 @@
-"""CLI commands of the convert stage: `convert to-hf` and `convert from-hf`."""
+"""CLI commands of the convert stage: `convert to-hf`, `convert from-hf` and `convert merge`."""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +25,15 @@ def _from_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from pangu_pro.convert.merge import merge_run
+
+    print(json.dumps(merge_run(args.run, args.out, step=args.step, overwrite=args.overwrite), indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
-    """Add `convert to-hf` and `convert from-hf` (modules load on use, so `--help` stays fast)."""
+    """Add `convert to-hf`, `from-hf` and `merge` (modules load on use, so `--help` stays fast)."""
     convert = subparsers.add_parser("convert", help="convert checkpoints to and from Hugging Face format",
                                     description="Convert checkpoints to and from Hugging Face format.")
     kinds = convert.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
@@ -58,3 +65,15 @@ def register(subparsers) -> None:
     from_hf.add_argument("--out", required=True, metavar="C", help="output checkpoint folder")
     from_hf.add_argument("--quiet", action="store_true", help="no progress bar")
     from_hf.set_defaults(func=_from_hf)
+
+    merge = kinds.add_parser(
+        "merge", help="distributed run -> one whole checkpoint",
+        description="Put the per-rank checkpoints of a distributed run (data, tensor or pipeline parallel, "
+                    "ZeRO, any mix) together into one checkpoint folder (model.safetensors, "
+                    "optimizer.safetensors, state.json) with MindSpore's strategy-based "
+                    "transform_checkpoints. The result resumes on any layout and exports with to-hf.")
+    merge.add_argument("run", metavar="RUN_DIR", help="training output folder (or its checkpoints/ folder)")
+    merge.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder (empty or absent)")
+    merge.add_argument("--step", type=int, metavar="N", help="which step (default: the newest every rank finished)")
+    merge.add_argument("--overwrite", action="store_true", help="replace DIR")
+    merge.set_defaults(func=_merge)

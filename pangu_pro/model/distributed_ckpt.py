@@ -1,35 +1,33 @@
-"""Distributed checkpoints: read strategy files, merge rank slices, reshard for another layout.
+"""Distributed checkpoints: what each rank holds and saves, and the strategy files that describe it.
 
-Under semi-auto parallel each rank saves its own slice of every parameter (`ModelCheckpoint` in
-`rank_checkpoint_dir(output_dir, rank)`) and, with `strategy_ckpt_config` set by
-`sharding.set_parallel_context`, a strategy file describing how each parameter was split:
+Under semi-auto parallel each rank saves only what it owns (`owned_parameters`: its pipeline stage's
+parameters) as the slices it holds, in `rank_checkpoint_dir(output_dir, rank)`, and MindSpore writes
+(`strategy_ckpt_config`, set by `sharding.set_parallel_context`) a strategy file describing how each
+parameter was split:
 
     layout of a parameter = device matrix (e.g. [dp, mp]) + tensor map (per tensor dim, the device
-    matrix dim it is split over, counted from the right; -1 = not split)
+    matrix dim it is split over, counted from the right; -1 = not split) + the parallel optimizer's
+    (ZeRO's) further split of dimension 0 (opt_weight_shard_size / _step)
 
 e.g. a column-parallel weight [out, in] under ((dp, 1), (mp, 1)) has device matrix [dp, mp] and
-tensor map [0, -1]: rows split over mp (the rightmost device dimension), repeated over dp. A rank's
-coordinates in the device matrix are its index in row-major order (the last dimension varies
-fastest). With pipeline parallel every stage writes its own strategy file; its device matrix
-covers the ranks of that stage, which are consecutive (`merge_strategies` joins the files).
+tensor map [0, -1]: rows split over mp (the rightmost device dimension), repeated over dp; under ZeRO
+each mp piece is split again over dp. A rank's coordinates in the device matrix are its index in
+row-major order (the last dimension varies fastest). With pipeline parallel every stage writes its
+own strategy file; its device matrix covers the ranks of that stage, which are consecutive.
 
-`merge_rank_slices` puts one parameter together (MindSpore's `merge_sliced_parameter`);
-`merge_rank_checkpoints` a whole model (for HF export or a resume on another layout);
-`slice_for_rank`/`reshard_state` cut a full state for a rank of a new layout. On a cluster,
-`mindspore.transform_checkpoints` does the same file to file, and also undoes the parallel
-optimizer's extra split of checkpoints saved with `integrated_save=False`; the functions here expect
-the default `integrated_save=True`, whose files hold only the model-parallel split.
+Merging (whole tensors for export, or a resume on another layout) is MindSpore's
+`transform_checkpoints`, driven by `pangu_pro.convert.merge`. `slice_for_rank` is our NumPy statement
+of the same layout rules (tests build synthetic rank files with it, and MindSpore's merge must give
+the full tensors back); `write_strategy_file` writes strategy files as MindSpore does.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,40 @@ class ParamLayout:
         return tuple(int(c) for c in np.unravel_index(rank, self.dev_matrix))
 
     def block(self, rank: int) -> tuple[int, ...]:
-        """Which piece along each tensor dimension local rank `rank` holds."""
+        """Which piece along each tensor dimension local rank `rank` holds (model-parallel split)."""
         coords = self.coordinates(rank)
         return tuple(0 if m == -1 else coords[len(self.dev_matrix) - 1 - m] for m in self.tensor_map)
+
+    def optimizer_split(self, rank: int) -> tuple[int, int]:
+        """(pieces, piece) of the parallel optimizer's (ZeRO's) further split of dimension 0 within
+        the model-parallel piece; (1, 0) without it.
+
+        MindSpore (`parallel/_tensor.py`, `_construct_tensor_layout_for_opt_shard`) takes the device
+        dimensions the tensor is repeated over, innermost first, until `opt_weight_shard_size` pieces
+        are covered (-1: all of them); a dimension larger than what is left contributes its inner
+        part (its coordinate modulo what is left). The piece index is row-major over those."""
+        if self.opt_weight_shard_size == 0:
+            return 1, 0
+        sharded = {len(self.dev_matrix) - 1 - m for m in self.tensor_map if m != -1}
+        repeated = [i for i, size in enumerate(self.dev_matrix) if i not in sharded and size > 1]
+        remaining = (self.opt_weight_shard_size if self.opt_weight_shard_size > 0
+                     else int(np.prod([self.dev_matrix[i] for i in repeated])))
+        pieces, coords = remaining, self.coordinates(rank)
+        index, stride = 0, 1
+        for dim in reversed(repeated):
+            size = min(self.dev_matrix[dim], remaining)
+            if self.dev_matrix[dim] % size or remaining % size:
+                raise ValueError(f"optimizer shard size {self.opt_weight_shard_size} does not divide the repeated "
+                                 f"device dimensions of {list(self.dev_matrix)}")
+            index += (coords[dim] % size) * stride
+            stride *= size
+            remaining //= size
+            if remaining == 1:
+                break
+        if remaining != 1:
+            raise ValueError(f"optimizer shard size {self.opt_weight_shard_size} exceeds the repeated devices of "
+                             f"{list(self.dev_matrix)} (tensor map {list(self.tensor_map)})")
+        return pieces, index
 
 
 def layout_from_strategy(dp_mp_strategy: Sequence[int], dev_matrix: Sequence[int]) -> ParamLayout:
@@ -108,30 +137,29 @@ def read_strategy(path: str | Path) -> dict[str, ParamLayout]:
     return {name: _from_proto(layout) for name, layout in ms.build_searched_strategy(str(path)).items()}
 
 
-def merge_strategies(paths: Iterable[str | Path]) -> dict[str, ParamLayout]:
-    """Join the strategy files of several pipeline stages (each names only its own parameters)."""
-    merged: dict[str, ParamLayout] = {}
-    for path in paths:
-        for name, layout in read_strategy(path).items():
-            if name in merged and merged[name] != layout:
-                raise ValueError(f"{name}: different layouts in two strategy files ({path})")
-            merged[name] = layout
-    return merged
+def write_strategy_file(layouts: Mapping[str, ParamLayout], path: str | Path, stage: int = 0) -> None:
+    """Write layouts as MindSpore writes a rank's strategy at compile time (protobuf
+    `ParallelStrategyMap`, with the pipeline stage that `merge_pipeline_strategys` groups by).
+    For synthetic runs in tests and for the cluster check's expected strategies."""
+    from mindspore.train.node_strategy_pb2 import ParallelStrategyMap
 
-
-def write_strategy_json(layouts: Mapping[str, ParamLayout], path: str | Path) -> None:
-    """Write layouts in MindSpore's JSON strategy format (readable by `ms.build_searched_strategy`)."""
-    items = {name: {"dev_matrix": list(l.dev_matrix), "tensor_map": list(l.tensor_map), "field": l.field,
-                    "opt_weight_shard_size": l.opt_weight_shard_size,
-                    "opt_weight_shard_step": l.opt_weight_shard_step}
-             for name, l in layouts.items()}
+    proto = ParallelStrategyMap()
+    proto.current_stage = stage
+    marker = proto.parallel_strategy_item.add()
+    marker.node_name = f"stage_{stage}"
+    marker.parallel_strategys.stage = stage
+    for name, layout in layouts.items():
+        item = proto.parallel_layout_item.add()
+        item.param_name = name
+        item.parallel_layouts.CopyFrom(_to_proto(layout))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"parallel_layout_item": items}, indent=1), encoding="utf-8")
+    path.write_bytes(proto.SerializeToString())
 
 
 def slice_for_rank(full: np.ndarray, layout: ParamLayout, rank: int) -> np.ndarray:
-    """The piece of `full` that local rank `rank` holds under `layout` (even splits)."""
+    """The piece of `full` that local rank `rank` holds under `layout` (even splits): the
+    model-parallel piece, then, under the parallel optimizer, its piece of dimension 0 of that."""
     if len(layout.tensor_map) != full.ndim:
         raise ValueError(f"layout has {len(layout.tensor_map)} dims, tensor has {full.ndim}")
     index = []
@@ -140,77 +168,40 @@ def slice_for_rank(full: np.ndarray, layout: ParamLayout, rank: int) -> np.ndarr
             raise ValueError(f"dimension of size {size} does not split evenly into {pieces}")
         step = size // pieces
         index.append(slice(piece * step, (piece + 1) * step))
-    return full[tuple(index)]
+    local = full[tuple(index)]
+    pieces, piece = layout.optimizer_split(rank)
+    if pieces > 1:
+        if local.shape[0] % pieces:
+            raise ValueError(f"dimension 0 of size {local.shape[0]} does not split evenly into {pieces} "
+                             f"optimizer shards")
+        local = np.split(local, pieces, axis=0)[piece]
+    return local
 
 
-def merge_rank_slices(name: str, slices: Sequence, layout: ParamLayout) -> np.ndarray:
-    """The full tensor of parameter `name` from its slices, one per rank of its group in rank order
-    (numpy arrays, Tensors or Parameters), via `mindspore.merge_sliced_parameter`."""
-    if len(slices) != layout.device_count:
-        raise ValueError(f"{name}: {len(slices)} slices for a layout over {layout.device_count} devices")
-    params = []
-    for piece in slices:
-        data = piece.asnumpy() if isinstance(piece, (Tensor, Parameter)) else np.asarray(piece)
-        params.append(Parameter(Tensor(data), name=name))
-    merged = ms.merge_sliced_parameter(params, {name: _to_proto(layout)})
-    return merged.asnumpy()
+def parameter_stages(model) -> dict[str, int]:
+    """Pipeline stage of each parameter of `model`, from the `pipeline_stage` of the innermost cell
+    that has one (`sharding.assign_pipeline_stages`); parameters of no staged cell are left out."""
+    stages: dict[str, int] = {}
+    for _, cell in model.cells_and_names():  # parents come before their children: the innermost wins
+        stage = getattr(cell, "_pipeline_stage", None)
+        if stage is None:
+            continue
+        for param in cell.get_parameters():
+            stages[param.name] = int(stage)
+    return stages
+
+
+def owned_parameters(model, pipeline_stages: int, world: int, rank: int) -> Optional[set[str]]:
+    """Names of the parameters rank `rank` holds and saves: those of its pipeline stage (ranks are
+    split into `pipeline_stages` consecutive groups, as MindSpore does) plus any parameter of no
+    stage. None without pipeline parallelism (every rank holds every parameter, maybe sliced)."""
+    if pipeline_stages <= 1:
+        return None
+    own = rank // (world // pipeline_stages)
+    stages = parameter_stages(model)
+    return {p.name for p in model.trainable_params() if stages.get(p.name, own) == own}
 
 
 def rank_checkpoint_dir(output_dir: str | Path, rank: int) -> Path:
     """Where rank `rank` writes its checkpoints: <output_dir>/checkpoints/rank_<rank>."""
     return Path(output_dir) / "checkpoints" / f"rank_{rank}"
-
-
-def _load(path: str | Path) -> dict[str, np.ndarray]:
-    path = str(path)
-    fmt = "safetensors" if path.endswith(".safetensors") else "ckpt"
-    return {name: p.asnumpy() for name, p in ms.load_checkpoint(path, format=fmt).items()}
-
-
-def merge_rank_checkpoints(rank_files: Sequence[str | Path], strategy: Mapping[str, ParamLayout] | str | Path,
-                           out_file: Optional[str | Path] = None,
-                           names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-    """Full tensors from per-rank checkpoint files (index = global rank).
-
-    A parameter in the strategy is merged from the ranks that hold it (with pipeline parallel, the
-    consecutive ranks of its stage); one absent from the strategy is replicated and read from the
-    first rank holding it. `names` limits the output (e.g. model weights without optimizer state).
-    Writes `out_file` (.safetensors or .ckpt) when given.
-    """
-    if not isinstance(strategy, Mapping):
-        strategy = read_strategy(strategy)
-    states = [_load(f) for f in rank_files]
-    wanted = set(names) if names is not None else None
-    merged: dict[str, np.ndarray] = {}
-    order = [n for state in states for n in state]
-    for name in dict.fromkeys(order):
-        if wanted is not None and name not in wanted:
-            continue
-        holders = [state[name] for state in states if name in state]
-        layout = strategy.get(name)
-        merged[name] = holders[0] if layout is None else merge_rank_slices(name, holders, layout)
-    if out_file is not None:
-        save_state(merged, out_file)
-    return merged
-
-
-def reshard_state(full: Mapping[str, np.ndarray], strategy: Mapping[str, ParamLayout], rank: int,
-                  names: Optional[Iterable[str]] = None) -> dict[str, np.ndarray]:
-    """One rank's checkpoint under a new layout: each parameter of `strategy` sliced for `rank`
-    (the rank's index within its stage's group), the others copied whole. `names` restricts the
-    output to the parameters of the rank's pipeline stage."""
-    keep = set(names) if names is not None else set(full)
-    out = {}
-    for name, value in full.items():
-        if name in keep:
-            out[name] = slice_for_rank(value, strategy[name], rank) if name in strategy else value
-    return out
-
-
-def save_state(state: Mapping[str, np.ndarray], path: str | Path) -> None:
-    """Write a name -> array mapping as a MindSpore checkpoint (.safetensors or .ckpt by suffix)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
-    params = [{"name": name, "data": Tensor(np.ascontiguousarray(value))} for name, value in state.items()]
-    ms.save_checkpoint(params, str(path), format=fmt)

@@ -11,10 +11,12 @@ step, so a killed job leaves either a complete checkpoint or a temporary folder 
 deletes (`clean_partial`); it never leaves a half `step_N` folder. Old checkpoints are renamed to
 ``.trash-...`` before being deleted, for the same reason.
 
-Under semi-auto parallel (tensor/pipeline parallel, ZeRO) every rank writes the same folders with its
-own slices under ``OUTPUT_DIR/checkpoints/rank_<r>/`` (`distributed_ckpt.rank_checkpoint_dir`);
-MindSpore writes ``OUTPUT_DIR/strategy/strategy_rank_<r>.ckpt`` at compile time. Their state.json
-adds ``rank``, ``layout`` and ``strategy``; `resolve_rank_resume` finds this rank's folder.
+Under semi-auto parallel (tensor/pipeline parallel, ZeRO) every rank writes the same folders under
+``OUTPUT_DIR/checkpoints/rank_<r>/`` (`distributed_ckpt.rank_checkpoint_dir`) holding only what it
+owns: its pipeline stage's parameters and their moments, each as the slice the rank holds (tensor
+parallel and ZeRO split). MindSpore writes ``OUTPUT_DIR/strategy/strategy_rank_<r>.ckpt`` at compile
+time. Their state.json adds ``rank``, ``layout`` and ``strategy``; `resolve_rank_resume` finds this
+rank's folder; `pangu_pro.convert.merge` turns the rank folders into one whole checkpoint.
 """
 from __future__ import annotations
 
@@ -45,8 +47,11 @@ def optimizer_state(optimizer) -> dict[str, np.ndarray]:
     return {p.name: p.asnumpy() for p in optimizer.state_parameters()}
 
 
-def load_optimizer_state(optimizer, tensors: dict[str, np.ndarray], source: str) -> None:
-    params = {p.name: p for p in optimizer.state_parameters()}
+def load_optimizer_state(optimizer, tensors: dict[str, np.ndarray], source: str,
+                         names: Optional[set[str]] = None) -> None:
+    """`names`: the model parameters the file covers (a pipeline stage's); None: all."""
+    params = {p.name: p for p in optimizer.state_parameters()
+              if names is None or _moment_of(p.name) is None or _moment_of(p.name) in names}
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))
     if missing or unexpected:
@@ -58,22 +63,46 @@ def load_optimizer_state(optimizer, tensors: dict[str, np.ndarray], source: str)
         param.set_data(Tensor(value.astype(param.asnumpy().dtype)))
 
 
-def save_checkpoint(directory: str | Path, model, optimizer, state: dict) -> Path:
-    """Write model, optimizer and `state` (JSON-ready) as the folder `directory`, atomically."""
+def save_checkpoint(directory: str | Path, model, optimizer, state: dict,
+                    names: Optional[set[str]] = None) -> Path:
+    """Write model, optimizer and `state` (JSON-ready) as the folder `directory`, atomically.
+
+    `names`: the parameters this rank owns (its pipeline stage's, `distributed_ckpt.owned_parameters`);
+    only they and their optimizer moments are written. None: all of them."""
+    weights = model_state(model)
+    moments = optimizer_state(optimizer) if optimizer is not None else None
+    if names is not None:
+        weights = {name: value for name, value in weights.items() if name in names}
+        if moments is not None:
+            moments = {name: value for name, value in moments.items() if _moment_of(name) in names | {None}}
+    return write_checkpoint(directory, weights, moments, state)
+
+
+def write_checkpoint(directory: str | Path, weights: dict[str, np.ndarray],
+                     moments: Optional[dict[str, np.ndarray]], state: dict) -> Path:
+    """The one writer of checkpoint folders (training saves, `convert merge`): files into a temporary
+    folder, then one rename."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_tensors(tmp / WEIGHTS_NAME, model_state(model), {"format": "pangu-pro", "step": str(state.get("step", ""))})
-    if optimizer is not None:
-        save_tensors(tmp / OPTIMIZER_NAME, optimizer_state(optimizer))
+    save_tensors(tmp / WEIGHTS_NAME, weights, {"format": "pangu-pro", "step": str(state.get("step", ""))})
+    if moments is not None:
+        save_tensors(tmp / OPTIMIZER_NAME, moments)
     atomic_write_json(tmp / STATE_NAME, state, digest=True)
     if directory.exists():  # re-saving the same step: move the old one out of the way first
         _discard(directory)
     os.rename(tmp, directory)
     return directory
+
+
+def _moment_of(name: str) -> Optional[str]:
+    """The parameter an optimizer state tensor belongs to (adam_m.X -> X); None for shared ones
+    (the update count), which every rank writes."""
+    prefix, _, rest = name.partition(".")
+    return rest if prefix in ("adam_m", "adam_v") and rest else None
 
 
 def read_state(directory: str | Path) -> dict:
@@ -84,17 +113,22 @@ def read_state(directory: str | Path) -> dict:
     return read_json(state_path, verify=True)
 
 
-def load_checkpoint(directory: str | Path, model, optimizer=None) -> dict:
-    """Load a checkpoint folder into `model` (and `optimizer`); returns its state.json."""
+def load_checkpoint(directory: str | Path, model, optimizer=None, names: Optional[set[str]] = None) -> dict:
+    """Load a checkpoint folder into `model` (and `optimizer`); returns its state.json.
+    `names`: the parameters a rank's folder holds (its pipeline stage's, as saved); None: all."""
     directory = Path(directory)
     state_path = directory / STATE_NAME
     if not state_path.is_file():
         raise FileNotFoundError(f"{directory}: not a training checkpoint (no {STATE_NAME})")
     tensors, _ = load_tensors(directory / WEIGHTS_NAME)
-    load_state(model, tensors, str(directory / WEIGHTS_NAME))
+    if names is not None:
+        missing = sorted(names - set(tensors))
+        if missing:
+            raise ValueError(f"{directory / WEIGHTS_NAME}: lacks this rank's parameters {missing[:3]}")
+    load_state(model, tensors, str(directory / WEIGHTS_NAME), strict=names is None)
     if optimizer is not None:
         opt_tensors, _ = load_tensors(directory / OPTIMIZER_NAME)
-        load_optimizer_state(optimizer, opt_tensors, str(directory / OPTIMIZER_NAME))
+        load_optimizer_state(optimizer, opt_tensors, str(directory / OPTIMIZER_NAME), names)
     return read_json(state_path, verify=True)
 
 

@@ -55,7 +55,9 @@ def _train(args) -> int:
         print(f"pangu-pro train: error: {err}", file=sys.stderr)
         return 3
     if summary.get("steps_run"):
-        print(f"trained to step {summary['step']}: loss {summary['loss']:.4f}; checkpoint {summary['checkpoint']}")
+        saved = (f"checkpoint {summary['checkpoint']}" if summary["checkpoint"]
+                 else f"rank {summary.get('rank', 0)} writes no checkpoints")
+        print(f"trained to step {summary['step']}: loss {summary['loss']:.4f}; {saved}")
     return 0
 
 

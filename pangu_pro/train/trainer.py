@@ -237,6 +237,28 @@ def layout_of(config: Config, par: Parallel) -> dict:
             "vocab_parallel": p.vocab_parallel, "optimizer_shard": p.optimizer_shard, "world": par.world}
 
 
+MERGE_WAIT_S = 7200  # how long the other ranks wait for rank 0 to merge a checkpoint (cluster time-out)
+
+
+def merged_for_new_layout(rank_ckpt: Path, rank: int, wait_s: float = MERGE_WAIT_S) -> Path:
+    """The whole-tensor checkpoint of the run that wrote the rank folder `rank_ckpt`
+    (<run>/checkpoints/rank_<r>/step_N), merged once by rank 0 into <run>/checkpoints/merged/step_N
+    (`convert.merge.merge_run`); the other ranks wait for it."""
+    from pangu_pro.convert.merge import merge_run
+    from pangu_pro.train.checkpoint import STATE_NAME
+
+    run, step = rank_ckpt.parent.parent.parent, int(rank_ckpt.name.split("_")[1])
+    merged = rank_ckpt.parent.parent / "merged" / rank_ckpt.name
+    if rank == 0 and not (merged / STATE_NAME).is_file():
+        merge_run(run, merged, step=step, overwrite=merged.exists())
+    deadline = time.monotonic() + wait_s
+    while not (merged / STATE_NAME).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{merged}: rank 0 did not finish merging {run} step {step} in {wait_s:.0f} s")
+        time.sleep(2)
+    return merged
+
+
 def train(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print) -> dict:
     """Run (or continue) training as `config` says; returns a summary. See the module doc.
 
@@ -245,7 +267,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     """
     from tqdm import tqdm
 
-    from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
+    from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
@@ -268,6 +290,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     # 2. model, optimizer, step; state from a checkpoint when resuming
     model, loss_net, optimizer, step_fn = build_training(config, par)
+    # what this rank saves: its pipeline stage's parameters (sliced as compiled); None = all
+    owned = owned_parameters(model, config.parallel.pipeline_stage, par.world, par.rank) if par.semi_auto else None
     scaler = LossScaler.from_config(tc)
     start, consumed, tokens_seen, last_ckpt, sliced = 0, 0, 0, None, False
     if resume is not None:
@@ -277,12 +301,16 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         # semi-auto, where each rank checks only its own slice and all ranks must resume the same step)
         last_ckpt = intact_resume(last_ckpt, not par.semi_auto and last_ckpt != where, say)
         state = read_state(last_ckpt)
-        if par.semi_auto and "layout" in state:  # a rank slice: only this layout can load it
+        if par.semi_auto and "layout" in state and state["layout"] != layout_of(config, par):
+            if last_ckpt.parent.parent.parent.resolve() == out.resolve():
+                raise ConfigError("train.output_dir", f"{out} holds the run being resumed under another layout "
+                                  f"({state['layout']}); its rank folders and strategy files would mix with the "
+                                  "new layout's: choose a new train.output_dir and pass --resume " + str(out))
+            say(f"{last_ckpt}: written under the layout {state['layout']}; merging it for {layout_of(config, par)}")
+            last_ckpt = merged_for_new_layout(last_ckpt, par.rank)  # whole tensors: the compile slices them
+            state = read_state(last_ckpt)
+        elif par.semi_auto and "layout" in state:  # this rank's slices of the same layout
             sliced = True
-            if state["layout"] != layout_of(config, par):
-                raise ValueError(f"{last_ckpt}: written under the layout {state['layout']}, resumed under "
-                                 f"{layout_of(config, par)}; merge the rank slices first (docs/parallel.md, "
-                                 "'Resuming on another layout')")
         elif state.get("world", 1) != par.world and not par.semi_auto:
             raise ValueError(f"{last_ckpt}: written by {state.get('world')} data-parallel ranks, resumed with "
                              f"{par.world}; the data position would not carry over")
@@ -314,7 +342,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     if sliced:  # this rank's slices fit the compiled (sliced) parameters: compile on the first batches
         first = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
         step_fn.compile(first)
-        load_checkpoint(last_ckpt, model, optimizer)
+        load_checkpoint(last_ckpt, model, optimizer, names=owned)
         batches = itertools.chain([(b,) for b in first], batches)
     # held-out evaluation is one rank's own graph: data parallel only (a semi-auto graph spans all ranks)
     eval_net = (PanGuPiWithLoss(model) if tc.eval_every and config.data.eval_files and lead and not par.semi_auto
@@ -382,7 +410,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                     if par.semi_auto:  # this rank's slices; the strategy file says how they fit together
                         state.update(rank=par.rank, layout=layout_of(config, par),
                                      strategy=strategy_file_path(str(out), par.rank))
-                    last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state)
+                    last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state,
+                                                names=owned)
                     prune_checkpoints(ckpt_root, tc.keep_last)
     finally:
         bar.close()
@@ -390,5 +419,6 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
             metrics.close()
     if par.world > 1 and not par.semi_auto:  # identical fingerprints: the data-parallel replicas did not diverge
         print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
-    return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last,
-            "checkpoint": str(last_ckpt) if last_ckpt else None, "output_dir": str(out)}
+    # a rank that writes no checkpoints names none (its last_ckpt is only where it resumed from)
+    return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last, "rank": par.rank,
+            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out)}

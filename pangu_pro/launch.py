@@ -1,0 +1,231 @@
+"""What `scripts/run_distribute.sh` runs around msrun: the pre-flight check and the failure summary.
+
+    python -m pangu_pro.launch check --workers N --device cpu|ascend [--why TEXT] CONFIG [-- ARGS...]
+    python -m pangu_pro.launch record-worker LOG_DIR        (each worker, at start: rank -> pid)
+    python -m pangu_pro.launch failure LOG_DIR              (after msrun failed)
+
+`check` refuses, in about a second and before any worker starts, what cannot run: no training data,
+a layout whose data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan
+that does not fit the device. Every problem is listed in one message with the fix. It imports no
+MindSpore (the memory plan is pure arithmetic), so it stays fast.
+
+`failure` names the rank that failed first. msrun polls its workers and, at the first one that exited
+with an error, logs "Worker process <pid> exit with exception. Error code: <code>" and SIGKILLs the
+others; its later scheduler analysis blames whichever rank timed out first, often a rank it killed.
+So the first such line is the evidence; each worker records its pid at start (`record_worker`,
+called by tools/*.py), which maps it to a rank, and the summary shows that rank's exit code or
+signal and the last lines of its log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+GIB = 1024 ** 3
+DEVICE_MEMORY_ENV = "PANGU_PRO_DEVICE_MEMORY_GIB"  # HBM per device; 910B: 64, 910A: 32
+DEFAULT_DEVICE_MEMORY_GIB = 64.0
+WORKERS_DIR = ".workers"  # inside the log dir: rank_<r>.json = {"rank", "pid", "host"}
+MSRUN_LOG = "msrun.log"
+FAILED_WORKER = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
+TAIL_LINES = 25
+
+
+# ---------------------------------------------------------------- pre-flight check
+
+def trainer_overrides(args: list[str]) -> list[str]:
+    """The `section.key=value` overrides among the arguments meant for the tool (drops --resume [DIR]
+    and other flags)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            if "=" not in arg and not arg.startswith("-"):
+                continue
+        if arg == "--resume":
+            skip = True
+        elif not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def data_problems(config) -> list[str]:
+    files = config.data.train_files
+    if not files:
+        return ["data.train_files is empty: set it in the config to the output folder (or .mindrecord files) of "
+                "`pangu-pro preprocess` (docs/data.md), or pass `-- data.train_files=[DIR]`"]
+    missing = [f for f in files if not Path(f).exists()]
+    if missing:
+        return [f"data.train_files: {missing[:3]} not found (paths are relative to the directory the "
+                f"launcher runs in, {os.getcwd()}; every node needs them)"]
+    return []
+
+
+def layout_problems(config, workers: int) -> list[str]:
+    from pangu_pro.config import ConfigError, check_layout
+
+    p = config.parallel
+    if p.device_num == 1 and workers > 1:  # no layout: the trainer runs plain data parallel over the workers
+        return []
+    if p.device_num != workers:
+        others = p.model_parallel * p.pipeline_stage
+        fix = (f"set parallel.data_parallel: {workers // others}" if workers % others == 0 else
+               f"choose model_parallel x pipeline_stage dividing {workers}")
+        return [f"parallel: data_parallel {p.data_parallel} x model_parallel {p.model_parallel} x pipeline_stage "
+                f"{p.pipeline_stage} = {p.device_num}, but {workers} workers are started: {fix}, or pass "
+                f"--workers {p.device_num}"]
+    try:
+        check_layout(config, workers)
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+def memory_problems(config, device: str) -> list[str]:
+    """The memory plan (`model/plan.py`) against the device's memory; only on Ascend (on the CPU the
+    model trains in host memory and the plan's bf16/flash-attention terms do not apply)."""
+    if device != "ascend":
+        return []
+    from pangu_pro.model.plan import memory_plan
+
+    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
+    p = config.parallel
+    worst = max(memory_plan(config), key=lambda s: s.total(p.recompute))
+    need = worst.total(p.recompute) / GIB
+    if need <= 0.85 * budget:
+        return []
+    return [f"memory plan: pipeline stage {worst.stage} needs {need:.1f} GiB per device, more than 85% of "
+            f"{budget:g} GiB ({DEVICE_MEMORY_ENV}): set parallel.recompute: selective or full, "
+            f"parallel.optimizer_shard: true, a smaller train.batch_size with more train.grad_accum_steps, or "
+            f"more pipeline stages (see `pangu-pro plan CONFIG`)"]
+
+
+def check(config_path: str, workers: int, device: str, why: str, tool: str, tool_args: list[str]) -> int:
+    from pangu_pro.config import ConfigError, load_config
+
+    where = f"device: {device} ({why})" if why else f"device: {device}"
+    try:
+        config = load_config(config_path, trainer_overrides(tool_args))
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"error: {err}\n  [{where}]", file=sys.stderr)
+        return 2
+    problems = (data_problems(config) if tool == "train" else []) + layout_problems(config, workers)
+    problems += memory_problems(config, device)
+    if problems:
+        print(f"error: {config_path} cannot start on {workers} workers [{where}]:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    p = config.parallel
+    layout = (f"data_parallel {p.data_parallel} x model_parallel {p.model_parallel} x pipeline_stage "
+              f"{p.pipeline_stage}" if p.device_num > 1 else "no parallel section: plain data parallel")
+    print(f"pre-flight ok: {config_path}, {layout} on {workers} workers [{where}]", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- worker records and the failure summary
+
+def record_worker(log_dir: str | Path) -> None:
+    """Called by each worker at start (msrun exports RANK_ID): remember which pid is which rank."""
+    rank = os.environ.get("RANK_ID")
+    if os.environ.get("MS_ROLE") == "MS_SCHED" or rank is None or not rank.isdigit():
+        return  # msrun's scheduler runs the same script (and may inherit a RANK_ID)
+    folder = Path(log_dir) / WORKERS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"rank": int(rank), "pid": os.getpid(), "host": os.uname().nodename}
+    tmp = folder / f".rank_{rank}.{os.getpid()}"
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, folder / f"rank_{rank}.json")
+
+
+def describe_exit(code: int) -> str:
+    """msrun's error code: Popen's return code, negative for a signal."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} ({-code})" + (" - out of memory?" if -code == signal.SIGKILL else "")
+    if code > 128:
+        return f"exit code {code} (signal {code - 128}?)"
+    return f"exit code {code}"
+
+
+def first_failure(log_dir: Path) -> Optional[dict]:
+    """{'rank', 'pid', 'code', 'log'} of the first worker msrun saw fail, or None."""
+    msrun_log = log_dir / MSRUN_LOG
+    if not msrun_log.is_file():
+        return None
+    match = FAILED_WORKER.search(msrun_log.read_text(encoding="utf-8", errors="replace"))
+    if match is None:
+        return None
+    pid, code = int(match.group(1)), int(match.group(2))
+    ranks = {}
+    for path in (log_dir / WORKERS_DIR).glob("rank_*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        ranks[record.get("pid")] = record.get("rank")
+    rank = ranks.get(pid)
+    log = log_dir / f"worker_{rank}.log" if rank is not None else None
+    return {"rank": rank, "pid": pid, "code": code, "log": log}
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return text.rstrip("\n").splitlines()[-lines:]
+
+
+def failure_summary(log_dir: str | Path) -> str:
+    log_dir = Path(log_dir)
+    failed = first_failure(log_dir)
+    if failed is None:
+        lines = [f"the distributed job failed, but no worker exited with an error first (the scheduler or msrun "
+                 f"itself failed: time-out, port in use, a node missing?). Last lines of {log_dir / MSRUN_LOG}:"]
+        return "\n".join(lines + [f"  | {line}" for line in tail(log_dir / MSRUN_LOG)] +
+                         [f"scheduler log: {log_dir / 'scheduler.log'}"])
+    who = f"rank {failed['rank']}" if failed["rank"] is not None else f"the worker with pid {failed['pid']} (rank unknown)"
+    lines = [f"{who} failed first: {describe_exit(failed['code'])}; msrun then stopped the other workers "
+             f"(their logs end where they were killed)."]
+    if failed["log"] is not None:
+        lines.append(f"last lines of {failed['log']}:")
+        lines += [f"  | {line}" for line in tail(failed["log"])] or ["  (empty)"]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pangu_pro.launch", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("check", help="refuse a config that cannot start, before any worker does")
+    p.add_argument("config")
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--device", choices=["cpu", "ascend"], required=True)
+    p.add_argument("--why", default="", help="how the device was chosen (for the message)")
+    p.add_argument("--tool", default="train", choices=["train", "inherit"])
+    p.add_argument("tool_args", nargs=argparse.REMAINDER, help="the tool's arguments (after --)")
+    p = commands.add_parser("record-worker", help="(workers) record this worker's rank and pid")
+    p.add_argument("log_dir")
+    p = commands.add_parser("failure", help="name the first failed rank and show its last log lines")
+    p.add_argument("log_dir")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        rest = args.tool_args[1:] if args.tool_args[:1] == ["--"] else args.tool_args
+        return check(args.config, args.workers, args.device, args.why, args.tool, rest)
+    if args.command == "record-worker":
+        record_worker(args.log_dir)
+        return 0
+    print(failure_summary(args.log_dir), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The cluster self-check's logic (scripts/ascend_check.sh): every parallel layout must train like one device.
+
+The script trains a small model a few steps under each layout from the same initial weights and data
+(through the real launcher and trainer), then per layout:
+
+    python -m pangu_pro.parallel_check collect RUN_DIR --name NAME --init W --out RESULT.json
+    python -m pangu_pro.parallel_check compare REFERENCE.json RESULT.json ...   (PASS/FAIL per layout)
+
+`collect` reads the run's metrics.jsonl (loss and global gradient norm per step) and its final
+weights (a distributed run is merged first: `convert.merge`, so the check covers the merge too);
+`compare` puts each layout beside the single-device reference. What is compared, and the default
+tolerances (bf16 on the NPU; reduction orders differ between layouts):
+
+- loss per step: relative difference <= 2e-2
+- global gradient norm per step: relative difference <= 5e-2 (a per-rank slice's norm is off by
+  sqrt(ranks), far beyond this)
+- updated weights: max |w - w_ref| over max |w_ref - w_init| <= 5e-2, i.e. relative to how far the
+  reference moved (a layout that drops or doubles an update fails)
+
+`data` writes the synthetic corpus, `init` the initial weights, `logits` checks an HF export against
+our model on the merged checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2}
+
+
+# ---------------------------------------------------------------- results and their comparison (pure)
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+@dataclass
+class Verdict:
+    name: str
+    passed: bool
+    differences: dict = field(default_factory=dict)  # quantity -> worst difference (see module doc)
+    problems: list = field(default_factory=list)
+
+    def line(self) -> str:
+        shown = ", ".join(f"{k} {v:.2e}" for k, v in self.differences.items())
+        why = f" ({'; '.join(self.problems)})" if self.problems else ""
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name:<16} {shown}{why}"
+
+
+def compare(reference: dict, result: dict, tolerances: Optional[dict] = None) -> Verdict:
+    """`result` against `reference`; both as written by `collect` (loss/grad_norm: {step: value},
+    weights: {name: array} or a safetensors path, weight_update: max |w_ref - w_init|)."""
+    tol = {**TOLERANCES, **(tolerances or {})}
+    verdict = Verdict(result.get("name", "?"), True)
+    for key in ("loss", "grad_norm"):
+        ref, got = reference.get(key, {}), result.get(key, {})
+        missing = sorted(set(ref) - set(got), key=int)
+        if not ref or missing:
+            verdict.problems.append(f"{key}: steps {missing[:5] or 'all'} missing")
+            continue
+        worst = max(relative(float(got[s]), float(ref[s])) for s in ref)
+        if not np.isfinite(worst):
+            worst = float("inf")
+        verdict.differences[key] = worst
+        if worst > tol[key]:
+            verdict.problems.append(f"{key} off by {worst:.2e} > {tol[key]:.0e}")
+    if "weights" in reference:
+        ref_w, got_w = _weights(reference["weights"]), _weights(result.get("weights"))
+        absent = sorted(set(ref_w) - set(got_w))
+        if absent:
+            verdict.problems.append(f"weights: {len(absent)} tensors missing, e.g. {absent[:2]}")
+        else:
+            moved = max(float(reference.get("weight_update", 0.0)), 1e-12)
+            worst = 0.0
+            for name, value in ref_w.items():
+                if got_w[name].shape != value.shape:
+                    verdict.problems.append(f"weights: {name} has shape {got_w[name].shape}, expected {value.shape}")
+                    worst = float("inf")
+                    break
+                worst = max(worst, float(np.abs(got_w[name].astype(np.float64) - value).max()) / moved)
+            verdict.differences["weights"] = worst
+            if worst > tol["weights"]:
+                verdict.problems.append(f"weights off by {worst:.2e} of the update > {tol['weights']:.0e}")
+    verdict.passed = not verdict.problems
+    return verdict
+
+
+def _weights(source) -> dict:
+    if source is None:
+        return {}
+    if isinstance(source, (str, Path)):
+        from pangu_pro.io import load_tensors
+
+        return load_tensors(source)[0]
+    return source
+
+
+def compare_files(reference_path: str | Path, result_paths: list, tolerances: Optional[dict] = None) -> list[Verdict]:
+    reference = read_result(reference_path)
+    return [compare(reference, read_result(p), tolerances) for p in result_paths]
+
+
+def read_result(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a result file ({err})") from None
+    if isinstance(data.get("weights"), str) and not Path(data["weights"]).is_absolute():
+        data["weights"] = str(path.parent / data["weights"])
+    return data
+
+
+# ---------------------------------------------------------------- collecting a run
+
+def metrics_of(run: Path) -> tuple[dict, dict]:
+    """(loss, grad_norm) by step (as strings, JSON keys) from a run's metrics.jsonl."""
+    loss, norm = {}, {}
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run wrote no metrics (see its logs)")
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "train":
+            loss[str(record["step"])] = record["loss"]
+            norm[str(record["step"])] = record["grad_norm"]
+    return loss, norm
+
+
+def final_weights(run: Path, work: Path) -> Path:
+    """The run's final weights file: merged first when the run saved per-rank slices."""
+    from pangu_pro.train.checkpoint import latest_checkpoint
+
+    if (run / "checkpoints").is_dir() and any(p.name.startswith("rank_") for p in (run / "checkpoints").iterdir()):
+        from pangu_pro.convert.merge import merge_run
+
+        merge_run(run, work, overwrite=True)
+        return work / "model.safetensors"
+    latest = latest_checkpoint(run / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{run}: no checkpoint")
+    return latest / "model.safetensors"
+
+
+def collect(run: str | Path, name: str, init: Optional[str], out: str | Path) -> dict:
+    from pangu_pro.io import load_tensors
+
+    run, out = Path(run), Path(out)
+    loss, norm = metrics_of(run)
+    weights = final_weights(run, out.parent / f"{name}_merged")
+    result = {"name": name, "run": str(run), "loss": loss, "grad_norm": norm, "weights": str(weights.resolve())}
+    if init:
+        start, end = load_tensors(init)[0], load_tensors(weights)[0]
+        result["weight_update"] = max(float(np.abs(end[n].astype(np.float64) - start[n]).max()) for n in start)
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+# ---------------------------------------------------------------- inputs: data, initial weights; HF logits
+
+def write_data(out: str | Path, vocab: int, seq: int, samples: int, seed: int = 0) -> Path:
+    """A learnable synthetic corpus (arithmetic progressions mod vocab) as one MindRecord shard."""
+    from mindspore.mindrecord import FileWriter
+
+    rng = np.random.default_rng(seed)
+    rows = (rng.integers(0, vocab, (samples, 1)) + rng.integers(1, 4, (samples, 1)) * np.arange(seq + 1)) % vocab
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = FileWriter(str(path), shard_num=1, overwrite=True)
+    writer.add_schema({"input_ids": {"type": "int32", "shape": [-1]}}, "tokens")
+    writer.write_raw_data([{"input_ids": row.astype(np.int32)} for row in rows])
+    writer.commit()
+    return path
+
+
+def write_init(config_path: str, out: str | Path, seed: int = 0) -> Path:
+    from pangu_pro.config import load_config
+    from pangu_pro.model.weights import build_model, save_weights
+
+    model = build_model(load_config(config_path).model, seed=seed)
+    save_weights(model, out)
+    return Path(out)
+
+
+def logits_check(config_path: str, checkpoint: str, hf_dir: str, tolerance: float = 1e-3) -> Verdict:
+    """Our model (fp32, on this host's CPU) on `checkpoint` against the HF export's logits."""
+    import dataclasses
+
+    from mindspore import Tensor
+
+    from pangu_pro.config import load_config
+    from pangu_pro.model.weights import build_model
+
+    cfg = load_config(config_path).model
+    cfg = dataclasses.replace(cfg, compute_dtype="float32", use_flash_attention=False, use_fused_kernels=False)
+    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 16))
+    ours = build_model(cfg, weights=checkpoint)(Tensor(ids.astype(np.int32))).asnumpy()
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return Verdict("hf logits", True, {}, ["skipped: torch/transformers not installed (pip install .[hf])"])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    worst = float(np.abs(ours - theirs).max())
+    verdict = Verdict("hf logits", worst <= tolerance, {"logits": worst})
+    if not verdict.passed:
+        verdict.problems.append(f"max |diff| {worst:.2e} > {tolerance:.0e}")
+    return verdict
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pangu_pro.parallel_check", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("data")
+    p.add_argument("out")
+    p.add_argument("--vocab", type=int, required=True)
+    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--samples", type=int, default=256)
+    p = commands.add_parser("init")
+    p.add_argument("config")
+    p.add_argument("out")
+    p = commands.add_parser("collect")
+    p.add_argument("run")
+    p.add_argument("--name", required=True)
+    p.add_argument("--init")
+    p.add_argument("--out", required=True)
+    p = commands.add_parser("compare")
+    p.add_argument("reference")
+    p.add_argument("results", nargs="+")
+    p = commands.add_parser("logits")
+    p.add_argument("config")
+    p.add_argument("checkpoint")
+    p.add_argument("hf_dir")
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        print(write_data(args.out, args.vocab, args.seq, args.samples))
+    elif args.command == "init":
+        print(write_init(args.config, args.out))
+    elif args.command == "collect":
+        result = collect(args.run, args.name, args.init, args.out)
+        print(f"{args.name}: {len(result['loss'])} steps, weights {result['weights']}")
+    elif args.command == "compare":
+        verdicts = compare_files(args.reference, args.results)
+        for verdict in verdicts:
+            print(verdict.line())
+        return 0 if all(v.passed for v in verdicts) else 1
+    else:
+        verdict = logits_check(args.config, args.checkpoint, args.hf_dir)
+        print(verdict.line())
+        return 0 if verdict.passed else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

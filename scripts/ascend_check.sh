@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The first thing to run on a new cluster (docs/ascend.md, "Checking a cluster"):
+#   bash scripts/ascend_check.sh [--out DIR] [--cpu]
+# On one node of 8 Ascend NPUs it trains configs/parallel_check.yaml for 3 steps under every layout
+# (dp8; dp2 x mp4; dp2 x pp2 x mp2 with micro batches; ZeRO; sequence parallel; gradient accumulation;
+# micro_batch_interleave_num 2) from the same initial weights and data, through the real launcher and
+# trainer, and compares loss, global gradient norm and updated weights with the single-device run:
+# PASS/FAIL per layout with the differences (pangu_pro/parallel_check.py). Then it merges the pipeline
+# run's per-rank checkpoints, exports them to Hugging Face format and checks the logits.
+# --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers (tests the script itself).
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+OUT=output/ascend_check; CPU=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --out) [[ $# -ge 2 ]] || usage; OUT="$2"; shift 2 ;;
+    --cpu) CPU=1; shift ;;
+    -h|--help) usage ;;
+    *) echo "error: unknown option '$1'" >&2; usage ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -x "$ROOT/.venv/bin/python" ]] && export PATH="$ROOT/.venv/bin:$PATH"
+PYTHON="$(command -v python3 || command -v python)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" GLOG_v="${GLOG_v:-3}"
+source "$ROOT/scripts/device.sh"
+if [[ "$CPU" == 1 ]]; then
+  PANGU_PRO_DEVICE=cpu; DEVICE_WHY="--cpu"
+  export PANGU_PRO_DEVICE
+else
+  detect_device || exit 2
+  if [[ "$PANGU_PRO_DEVICE" != ascend ]]; then
+    echo "error: no NPU ($DEVICE_WHY): the cluster check needs one node of 8 Ascend NPUs." >&2
+    echo "  To exercise the script itself here, --cpu runs its data-parallel cases on 2 CPU workers." >&2
+    exit 2
+  fi
+fi
+
+CONFIG="$ROOT/configs/parallel_check.yaml"
+rm -rf "$OUT"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
+echo "ascend_check: device $PANGU_PRO_DEVICE ($DEVICE_WHY); everything under $OUT" >&2
+"$PYTHON" -m pangu_pro.parallel_check data "$OUT/data.mindrecord" --vocab 1024 --seq 128 >/dev/null
+"$PYTHON" -m pangu_pro.parallel_check init "$CONFIG" "$OUT/init.safetensors" >/dev/null
+COMMON=("data.train_files=[$OUT/data.mindrecord]" "train.init_weights=$OUT/init.safetensors")
+PORT=$((20000 + RANDOM % 20000))
+RESULTS=(); FAILED=0
+
+# run_case NAME WORKERS OVERRIDE...: train, then collect loss / grad norm / final (merged) weights.
+run_case() {
+  local name="$1" workers="$2"; shift 2
+  local run="$OUT/$name" status=0
+  echo "-- $name: $workers worker(s) $*" >&2
+  if [[ "$workers" == 1 ]]; then
+    "$PYTHON" "$ROOT/tools/train.py" "$CONFIG" "${COMMON[@]}" "train.output_dir=$run" "$@" --no-progress \
+      >"$OUT/$name.log" 2>&1 || status=$?
+  else
+    PORT=$((PORT + 1))
+    bash "$ROOT/scripts/run_distribute.sh" "$CONFIG" --workers "$workers" --master-port "$PORT" --timeout 900 \
+      --log-dir "$run/logs" -- "${COMMON[@]}" "train.output_dir=$run" "$@" >"$OUT/$name.log" 2>&1 || status=$?
+  fi
+  if [[ "$status" != 0 ]]; then
+    echo "FAIL $name: the run failed (exit $status); last lines of $OUT/$name.log:"
+    tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'
+    FAILED=$((FAILED + 1)); return 0
+  fi
+  if "$PYTHON" -m pangu_pro.parallel_check collect "$run" --name "$name" --init "$OUT/init.safetensors" \
+       --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1; then
+    [[ "$name" == single ]] || RESULTS+=("$OUT/$name.json")
+  else
+    echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1))
+  fi
+}
+
+if [[ "$PANGU_PRO_DEVICE" == ascend ]]; then  # global batch 8 everywhere
+  run_case single 1 train.batch_size=8
+  run_case dp8 8 parallel.data_parallel=8 train.batch_size=1
+  run_case dp2_mp4 8 parallel.data_parallel=2 parallel.model_parallel=4 train.batch_size=4
+  run_case dp2_pp2_mp2 8 parallel.data_parallel=2 parallel.model_parallel=2 parallel.pipeline_stage=2 \
+    parallel.micro_batch_num=4 train.batch_size=1
+  run_case zero 8 parallel.data_parallel=8 parallel.optimizer_shard=true parallel.optimizer_shard_threshold_kb=0 \
+    train.batch_size=1
+  run_case sequence_parallel 8 parallel.data_parallel=2 parallel.model_parallel=4 parallel.sequence_parallel=true \
+    train.batch_size=4
+  run_case accumulation 8 parallel.data_parallel=4 parallel.model_parallel=2 train.grad_accum_steps=2 \
+    train.batch_size=1
+  run_case interleave 8 parallel.data_parallel=2 parallel.model_parallel=4 \
+    parallel.micro_batch_interleave_num=2 train.batch_size=4
+  EXPORT_CASE=dp2_pp2_mp2
+else  # --cpu: global batch 4
+  run_case single 1 train.batch_size=4
+  run_case dp2 2 parallel.data_parallel=2 train.batch_size=2
+  run_case dp2_accumulation 2 parallel.data_parallel=2 train.grad_accum_steps=2 train.batch_size=1
+  EXPORT_CASE=dp2
+fi
+
+if [[ -f "$OUT/single.json" && ${#RESULTS[@]} -gt 0 ]]; then
+  "$PYTHON" -m pangu_pro.parallel_check compare "$OUT/single.json" "${RESULTS[@]}" | tee "$OUT/compare.txt" ||
+    FAILED=$((FAILED + $(grep -c '^FAIL' "$OUT/compare.txt")))
+elif [[ ! -f "$OUT/single.json" ]]; then
+  echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
+fi
+
+# save -> merge -> export -> logits, from the run directory as a user would
+if [[ -d "$OUT/$EXPORT_CASE/checkpoints" ]]; then
+  if "$PYTHON" -m pangu_pro.cli convert merge "$OUT/$EXPORT_CASE" --out "$OUT/merged" >"$OUT/export.log" 2>&1 &&
+     "$PYTHON" -m pangu_pro.cli convert to-hf --checkpoint "$OUT/$EXPORT_CASE" --config "$CONFIG" --out "$OUT/hf" \
+       --quiet >>"$OUT/export.log" 2>&1; then
+    "$PYTHON" -m pangu_pro.parallel_check logits "$CONFIG" "$OUT/merged" "$OUT/hf" 2>>"$OUT/export.log" ||
+      FAILED=$((FAILED + 1))
+  else
+    echo "FAIL export: merge or to-hf of $EXPORT_CASE failed; last lines of $OUT/export.log:"
+    tail -n 15 "$OUT/export.log" | sed 's/^/  | /'; FAILED=$((FAILED + 1))
+  fi
+fi
+
+if [[ "$FAILED" == 0 ]]; then echo "ascend_check: all PASS"; else echo "ascend_check: $FAILED FAIL"; exit 1; fi

@@ -1,0 +1,140 @@
+"""scripts/run_distribute.sh as a user types it: device detection, the pre-flight check before any
+worker starts, and the failure summary naming the rank that failed first."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pangu_pro.launch import FAILED_WORKER, WORKERS_DIR, failure_summary, trainer_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "run_distribute.sh"
+
+
+def launch(*args, env_extra=None, path_prefix=None, timeout=60):
+    env = {k: v for k, v in os.environ.items() if k not in ("PANGU_PRO_DEVICE", "ASCEND_HOME_PATH")}
+    env.update(env_extra or {})
+    if path_prefix:
+        env["PATH"] = f"{path_prefix}:{env['PATH']}"
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return done, time.monotonic() - started
+
+
+def test_the_mission_command_stops_at_once_naming_the_data_key_and_the_device(tmp_path):
+    if Path("/usr/local/Ascend/ascend-toolkit").exists():
+        pytest.skip("an Ascend install is present: the device would be ascend")
+    done, elapsed = launch("configs/pangu_1b_pro.yaml", "--log-dir", tmp_path / "logs")
+    assert done.returncode != 0 and elapsed < 10
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "device: cpu (no Ascend install or npu-smi found" in errors[0]
+    assert "data.train_files is empty" in done.stderr and "pangu-pro preprocess" in done.stderr
+    assert "msrun" not in done.stdout + done.stderr and not (tmp_path / "logs").exists()  # no worker started
+
+
+def test_device_detection_npu_smi_and_the_explicit_variable(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "npu-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "npu-smi").chmod(0o755)
+    done, _ = launch("configs/pangu_1b_pro.yaml", path_prefix=fake)
+    assert "device: ascend (npu-smi found)" in done.stderr
+    done, _ = launch("configs/pangu_1b_pro.yaml", path_prefix=fake, env_extra={"PANGU_PRO_DEVICE": "cpu"})
+    assert "device: cpu (PANGU_PRO_DEVICE=cpu)" in done.stderr
+
+
+def test_a_layout_that_does_not_match_the_workers_is_refused_before_any_worker(tmp_path):
+    data = tmp_path / "data.mindrecord"
+    data.write_bytes(b"")
+    done, elapsed = launch("configs/tiny_cpu.yaml", "--workers", "2", "--log-dir", tmp_path / "logs", "--",
+                           f"data.train_files=[{data}]", "parallel.data_parallel=3")
+    assert done.returncode == 2 and elapsed < 10
+    assert "data_parallel 3 x model_parallel 1 x pipeline_stage 1 = 3, but 2 workers are started" in done.stderr
+    assert "data.train_files" not in done.stderr  # the data is there: only the layout is reported
+    assert not (tmp_path / "logs").exists()
+
+
+def test_the_memory_plan_is_checked_for_ascend(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    done, _ = launch("configs/pangu_1b_pro.yaml", "--", f"data.train_files=[{data}]", "train.batch_size=64",
+                     env_extra={"PANGU_PRO_DEVICE": "ascend", "PANGU_PRO_DEVICE_MEMORY_GIB": "64"})
+    assert done.returncode == 2
+    assert "memory plan: pipeline stage 0 needs" in done.stderr and "parallel.recompute" in done.stderr
+
+
+def test_trainer_overrides_skip_resume_and_flags():
+    assert trainer_overrides(["a.b=1", "--resume", "runs/x", "c.d=2"]) == ["a.b=1", "c.d=2"]
+    assert trainer_overrides(["--resume", "a.b=1"]) == ["a.b=1"]
+    assert trainer_overrides(["--no-progress", "x.y=[1, 2]"]) == ["x.y=[1, 2]"]
+
+
+def write_logs(log_dir: Path, failed_pid: int, code: int) -> None:
+    (log_dir / WORKERS_DIR).mkdir(parents=True)
+    for rank, pid in ((0, 100), (1, 101)):
+        (log_dir / WORKERS_DIR / f"rank_{rank}.json").write_text(json.dumps({"rank": rank, "pid": pid}))
+        (log_dir / f"worker_{rank}.log").write_text("".join(f"rank {rank} line {i}\n" for i in range(40)))
+    (log_dir / "msrun.log").write_text(
+        f"[ERROR] ME(1:2,MainProcess):x [_api.py:364] Worker process {failed_pid} exit with exception. "
+        f"Error code: {code}.\n"
+        "[ERROR] ME(1:2,MainProcess):x [_api.py:364] Worker process 100 exit with exception. Error code: -9.\n"
+        "worker 0 is the first one timed out\n")
+
+
+def test_failure_summary_names_the_first_failed_rank(tmp_path):
+    write_logs(tmp_path, 101, -9)
+    summary = failure_summary(tmp_path)
+    assert summary.startswith("rank 1 failed first: killed by SIGKILL (9)")
+    assert "rank 1 line 39" in summary and "rank 1 line 14" not in summary and "rank 0 line" not in summary
+    assert FAILED_WORKER.search("Worker process 7 exit with exception. Error code: 1.").groups() == ("7", "1")
+
+
+def test_failure_summary_without_a_worker_failure(tmp_path):
+    tmp_path.joinpath("msrun.log").write_text("cluster time out\n")
+    assert "no worker exited with an error first" in failure_summary(tmp_path)
+    assert "cluster time out" in failure_summary(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_killed_rank_is_named_as_the_first_failure(tmp_path):
+    """2 CPU workers, data parallel; SIGKILL rank 1 mid-run: the launcher exits non-zero naming rank 1 and
+    the signal (not rank 0, which msrun killed afterwards); no worker log ends in a 'trained to' line."""
+    from tests.support import free_port
+    from tests.test_train import make_rows, write_shard
+    from tests.test_train_processes import write_config
+
+    shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(960, 0)))
+    config = write_config(tmp_path, shard, steps=1000, save_every=0)  # long enough to be killed mid-run
+    logs, out = tmp_path / "logs", tmp_path / "run"
+    env = {**os.environ, "GLOG_v": "3", "PANGU_PRO_DEVICE": "cpu"}
+    proc = subprocess.Popen(["bash", str(SCRIPT), str(config), "--workers", "2", "--master-port", str(free_port()),
+                             "--log-dir", str(logs), "--timeout", "60", "--", f"train.output_dir={out}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400  # two workers compiling on a loaded 2-core machine
+        while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 3):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        victim = json.loads((logs / WORKERS_DIR / "rank_1.json").read_text())["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # msrun stops its workers on SIGINT (they run in sessions of their own)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert f"rank 1 failed first: killed by SIGKILL (9)" in stderr, stderr[-3000:]
+    assert f"last lines of {logs / 'worker_1.log'}" in stderr
+    for log in logs.glob("worker_*.log"):
+        assert "trained to step" not in log.read_text(errors="replace")
