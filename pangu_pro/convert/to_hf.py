@@ -20,7 +20,7 @@ from pangu_pro.config import ModelConfig
 from pangu_pro.convert.checkpoints import open_checkpoint
 from pangu_pro.convert.names import STORAGE_CODES, TORCH_DTYPES, expected_shapes, hf_config, is_pangu, to_hf_name
 from pangu_pro.convert.safetensors_stream import ITEM_SIZES, cast_for_storage, write_safetensors
-from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, atomic_write_text
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -159,7 +159,7 @@ def checkpoint_tokenizer_digest(checkpoint: str | Path) -> tuple[str | None, Pat
     from safetensors import safe_open
 
     path = Path(checkpoint)
-    path = path / "model.safetensors" if path.is_dir() else path
+    path = path / WEIGHTS_NAME if path.is_dir() else path
     if not path.is_file():
         return None, None
     with safe_open(str(path), framework="numpy") as handle:

@@ -52,6 +52,22 @@ def compress_tokenizer(model_path: str | Path, counts_path: str | Path, out_pref
     return CompressResult(compact_path, map_path, selection)
 
 
+def load_map_info(path: str | Path) -> dict:
+    """The JSON written beside a `new2old` map (source and compact tokenizers with their sha256);
+    `path` is the .npy map or that .json."""
+    import json
+
+    path = Path(path)
+    info_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: the id map's record (source tokenizer digest) is missing; it is "
+                                f"written beside {path.with_suffix('.npy').name} by `pangu-pro tokenizer compress`")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if "source_sha256" not in info:
+        raise ValueError(f"{info_path}: no source_sha256: not an id map record of `pangu-pro tokenizer compress`")
+    return info
+
+
 def load_new2old(path: str | Path) -> np.ndarray:
     """Read a `new2old` map (.npy or the .json written beside it) and check it is increasing."""
     path = Path(path)
