@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output prefix: PREFIX.model, PREFIX.new2old.npy/.json")
     p.add_argument("--no-closure", action="store_true",
                    help="naive frequency cut without BPE merge closure (breaks segmentation; for comparison)")
+    p.add_argument("--no-keep-bracketed", action="store_true",
+                   help="let normal pieces shaped <...> or [...] compete by count (default: kept, as the "
+                        "official script does)")
     p.set_defaults(func=_compress)
 
     p = sub.add_parser("remap-checkpoint", help="gather embedding and LM-head rows through new2old")
@@ -126,7 +129,8 @@ def _compress(args: argparse.Namespace) -> int:
     from pangu_pro.tokenizer.compress import compress_tokenizer
 
     result = compress_tokenizer(args.tokenizer, args.counts, args.out, vocab_size=args.vocab_size,
-                                coverage=args.coverage, closure=not args.no_closure)
+                                coverage=args.coverage, closure=not args.no_closure,
+                                keep_bracketed=not args.no_keep_bracketed)
     sel = result.selection
     print(f"kept {sel.new2old.size} pieces ({sel.required} required), coverage {100 * sel.coverage:.2f}%")
     print(f"wrote {result.model_path} and {result.map_path} (+ .json)")
