@@ -23,7 +23,8 @@ Set-up (paper-notes §6, scaled to two CPU cores):
     seeds), and the paired differences between arms (same seed).
 
 Run: `pangu-pro bench rounds [--part-kb 60] [--seeds 0 1 2] [--out benchmarks/results]` or
-`python -m pangu_pro.bench.rounds`. Writes OUT/multi_round.json, OUT/multi_round.md and, with
+`python -m pangu_pro.bench.rounds`. Re-running with the same `--work` skips every finished run
+(rounds resume from their state files). Writes OUT/multi_round.json, OUT/multi_round.md and, with
 matplotlib, OUT/multi_round.png (`--render JSON` redraws the table and figure from a results file).
 """
 from __future__ import annotations
@@ -125,7 +126,13 @@ def split_parts(parts: list[tuple[str, list[str]]], work: Path) -> tuple[Path, l
 
 
 def prepare(args, work: Path) -> dict:
+    """Corpus parts, tokenizer and MindRecord data under `work` (reused when work/prepared.json exists)."""
     import mindspore.mindrecord  # noqa: F401  (before sentencepiece's protobuf, or MindRecord's descriptors fail)
+
+    record = work / "prepared.json"
+    if record.is_file():
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return {**data, "train": Path(data["train"]), "heldout": [Path(p) for p in data["heldout"]]}
 
     from pangu_pro.data.dataset import count_samples
     from pangu_pro.data.preprocess import preprocess
@@ -143,6 +150,8 @@ def prepare(args, work: Path) -> dict:
     data["train_docs_per_part"] = train_docs
     data["heldout_samples_per_part"] = [count_samples(p) for p in data["heldout"]]
     data["train_samples"] = count_samples(data["train"])
+    record.write_text(json.dumps({**data, "train": str(data["train"]), "heldout": [str(p) for p in data["heldout"]]},
+                                 indent=2), encoding="utf-8")
     return data
 
 
@@ -199,6 +208,7 @@ def run(args) -> int:
     if args.render:
         return render_files(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.out))
     from pangu_pro.rounds import driver
+    from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name
     from pangu_pro.train.trainer import train
 
     began = time.perf_counter()
@@ -229,7 +239,8 @@ def run(args) -> int:
         cfg = base_config(args, data, work / f"seed{seed}_long_round", seed, long_steps)
         cfg = dataclasses.replace(cfg, multi_round=None)
         started = time.perf_counter()
-        train(cfg, progress=False, announce=lambda *_: None)
+        if not (Path(cfg.train.output_dir) / CHECKPOINTS / checkpoint_name(long_steps)).is_dir():  # resumable
+            train(cfg, progress=False, announce=lambda *_: None)
         ckpt = driver.final_checkpoint(Path(cfg.train.output_dir), long_steps)
         arms["long_round"].append({"seed": seed, "steps": long_steps, "seconds": time.perf_counter() - started,
                                    **part_losses(cfg, ckpt, data["heldout"])})
