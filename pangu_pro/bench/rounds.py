@@ -25,7 +25,8 @@ Set-up (paper-notes §6, scaled to two CPU cores):
 Run: `pangu-pro bench rounds [--part-kb 60] [--seeds 0 1 2] [--out benchmarks/results]` or
 `python -m pangu_pro.bench.rounds`. Re-running with the same `--work` skips every finished run
 (rounds resume from their state files). Writes OUT/multi_round.json, OUT/multi_round.md and, with
-matplotlib, OUT/multi_round.png (`--render JSON` redraws the table and figure from a results file).
+matplotlib, OUT/multi_round.png (`--render JSON [JSON ...]` redraws the table and figure from results
+files, merging runs of other seeds).
 """
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model and selection seeds")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--out", default="benchmarks/results", help="where multi_round.json / .md / .png go")
-    parser.add_argument("--render", default=None, metavar="JSON", help="only redraw the table and figure")
+    parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                        help="only redraw the table and figure from results files (several: runs of other seeds "
+                             "with the same set-up, merged)")
 
 
 def source_parts(parts: int, part_bytes: int) -> list[tuple[str, list[str]]]:
@@ -206,7 +209,8 @@ def part_losses(config, checkpoint, heldout: list[Path]) -> dict:
 
 def run(args) -> int:
     if args.render:
-        return render_files(json.loads(Path(args.render).read_text(encoding="utf-8")), Path(args.out))
+        return render_files(merge_results([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.render]),
+                            Path(args.out))
     from pangu_pro.rounds import driver
     from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name
     from pangu_pro.train.trainer import train
@@ -256,6 +260,23 @@ def run(args) -> int:
                   "seeds": args.seeds, "machine": f"{platform.machine()}, {platform.python_version()}"},
         "arms": arms, "seconds": time.perf_counter() - began}
     return render_files(results, Path(args.out))
+
+
+def merge_results(runs: list[dict]) -> dict:
+    """Results of several runs with the same set-up (other seeds) as one: arms and seeds concatenated;
+    `seconds` is the longest run's (runs of different seeds may have run side by side)."""
+    merged = json.loads(json.dumps(runs[0]))
+    for run in runs[1:]:
+        differ = {k for k in run["setup"] if k not in ("seeds", "machine") and run["setup"][k] != merged["setup"][k]}
+        if differ:
+            raise ValueError(f"cannot merge results of different set-ups (they differ in {sorted(differ)})")
+        for arm, rows in run["arms"].items():
+            merged["arms"][arm] += rows
+        merged["setup"]["seeds"] += run["setup"]["seeds"]
+        merged["seconds"] = max(merged["seconds"], run["seconds"])
+    if len(set(merged["setup"]["seeds"])) != len(merged["setup"]["seeds"]):
+        raise ValueError(f"a seed appears twice in the merged results: {merged['setup']['seeds']}")
+    return merged
 
 
 def render_files(results: dict, out: Path) -> int:
@@ -316,7 +337,8 @@ def render(results: dict, figure: bool = True) -> str:
                   mean_std([r["round1_mean_score"] for r in one])[0],
                   mean_std([r["mean_score_selected"] for r in results["arms"]["hard_50"]])[0],
                   mean_std([r["mean_score_selected"] for r in results["arms"]["uniform_50"]])[0]),
-              f"Total time {results['seconds']:.0f} s on a shared 2-core machine (arms interleaved per seed)."]
+              f"Wall time {results['seconds']:.0f} s (longest run) on a shared, heavily loaded 2-core machine; the arms "
+              "of a seed ran one after another in one process."]
     if figure:
         lines += ["", "![held-out loss per part](multi_round.png)"]
     return "\n".join(lines) + "\n"
@@ -330,7 +352,7 @@ def draw_figure(results: dict, path: Path) -> None:
 
     setup = results["setup"]
     parts = setup["parts"]
-    labels = [f"{p + 1}: {setup['part_names'][p]}" for p in range(parts)] + ["overall"]
+    labels = [f"part {p + 1}\n{setup['part_names'][p]}" for p in range(parts)] + ["overall"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(results["arms"])
     for i, (arm, runs) in enumerate(results["arms"].items()):
@@ -345,7 +367,8 @@ def draw_figure(results: dict, path: Path) -> None:
     ax.set_xticks(range(parts + 1), labels)
     ax.set_xlabel("held-out part (in training order)")
     ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title(f"Multi-round training at equal compute, mean ± sd over {len(setup['seeds'])} seeds")
+    seeds = len(setup["seeds"])
+    ax.set_title(f"Multi-round training at equal compute, mean ± sd over {seeds} seed{'s' if seeds > 1 else ''}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
