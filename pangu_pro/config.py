@@ -211,6 +211,7 @@ class TrainConfig:
     lr_scaling_power: float = 0.5  # exponent of the batch-size lr scaling (0.5: square root)
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
     warmup_steps: int = 0  # linear warmup from 0 to lr
+    warmup_fraction: Optional[float] = None  # warm-up as a fraction of `steps` (instead of warmup_steps)
     steps: int = 1000  # optimizer steps of the run
     weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms, biases and SIAF parameters)
     beta1: float = 0.9  # AdamW first-moment decay
@@ -241,6 +242,10 @@ class TrainConfig:
         require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must lie in [0, 1], got {self.min_lr_ratio}")
         require(0 <= self.warmup_steps <= self.steps, "warmup_steps",
                 f"must lie in [0, steps={self.steps}], got {self.warmup_steps}")
+        if self.warmup_fraction is not None:
+            require(0 <= self.warmup_fraction <= 1, "warmup_fraction", f"must lie in [0, 1], got {self.warmup_fraction}")
+            require(self.warmup_steps == 0, "warmup_fraction",
+                    f"set either warmup_steps ({self.warmup_steps}) or warmup_fraction, not both")
         require(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
         for name in ("beta1", "beta2"):
             require(0 <= getattr(self, name) < 1, name, f"must lie in [0, 1), got {getattr(self, name)}")

@@ -81,6 +81,20 @@ def save_tensors(path: str | Path, tensors: Mapping[str, np.ndarray], metadata: 
         save_file(arrays, str(tmp), metadata=dict(metadata or {}))
 
 
+WEIGHTS_NAME = "model.safetensors"
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """The weights file for `path`: the file itself, or `model.safetensors` inside a checkpoint folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights file (expected a .safetensors file or a checkpoint "
+                                f"folder holding {WEIGHTS_NAME})")
+    return path
+
+
 def load_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file into numpy arrays and its metadata, after checking its digest
     (`pangu_pro.digests.verify`); errors name the file."""

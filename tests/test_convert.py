@@ -184,29 +184,99 @@ def test_bf16_llama_imports_exactly(tmp_path):
                        state["model.embed_tokens.weight"].float())
 
 
-def test_tokenizer_files_give_sentencepiece_ids(tmp_path):
+LINES = ["The quick brown fox jumps over the lazy dog.", "def convert(x):  return x * 2  # twice",
+         "Tiny language models need compact tokenizers.", "数据 and ünïcödé text, 12345 numbers!"] * 30
+
+
+def train_spm(folder, model_type="bpe", vocab_size=400):
     spm = pytest.importorskip("sentencepiece")
-    text = tmp_path / "corpus.txt"
-    lines = ["The quick brown fox jumps over the lazy dog.", "def convert(x):  return x * 2  # twice",
-             "Tiny language models need compact tokenizers.", "数据 and ünïcödé text, 12345 numbers!"] * 30
-    text.write_text("\n".join(lines), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=400,
-                                   model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+    text = folder / "corpus.txt"
+    text.write_text("\n".join(LINES), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "spm"), vocab_size=vocab_size,
+                                   model_type=model_type, byte_fallback=True, normalization_rule_name="identity",
                                    remove_extra_whitespaces=False, split_digits=True, num_threads=1,
                                    minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spm.model"))
-    cfg = tiny_config(vocab_size=sp.get_piece_size())
+    return folder / "spm.model", spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+
+
+def export_with_tokenizer(tmp_path, sp, spm_path, **changes):
+    """A random plain-LLaMA checkpoint sized for `sp`, exported with `spm_path`; returns the exit code."""
+    cfg = tiny_config(vocab_size=sp.get_piece_size(), **changes)
     rng = np.random.default_rng(0)
     save_file({n: rng.normal(0, 0.1, s).astype(np.float32) for n, s in expected_shapes(cfg).items()},
               str(tmp_path / "w.safetensors"))
     save_config(Config(model=cfg), tmp_path / "model.yaml")
-    assert main(["convert", "to-hf", "--checkpoint", str(tmp_path / "w.safetensors"), "--config",
-                 str(tmp_path / "model.yaml"), "--tokenizer", str(tmp_path / "spm.model"), "--out",
-                 str(tmp_path / "hf"), "--quiet"]) == 0
+    return main(["convert", "to-hf", "--checkpoint", str(tmp_path / "w.safetensors"), "--config",
+                 str(tmp_path / "model.yaml"), "--tokenizer", str(spm_path), "--out", str(tmp_path / "hf"), "--quiet"])
+
+
+def test_tokenizer_files_give_sentencepiece_ids(tmp_path):
+    spm_path, sp = train_spm(tmp_path)
+    assert export_with_tokenizer(tmp_path, sp, spm_path) == 0
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    samples = lines[:4] + ["  leading spaces", "unseen wörds: ŝ ∑ 🙂", "fox\ndog", "x  y   z"]
+    samples = LINES[:4] + ["  leading spaces", "unseen wörds: ŝ ∑ 🙂", "fox\ndog", "x  y   z"]
     for sample in samples:
         assert tokenizer(sample, add_special_tokens=False)["input_ids"] == sp.encode(sample), sample
+    # special tokens are the model's own pieces, the pad token is config.json's pad_token_id
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (hf_config["bos_token_id"], hf_config["eos_token_id"])
+    assert tokenizer.pad_token_id == hf_config["pad_token_id"] == 0
+    assert [tokenizer.unk_token, tokenizer.bos_token, tokenizer.eos_token] == \
+        [sp.id_to_piece(sp.unk_id()), sp.id_to_piece(sp.bos_id()), sp.id_to_piece(sp.eos_id())]
+
+
+def test_export_pads_a_batch_and_batched_greedy_generation_equals_each_prompt(tmp_path):
+    spm_path, sp = train_spm(tmp_path)
+    assert export_with_tokenizer(tmp_path, sp, spm_path, init_std=0.5) == 0
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    prompts = ["The quick brown fox jumps over", "Tiny"]
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    lengths = [len(sp.encode(p)) for p in prompts]
+    assert tokenizer.padding_side == "left" and batch["input_ids"].shape[1] == max(lengths)
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        together = model.generate(**batch, **settings)[:, batch["input_ids"].shape[1]:]
+        for row, prompt in enumerate(prompts):
+            alone = tokenizer(prompt, return_tensors="pt")
+            single = model.generate(**alone, **settings)[0, alone["input_ids"].shape[1]:]
+            assert together[row].tolist() == single.tolist(), prompt
+
+
+def test_export_refuses_a_tokenizer_that_does_not_fit_the_model(tmp_path):
+    spm_path, sp = train_spm(tmp_path)
+    cfg = tiny_config(vocab_size=sp.get_piece_size() + 8)  # e.g. a compact model shipped with the big tokenizer
+    save_file({n: np.zeros(s, np.float32) for n, s in expected_shapes(cfg).items()}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=f"{spm_path} has {sp.get_piece_size()} pieces, but big.yaml says "
+                                         f"vocab_size = {cfg.vocab_size}"):
+        export_to_hf(tmp_path / "w.safetensors", cfg, tmp_path / "hf", tokenizer=spm_path, progress=False,
+                     config_source="big.yaml")
+    assert not (tmp_path / "hf").exists()  # refused before anything is written
+    import dataclasses
+
+    for key, match in (("bos_token_id", "bos id is 1, but m.yaml says bos_token_id = 2"),
+                       ("eos_token_id", "eos id is 2, but m.yaml says eos_token_id = 1")):
+        swapped = dataclasses.replace(cfg, vocab_size=sp.get_piece_size(), **{key: 3 - getattr(cfg, key)})
+        save_file({n: np.zeros(s, np.float32) for n, s in expected_shapes(swapped).items()},
+                  str(tmp_path / "w.safetensors"))
+        with pytest.raises(ValueError, match=match):
+            export_to_hf(tmp_path / "w.safetensors", swapped, tmp_path / "hf", tokenizer=spm_path, progress=False,
+                         config_source="m.yaml")
+    # a weights file that records another tokenizer's digest (a remapped checkpoint) is refused too
+    fitting = dataclasses.replace(cfg, vocab_size=sp.get_piece_size())
+    save_file({n: np.zeros(s, np.float32) for n, s in expected_shapes(fitting).items()},
+              str(tmp_path / "w.safetensors"), metadata={"tokenizer_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="is not the tokenizer .*w.safetensors records"):
+        export_to_hf(tmp_path / "w.safetensors", fitting, tmp_path / "hf", tokenizer=spm_path, progress=False)
+
+
+def test_unigram_export_is_refused_with_the_reason(tmp_path):
+    from pangu_pro.tokenizer.hf import write_hf_tokenizer
+
+    spm_path, _ = train_spm(tmp_path, model_type="unigram", vocab_size=312)
+    with pytest.raises(ValueError, match="not a BPE model; .*unigram conversion segments some lines differently"):
+        write_hf_tokenizer(spm_path, tmp_path / "hf")
 
 
 # ---------------------------------------------------------------- inputs from distributed runs

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from pangu_pro.config import config_from_dict
-from pangu_pro.configtools import to_mapping
+from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import save_tensors
 from pangu_pro.rounds import driver, sampling
+from pangu_pro.rounds.config import MultiRoundConfig
 from pangu_pro.rounds.scoring import save_scores
 from pangu_pro.rounds.selection import select_from_scores, write_selection
 from tests.test_rounds_score import BATCH, N, write_data
@@ -29,7 +30,8 @@ def rounds_config(data: Path, out: Path, **multi_round):
                   "seq_length": 16, "aug_shortcut_ratio": 8},
         "data": {"train_files": [str(data)], "eval_files": [str(data)]},
         "train": {"batch_size": BATCH, "steps": 6, "lr": 0.01, "warmup_steps": 4, "output_dir": str(out)},
-        "multi_round": {"rounds": 2, "rate": 0.5, "seed": 1, **multi_round},
+        "multi_round": {"rounds": 2, "rate": 0.5, "seed": 1, "score_unit_tokens": BATCH * 16,
+                        "round_schedule": "round1", **multi_round},
     }, "test")
 
 
@@ -39,7 +41,7 @@ def test_round_two_reads_exactly_the_selected_batches(data, tmp_path):
     rows = read_samples(data)
     batch_loss = np.arange(5, dtype=float)  # 18 samples -> batches 0..4, the last of 2 samples
     save_scores(tmp_path / "s.npz", batch_loss, np.repeat(batch_loss, BATCH)[:N], BATCH, {})
-    scores = {"batch_loss": batch_loss, "sample_loss": np.repeat(batch_loss, BATCH)[:N], "batch_size": BATCH,
+    scores = {"unit_loss": batch_loss, "sample_loss": np.repeat(batch_loss, BATCH)[:N], "unit_size": BATCH,
               "num_samples": N}
     samples, units, _ = select_from_scores(scores, 0.8, seed=2)  # 4 of 5 batches
     index = write_selection(tmp_path / "sel.npy", samples, units, {})
@@ -140,6 +142,28 @@ def test_driver_runs_the_stages_in_order_and_resumes(data, tmp_path):
     changed = dataclasses.replace(config, multi_round=dataclasses.replace(config.multi_round, rate=0.25))
     with pytest.raises(ValueError, match="started with a different config"):
         driver.run_rounds(changed, runner=runner, announce=lambda *_: None)
+
+
+def test_later_rounds_follow_the_chosen_schedule(data, tmp_path):
+    official = driver.round_config(rounds_config(data, tmp_path, round_schedule="official", round_steps=100), 2,
+                                   tmp_path).train
+    assert (official.lr, official.warmup_fraction, official.warmup_steps, official.min_lr_ratio) == \
+        (1e-4, 0.03, 0, 0.1)  # RethinkTinyLM's continued training: 1e-4, 3% warm-up, floor 1e-5
+    ours = driver.round_config(rounds_config(data, tmp_path, round_steps=3), 2, tmp_path).train
+    assert (ours.lr, ours.warmup_steps, ours.warmup_fraction, ours.min_lr_ratio) == (0.01, 3, None, 0.1)
+    fraction = driver.round_config(rounds_config(data, tmp_path, round_steps=40, round_warmup_fraction=0.1,
+                                                 round_lr=5e-3, round_min_lr_ratio=0.2), 2, tmp_path).train
+    assert (fraction.lr, fraction.warmup_steps, fraction.warmup_fraction, fraction.min_lr_ratio) == \
+        (5e-3, 0, 0.1, 0.2)
+    assert MultiRoundConfig().round_schedule == "official"
+    with pytest.raises(ConfigError, match="set either round_warmup_steps or round_warmup_fraction"):
+        rounds_config(data, tmp_path, round_warmup_steps=2, round_warmup_fraction=0.1)
+
+
+def test_a_unit_larger_than_the_data_is_refused_before_training(data, tmp_path):
+    config = rounds_config(data, tmp_path / "run", score_unit_tokens=10 ** 6)
+    with pytest.raises(ConfigError, match="score_unit_tokens: .* nothing to select from"):
+        driver.run_rounds(config, runner=FakeRunner(), announce=lambda *_: None)
 
 
 def test_multi_round_section_round_trips(data, tmp_path):

@@ -13,7 +13,7 @@ from pangu_pro.cli import main as cli_main
 from pangu_pro.configtools import ConfigError, from_mapping
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.config import MultiRoundConfig
-from pangu_pro.rounds.scoring import save_scores
+from pangu_pro.rounds.scoring import rank_units, save_scores
 from pangu_pro.rounds.selection import select_from_scores
 
 SCORES = np.array([0.0, 0.4, 1.0, 1.5, 2.2, 3.0])  # losses: p ranges from 2% to 41%
@@ -165,11 +165,31 @@ def test_num_selected_and_clear_errors():
 def test_units_expand_to_samples():
     np.testing.assert_array_equal(sampling.unit_samples(np.array([2, 0]), "batch", 4, 10), [8, 9, 0, 1, 2, 3])
     np.testing.assert_array_equal(sampling.unit_samples(np.array([5, 1]), "sample", 4, 10), [5, 1])
-    assert sampling.num_batches(10, 4) == 3
+    assert sampling.num_units(10, 4) == 3
     with pytest.raises(ValueError, match="batch index 3 is outside the data's 3 batch units"):
         sampling.unit_samples(np.array([3]), "batch", 4, 10)
     with pytest.raises(ValueError, match="sample index 10 is outside"):
         sampling.unit_samples(np.array([10]), "sample", 4, 10)
+
+
+@pytest.mark.parametrize("n,global_batch,k", [(100, 4, 1), (100, 4, 3), (97, 8, 2), (5, 4, 4)])
+def test_units_of_k_training_batches_partition_the_samples(n, global_batch, k):
+    """With unit = k global batches, every sample is in exactly one unit, each unit is k consecutive
+    training batches of the unshuffled pass, and the scorers of any world score each unit once."""
+    seq = 16
+    size = sampling.unit_size(k * global_batch * seq, global_batch, seq)
+    assert size == k * global_batch
+    assert sampling.unit_size(int((k + 0.4) * global_batch * seq), global_batch, seq) == size  # rounded
+    assert sampling.unit_size(1, global_batch, seq) == global_batch  # at least one batch
+    units = sampling.num_units(n, size)
+    owner = np.concatenate([np.full(len(sampling.unit_samples(np.array([u]), "batch", size, n)), u)
+                            for u in range(units)])
+    np.testing.assert_array_equal(sampling.unit_samples(np.arange(units), "batch", size, n), np.arange(n))
+    batch_of_sample = np.arange(n) // global_batch  # training step t reads samples [t*G, (t+1)*G)
+    np.testing.assert_array_equal(owner, batch_of_sample // k)  # unit u = training batches u*k .. u*k+k-1
+    for world in (1, 2, 3):
+        ids = np.concatenate([rank_units(units, r, world) for r in range(world)])
+        np.testing.assert_array_equal(np.sort(ids), np.arange(units))
 
 
 def test_multi_round_config_validation():
@@ -177,7 +197,9 @@ def test_multi_round_config_validation():
     assert (cfg.rounds, cfg.rate, cfg.unit, cfg.temperature) == (3, 0.25, "sample", 2.0)
     for key, value, match in [("rate", 0, "rate: must lie in"), ("rate", 1.5, "rate: must lie in"),
                               ("temperature", 0, "temperature"), ("unit", "token", "unit: expected one of"),
-                              ("rounds", 0, "rounds")]:
+                              ("rounds", 0, "rounds"), ("score_unit_tokens", 0, "score_unit_tokens"),
+                              ("round_schedule", "theirs", "round_schedule"),
+                              ("round_warmup_fraction", 1.5, "round_warmup_fraction")]:
         with pytest.raises(ConfigError, match=match):
             from_mapping(MultiRoundConfig, {key: value})
 
@@ -194,7 +216,7 @@ def test_select_cli_writes_the_index_and_fails_clearly(tmp_path, capsys):
     units = np.array(report["units"])
     assert units.size == 3 and np.unique(units).size == 3
     np.testing.assert_array_equal(index, sampling.unit_samples(units, "batch", 4, 18))
-    scores = {"batch_loss": batch_loss, "sample_loss": sample_loss, "batch_size": 4, "num_samples": 18}
+    scores = {"unit_loss": batch_loss, "sample_loss": sample_loss, "unit_size": 4, "num_samples": 18}
     np.testing.assert_array_equal(index, select_from_scores(scores, 0.6, seed=3)[0])
     assert report["samples_selected"] == index.size and report["selected_fraction"] == index.size / 18
     assert cli_main(["select", "--scores", str(tmp_path / "s.npz"), "--rate", "1.5", "--seed", "3"]) == 2

@@ -77,3 +77,68 @@ def test_remap_tensors_checks_shapes():
         remap_tensors({}, NEW2OLD, OLD_VOCAB, "ckpt")
     table = np.arange(OLD_VOCAB * 2, dtype=np.float32).reshape(OLD_VOCAB, 2)
     assert np.array_equal(remap_tensors({EMBEDDING: table}, NEW2OLD, OLD_VOCAB)[EMBEDDING][:, 0], 2 * NEW2OLD)
+
+
+def write_map_record(tmp_path, source_bytes: bytes):
+    """A fake source tokenizer file and the map record `tokenizer compress` writes for it."""
+    import json
+
+    from pangu_pro.io import file_sha256
+
+    source = tmp_path / "big.model"
+    source.write_bytes(source_bytes)
+    compact = tmp_path / "compact.model"
+    compact.write_bytes(b"compact " + source_bytes)
+    map_path = tmp_path / "compact.new2old.npy"
+    np.save(map_path, NEW2OLD)
+    map_path.with_suffix(".json").write_text(json.dumps({
+        "source_tokenizer": str(source), "source_sha256": file_sha256(source), "compact_tokenizer": str(compact),
+        "compact_sha256": file_sha256(compact), "new_vocab_size": int(NEW2OLD.size), "new2old": NEW2OLD.tolist()}))
+    return source, compact, map_path
+
+
+def test_remap_refuses_a_map_made_from_a_different_tokenizer(tmp_path):
+    from pangu_pro.io import file_sha256
+
+    source, compact, map_path = write_map_record(tmp_path, b"the big tokenizer")
+    other = tmp_path / "other.model"
+    other.write_bytes(b"a different tokenizer")
+    rng = np.random.default_rng(2)
+    tensors = {EMBEDDING: rng.normal(size=(OLD_VOCAB, 4)).astype(np.float32)}
+    save_tensors(tmp_path / "w.safetensors", tensors)
+    config_path = write_config(tmp_path / "old.yaml")
+    config = yaml.safe_load(config_path.read_text())
+    config["data"] = {"tokenizer": str(other)}
+    config_path.write_text(yaml.safe_dump(config))
+
+    def remap(checkpoint, out, **kwargs):
+        return remap_checkpoint(checkpoint, config_path, NEW2OLD, tmp_path / f"{out}.safetensors",
+                                tmp_path / f"{out}.yaml", map_path=map_path, **kwargs)
+
+    with pytest.raises(ValueError, match=f"{map_path} was made from {source} .* not from {other} "
+                                         f"\\({config_path}: data.tokenizer\\)"):
+        remap(tmp_path / "w.safetensors", "new")
+    with pytest.raises(ValueError, match=f"not from {other}"):
+        remap(tmp_path / "w.safetensors", "new", tokenizer=other)
+    assert not (tmp_path / "new.safetensors").exists()
+
+    new_config = remap(tmp_path / "w.safetensors", "new", tokenizer=source)  # the right tokenizer
+    _, metadata = load_tensors(tmp_path / "new.safetensors")
+    assert metadata["tokenizer_sha256"] == file_sha256(compact) and new_config.data.tokenizer == str(compact)
+    # the remapped weights record the compact tokenizer: remapping them again with the map is refused
+    with pytest.raises(ValueError, match=f"not from the tokenizer {tmp_path / 'new.safetensors'} records"):
+        remap(tmp_path / "new.safetensors", "twice", tokenizer=source)
+    config["data"] = {}
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="cannot tell which tokenizer .* pass the tokenizer"):
+        remap(tmp_path / "w.safetensors", "new")
+
+
+def test_remap_imports_no_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, pangu_pro.tokenizer.remap; "
+            "print(sorted(m for m in sys.modules if m.startswith(('pangu_pro.model', 'mindspore'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -101,3 +101,23 @@ def test_counts_must_match_vocab():
 
 def test_old2new():
     assert old2new_array(np.array([0, 2, 5]), 6).tolist() == [0, -1, 1, -1, -1, 2]
+
+
+def test_bracketed_pieces_are_kept_with_their_merge_tree_unless_turned_off():
+    """The official script keeps every `<…>` / `[…]` piece (format markers) whatever its count; ours
+    also keeps the merges that build it, so it stays reachable. Configurable."""
+    from pangu_pro.tokenizer.select import is_bracketed
+
+    # ids:  6    7    8    9    10   11   12    13     14   15   16     17
+    vocab = make_vocab(["▁", "a", "b", "ab", "<", ">", "<a", "<a>", "[", "]", "[a]", "<>"])
+    counts = np.array([0] * 6 + [50, 40, 30, 20, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+    assert [is_bracketed(p) for p in ("<a>", "[a]", "<>", "[]", "<", "a>", "<0x00>")] == \
+        [True, True, False, False, False, False, True]
+    required = required_ids(vocab)
+    assert required == [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 16]  # <a> with < a > <a; [a] alone (unreachable)
+    kept = select_ids(vocab, counts, vocab_size=len(required)).new2old.tolist()
+    assert kept == required and 13 in kept and 16 in kept
+    naive = select_ids(vocab, counts, vocab_size=len(required), keep_bracketed=False).new2old.tolist()
+    assert required_ids(vocab, keep_bracketed=False) == [0, 1, 2, 3, 4, 5, 6]
+    assert 13 not in naive and 16 not in naive and {7, 8, 9} <= set(naive)  # by count: a, b, ab first
+    assert required_ids(make_vocab(["▁", "<", "a", ">", "<a>"], "unigram")) == [0, 1, 2, 3, 4, 5, 6, 10]

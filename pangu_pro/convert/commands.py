@@ -13,7 +13,8 @@ def _to_hf(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides).model
     summary = export_to_hf(args.checkpoint, cfg, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
-                           max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.quiet)
+                           max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.quiet,
+                           config_source=args.config)
     print(json.dumps(summary, indent=2))
     return 0
 

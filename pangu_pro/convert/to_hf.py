@@ -20,7 +20,7 @@ from pangu_pro.config import ModelConfig
 from pangu_pro.convert.checkpoints import open_checkpoint
 from pangu_pro.convert.names import STORAGE_CODES, TORCH_DTYPES, expected_shapes, hf_config, is_pangu, to_hf_name
 from pangu_pro.convert.safetensors_stream import ITEM_SIZES, cast_for_storage, write_safetensors
-from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, atomic_write_text
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -89,8 +89,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, tokenizer: str | Path | None = None,
                  dtype: str = "float32", max_shard_size: str | int = "5GB", overwrite: bool = False,
-                 progress: bool = True) -> dict:
-    """Write a Hugging Face folder for `checkpoint` (weights file, checkpoint folder or distributed run)."""
+                 progress: bool = True, config_source: str = "the model config") -> dict:
+    """Write a Hugging Face folder for `checkpoint` (weights file, checkpoint folder or distributed run).
+    A tokenizer that does not fit `cfg` (from `config_source`) or the checkpoint is refused before
+    anything is written (`tokenizer.hf.check_against_model`)."""
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(TORCH_DTYPES)}")
     dtype = TORCH_DTYPES[dtype]
@@ -101,6 +103,10 @@ def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, 
         raise FileNotFoundError(f"{tokenizer}: tokenizer model not found")
     source = open_checkpoint(checkpoint)
     expected = check_checkpoint(source, cfg)
+    tokenizer_values = None
+    if tokenizer is not None:
+        tokenizer_values = tokenizer_checks(checkpoint, cfg, config_source)
+        check_tokenizer(tokenizer, tokenizer_values)
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, overwrite)
 
@@ -132,14 +138,44 @@ def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, 
                                   pad_token_id=cfg.pad_token_id)
     atomic_write_text(out_dir / "generation_config.json", generation.to_json_string(use_diff=True))
     if tokenizer is not None:
-        write_tokenizer(tokenizer, out_dir)
+        write_tokenizer(tokenizer, out_dir, tokenizer_values)
     return {"out_dir": str(out_dir), "files": files, "tensors": len(hf_names), "dtype": dtype,
             "architecture": config.architectures[0]}
 
 
-def write_tokenizer(spm_model: str | Path, out_dir: Path) -> None:
+def tokenizer_checks(checkpoint: str | Path, cfg: ModelConfig, config_source: str) -> dict:
+    """What the tokenizer must match, as plain values: the config's size and special ids, and the
+    tokenizer digest the checkpoint's weights file records (`tokenizer_sha256`, written by remap)."""
+    values = {"vocab_size": cfg.vocab_size, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+              "pad_token_id": cfg.pad_token_id, "source": config_source}
+    digest, weights = checkpoint_tokenizer_digest(checkpoint)
+    if digest:
+        values.update(sha256=digest, sha256_source=str(weights))
+    return values
+
+
+def checkpoint_tokenizer_digest(checkpoint: str | Path) -> tuple[str | None, Path | None]:
+    """(tokenizer sha256 recorded in the weights file's metadata, that file); (None, None) if none."""
+    from safetensors import safe_open
+
+    path = Path(checkpoint)
+    path = path / WEIGHTS_NAME if path.is_dir() else path
+    if not path.is_file():
+        return None, None
+    with safe_open(str(path), framework="numpy") as handle:
+        return (handle.metadata() or {}).get("tokenizer_sha256"), path
+
+
+def check_tokenizer(spm_model: str | Path, values: dict) -> None:
+    from pangu_pro.tokenizer.hf import check_against_model
+    from pangu_pro.tokenizer.vocab import read_model_proto
+
+    check_against_model(spm_model, read_model_proto(spm_model), **values)
+
+
+def write_tokenizer(spm_model: str | Path, out_dir: Path, values: dict) -> None:
     """Hugging Face tokenizer files for a SentencePiece model (the tokenizer stage's writer)."""
     from pangu_pro.tokenizer.hf import write_hf_tokenizer
 
-    write_hf_tokenizer(spm_model, out_dir)
+    write_hf_tokenizer(spm_model, out_dir, **values)
 

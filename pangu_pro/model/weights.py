@@ -13,20 +13,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from pangu_pro.config import ModelConfig
-from pangu_pro.io import load_tensors, save_tensors
-
-WEIGHTS_NAME = "model.safetensors"
-
-
-def resolve_weights(path: str | Path) -> Path:
-    """The weights file for `path`: the file itself, or `model.safetensors` inside a checkpoint folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file (expected a .safetensors file or a checkpoint "
-                                f"folder holding {WEIGHTS_NAME})")
-    return path
+from pangu_pro.io import WEIGHTS_NAME, load_tensors, resolve_weights, save_tensors  # noqa: F401  (re-exported)
 
 
 def model_state(model: nn.Cell) -> dict[str, np.ndarray]:

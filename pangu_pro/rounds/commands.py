@@ -33,8 +33,11 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--out", default=None, metavar="SCORES.npz", help="default: TRAIN.OUTPUT_DIR/scores.npz")
     p.add_argument("--data", nargs="+", default=None, help="MindRecord files or folders (default: data.train_files)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per scoring batch (default: train.batch_size)")
-    p.add_argument("--flush-every", type=int, default=16, metavar="N", help="save partial results every N batches")
+    p.add_argument("--unit-samples", type=int, default=None, metavar="U",
+                   help="samples per scoring unit (default: multi_round.score_unit_tokens in whole global batches)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per forward pass, a divisor of the unit (default: train.batch_size)")
+    p.add_argument("--flush-every", type=int, default=16, metavar="N", help="save partial results every N units")
     p.add_argument("--overwrite", action="store_true", help="discard earlier (partial) scores at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_score)
@@ -48,7 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--rate", type=float, required=True, help="fraction of the units to draw, in (0, 1]")
     p.add_argument("--seed", type=int, required=True, help="the draw and the shuffle are functions of this seed")
     p.add_argument("--temperature", type=float, default=1.0, help="p ∝ exp(score / T) (default 1)")
-    p.add_argument("--unit", choices=["batch", "sample"], default="batch", help="what is drawn (default batch)")
+    p.add_argument("--unit", choices=["batch", "sample"], default="batch",
+                   help="what is drawn: batch = the scoring units of consecutive training batches (default), "
+                        "or single samples")
     p.add_argument("--order", choices=["shuffle", "draw", "corpus"], default="shuffle",
                    help="order of the units in the index file (default: seeded shuffle)")
     p.add_argument("--out", default=None, metavar="INDEX.npy", help="default: selection.npy beside the scores")

@@ -41,6 +41,8 @@ import numpy as np
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.rounds.config import OFFICIAL_ROUND_LR, OFFICIAL_ROUND_MIN_LR_RATIO, OFFICIAL_ROUND_WARMUP_FRACTION
+from pangu_pro.rounds.sampling import num_units, unit_size
 
 STATE_NAME = "rounds_state.json"
 SUMMARY_NAME = "rounds_summary"
@@ -62,20 +64,50 @@ def round_steps(config: Config, k: int) -> int:
     return mr.round_steps or max(1, round(mr.rate * tc.steps))
 
 
+def round_schedule(config: Config, steps: int) -> dict:
+    """Peak lr, warm-up and floor of a later round of `steps` steps (docs/multi_round.md, "Schedule"):
+    `multi_round.round_schedule` official = the official continued-training schedule (lr 1e-4, 3%
+    warm-up, floor 1e-5), round1 = round 1's own; round_lr / round_warmup_* / round_min_lr_ratio override."""
+    mr, tc = config.multi_round, config.train
+    if mr.round_schedule == "official":
+        lr, fraction, floor = OFFICIAL_ROUND_LR, OFFICIAL_ROUND_WARMUP_FRACTION, OFFICIAL_ROUND_MIN_LR_RATIO
+        warmup = None
+    else:
+        lr, warmup, fraction, floor = tc.lr, tc.warmup_steps, tc.warmup_fraction, tc.min_lr_ratio
+    if mr.round_warmup_steps is not None:
+        warmup, fraction = mr.round_warmup_steps, None
+    elif mr.round_warmup_fraction is not None:
+        warmup, fraction = None, mr.round_warmup_fraction
+    return {"lr": mr.round_lr or lr, "min_lr_ratio": floor if mr.round_min_lr_ratio is None else mr.round_min_lr_ratio,
+            "warmup_steps": 0 if warmup is None else min(warmup, steps),
+            "warmup_fraction": fraction}
+
+
 def round_config(config: Config, k: int, root: Path) -> Config:
     """The config round `k` trains with (module doc), validated."""
-    mr, tc = config.multi_round, config.train
+    tc = config.train
     out = round_dir(root, k) / "train"
     train, data = dataclasses.replace(tc, output_dir=str(out)), config.data
     if k > 1:
         steps = round_steps(config, k)
-        warmup = mr.round_warmup_steps if mr.round_warmup_steps is not None else tc.warmup_steps
         previous = Path(round_config(config, k - 1, root).train.output_dir)
-        train = dataclasses.replace(train, steps=steps, lr=mr.round_lr or tc.lr, warmup_steps=min(warmup, steps),
+        train = dataclasses.replace(train, steps=steps, **round_schedule(config, steps),
                                     init_weights=str(previous / "checkpoints" / f"step_{round_steps(config, k - 1):08d}"))
         data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
     mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
     return config_from_dict(mapping, f"{config.source} (round {k})")
+
+
+def score_unit_samples(config: Config, workers: int) -> int:
+    """Samples per scoring unit: `multi_round.score_unit_tokens` rounded to whole global training
+    batches (train.batch_size x grad_accum_steps x data-parallel replicas x pipeline micro batches),
+    at least one. Replicas: `workers` under data parallel, parallel.data_parallel under semi-auto."""
+    tc, p = config.train, config.parallel
+    semi_auto = p.model_parallel > 1 or p.pipeline_stage > 1 or p.optimizer_shard
+    replicas = p.data_parallel if semi_auto else workers
+    micro = p.micro_batch_num if p.pipeline_stage > 1 else 1
+    global_batch = tc.batch_size * tc.grad_accum_steps * replicas * micro
+    return unit_size(config.multi_round.score_unit_tokens, global_batch, config.model.seq_length)
 
 
 def config_fingerprint(config: Config) -> str:
@@ -142,10 +174,10 @@ class StageRunner:
     def train(self, config_path: Path, resume: bool, log_dir: Path) -> None:
         self.run(["train", str(config_path), *(["--resume"] if resume else [])], log_dir)
 
-    def score(self, config_path: Path, checkpoint: Path, out: Path, batch_size: int, flush_every: int,
+    def score(self, config_path: Path, checkpoint: Path, out: Path, unit_samples: int, flush_every: int,
               log_dir: Path) -> None:
         self.run(["score", str(config_path), "--checkpoint", str(checkpoint), "--out", str(out),
-                  "--batch-size", str(batch_size), "--flush-every", str(flush_every)], log_dir)
+                  "--unit-samples", str(unit_samples), "--flush-every", str(flush_every)], log_dir)
 
     def evaluate(self, config: Config, checkpoint: Path) -> dict:
         from pangu_pro.train.evaluate import perplexity
@@ -181,7 +213,15 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
     root.mkdir(parents=True, exist_ok=True)
     state = RoundsState(root / STATE_NAME, config_fingerprint(config))
     save_config(config, root / "config.yaml")
-    score_batch = mr.score_batch_size or config.train.batch_size
+    unit_samples = score_unit_samples(config, workers)
+    if mr.rounds > 1 and mr.unit == "batch":
+        from pangu_pro.data.dataset import count_samples
+
+        units = num_units(count_samples(config.data.train_files), unit_samples)
+        if units < 2:
+            raise ConfigError("multi_round.score_unit_tokens", f"{mr.score_unit_tokens} tokens make units of "
+                              f"{unit_samples} samples: the training data is {units} unit, nothing to select "
+                              "from; lower score_unit_tokens")
 
     for k in range(1, mr.rounds + 1):
         rdir = round_dir(root, k)
@@ -215,12 +255,12 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                     info = {"heldout_loss": None, "note": "data.eval_files is empty"}
             elif stage == "score":
                 out = rdir / "scores.npz"
-                runner.score(cfg_path, Path(state.done(k, "train")["checkpoint"]), out, score_batch,
+                runner.score(cfg_path, Path(state.done(k, "train")["checkpoint"]), out, unit_samples,
                              mr.flush_every, rdir / "logs_score")
                 scores = load_scores(out)
-                info = {"scores": str(out), "mean_batch_loss": float(scores["batch_loss"].mean()),
-                        "mean_sample_loss": float(scores["sample_loss"].mean()),
-                        "num_samples": scores["num_samples"], "num_batches": int(scores["batch_loss"].size)}
+                info = {"scores": str(out), "mean_unit_loss": float(scores["unit_loss"].mean()),
+                        "mean_sample_loss": float(scores["sample_loss"].mean()), "unit_size": scores["unit_size"],
+                        "num_samples": scores["num_samples"], "num_units": int(scores["unit_loss"].size)}
             else:  # select
                 scores = load_scores(state.done(k, "score")["scores"])
                 samples, units, report = select_from_scores(scores, mr.rate, seed=mr.seed + k,
@@ -249,7 +289,7 @@ def summarise(state: RoundsState, rounds: int) -> list[dict]:
         trained_on = prev.get("samples_selected") if k > 1 else total
         rows.append({"round": k, "steps": train.get("steps"), "train_samples": trained_on,
                      "final_train_loss": train.get("final_train_loss"), "heldout_loss": ev.get("heldout_loss"),
-                     "mean_score": score.get("mean_batch_loss"), "selected_fraction": sel.get("selected_fraction"),
+                     "mean_score": score.get("mean_unit_loss"), "selected_fraction": sel.get("selected_fraction"),
                      "mean_score_selected": sel.get("mean_score_selected"), "checkpoint": train.get("checkpoint"),
                      "selection": sel.get("selection")})
     return rows
@@ -270,7 +310,7 @@ def write_summary(root: Path, state: RoundsState, rounds: int) -> dict:
         lines.append(f"| {r['round']} | {fmt(r['steps'])} | {fmt(r['train_samples'])} | {fmt(r['final_train_loss'])} "
                      f"| {fmt(r['heldout_loss'])} | {fmt(r['mean_score'])} | {fmt(r['selected_fraction'], '.3f')} "
                      f"| {fmt(r['mean_score_selected'])} |")
-    lines += ["", "Mean score: round K's model on the whole training set (mean batch loss); the selection "
+    lines += ["", "Mean score: round K's model on the whole training set (mean unit loss); the selection "
               "made from it is what round K+1 trains on.", ""]
     atomic_write_text(root / f"{SUMMARY_NAME}.md", "\n".join(lines))
     return summary

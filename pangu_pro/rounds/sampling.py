@@ -98,17 +98,17 @@ def order_units(drawn: np.ndarray, order: Literal["shuffle", "draw", "corpus"], 
     raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
-def unit_samples(units: np.ndarray, unit: Literal["batch", "sample"], batch_size: int,
+def unit_samples(units: np.ndarray, unit: Literal["batch", "sample"], unit_size: int,
                  num_samples: int) -> np.ndarray:
     """Sample indices of `units`, in the units' order. Batch unit b is samples
-    ``[b * batch_size, min((b + 1) * batch_size, num_samples))`` in their original order."""
+    ``[b * unit_size, min((b + 1) * unit_size, num_samples))`` in their original order."""
     units = np.asarray(units, dtype=np.int64)
     if unit == "sample":
         limit = num_samples
     elif unit == "batch":
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {batch_size}")
-        limit = num_batches(num_samples, batch_size)
+        if unit_size < 1:
+            raise ValueError(f"unit size must be at least 1, got {unit_size}")
+        limit = num_units(num_samples, unit_size)
     else:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     bad = np.flatnonzero((units < 0) | (units >= limit))
@@ -118,14 +118,25 @@ def unit_samples(units: np.ndarray, unit: Literal["batch", "sample"], batch_size
         return units.copy()
     if units.size == 0:
         return units.copy()
-    starts = units * batch_size
-    stops = np.minimum(starts + batch_size, num_samples)
+    starts = units * unit_size
+    stops = np.minimum(starts + unit_size, num_samples)
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(starts, stops)])
 
 
-def num_batches(num_samples: int, batch_size: int) -> int:
-    """Scoring batches of `num_samples`: ceil(num_samples / batch_size) (the last one may be short)."""
-    return -(-num_samples // batch_size)
+def unit_size(unit_tokens: int, global_batch: int, seq_length: int) -> int:
+    """Samples per scoring unit: k whole global training batches of `global_batch` samples of
+    `seq_length` tokens, k = round(unit_tokens / batch tokens), at least 1. Training step t reads samples
+    ``[t*G, (t+1)*G)`` of an unshuffled pass, so unit u is exactly training batches ``u*k .. u*k + k-1``."""
+    if unit_tokens < 1 or global_batch < 1 or seq_length < 1:
+        raise ValueError(f"unit tokens, global batch and sequence length must be positive, got "
+                         f"{unit_tokens}, {global_batch}, {seq_length}")
+    k = max(1, math.floor(unit_tokens / (global_batch * seq_length) + 0.5))
+    return k * global_batch
+
+
+def num_units(num_samples: int, unit_size: int) -> int:
+    """Scoring units of `num_samples`: ceil(num_samples / unit_size) (the last one may be short)."""
+    return -(-num_samples // unit_size)
 
 
 def select(scores, rate: float, *, seed: int = 0, temperature: float = 1.0,

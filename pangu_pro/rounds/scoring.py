@@ -1,27 +1,40 @@
-"""`pangu-pro score`: the frozen model's loss on every batch and every sample of the training set.
+"""`pangu-pro score`: the frozen model's loss on every scoring unit and every sample of the training set.
 
 Units. Sample i is row i of the training files (counted across `data.train_files` in order, as the
-data loader counts). Scoring batch b is samples ``[b*B, min((b+1)*B, N))`` — consecutive samples in
-corpus order, the last batch possibly short; B is `--batch-size` (default train.batch_size).
-A sample's score is its token-mean next-token loss; a batch's score is the token-mean loss over
-its samples (= `PanGuPiWithLoss` on that batch).
+data loader counts). Scoring unit u is samples ``[u*U, min((u+1)*U, N))`` — consecutive samples in
+corpus order, the last unit possibly short. U (`--unit-samples`) is a whole number of global training
+batches: `multi_round.score_unit_tokens` (default ~2M tokens, the official unit) rounded to whole
+batches (`driver.score_unit_samples`), so a unit is k consecutive training batches of an unshuffled
+pass. The model runs `--batch-size` rows at a time (default train.batch_size, the compiled training
+shape), U being a multiple of it. A sample's score is its token-mean next-token loss; a unit's score is
+the token-mean loss over its samples (= `PanGuPiWithLoss` on the whole unit).
 
-Data parallel. Under msrun each of the w ranks scores batches ``b = rank, rank + w, ...`` and saves
-its results to ``OUT.parts/rank{r}-of{w}.npz``; rank 0 waits for every part and assembles them in
-batch order into OUT (a .npz file):
+Parallel layout. The scorer builds the model through the trainer (`trainer.build_loss_network`),
+under the layout `setup_parallel` sets from the config:
+  * data parallel (msrun, w ranks): rank r scores units ``r, r + w, ...`` and saves them to
+    ``OUT.parts/rank{r:03d}-of{w:03d}.npz``; rank 0 checks and merges every part;
+  * semi-auto parallel (tensor parallel / ZeRO, Ascend): the ranks run one sharded graph with the
+    layout's strategies on full global batches (`full_batch`), so all ranks score every unit together
+    and the first rank of the last stage writes the single part ``rank000-of001.npz`` and merges it.
+    A pipeline-parallel forward is not supported (score with parallel.pipeline_stage=1).
 
-    batch_loss   float64 [num_batches]   indexed by batch id
-    sample_loss  float64 [N]             indexed by sample id
-    batch_size, num_samples              int64 scalars
-    meta         JSON string: checkpoint, files, world, and the fingerprint of the weights
+OUT (a .npz file) holds
 
-plus OUT with suffix .json: a readable summary. Resume: a rank's part is rewritten atomically every
-`flush_every` batches; a restart with the same checkpoint, data, batch size and world loads it and
-scores only the batches after it. A part from a different checkpoint or data is refused (``--overwrite``
-starts over). A non-finite loss stops scoring, naming the batch and its samples.
+    unit_loss    float64 [num_units]   indexed by unit id
+    sample_loss  float64 [N]           indexed by sample id
+    unit_size, num_samples             int64 scalars
+    meta         JSON string: checkpoint, files, unit size, scorers, and the fingerprint of the weights
+
+plus OUT with suffix .json: a readable summary. Every part records the unit ids it holds; merging
+refuses a part whose ids are not exactly the ones its rank owes (a repeated, missing or foreign id),
+whose sample count does not fit its units, or whose losses are not finite. Resume: a rank's part is
+rewritten atomically every `flush_every` units; a restart with the same checkpoint, data, unit size
+and world loads it and scores only the units after it. A part from a different run is refused
+(``--overwrite`` starts over). A non-finite loss stops scoring, naming the unit and its samples.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -31,7 +44,7 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json
-from pangu_pro.rounds.sampling import num_batches as count_batches
+from pangu_pro.rounds.sampling import num_units as count_units
 
 PARTS_SUFFIX = ".parts"
 
@@ -43,13 +56,37 @@ def per_sample_loss_cell(network):
     return PanGuPiRowLosses(network)
 
 
+def scoring_network(config, par, weights=None):
+    """The per-row loss network of `config` under this process's layout (the trainer's builder):
+    under semi-auto parallel it carries the layout's strategies; the per-row sum runs replicated
+    (its [B, T] input gathered), so every rank holds every row's loss."""
+    from pangu_pro.train.trainer import build_loss_network
+
+    if par.semi_auto and config.parallel.pipeline_stage > 1:
+        from pangu_pro.configtools import ConfigError
+
+        raise ConfigError("parallel.pipeline_stage", f"is {config.parallel.pipeline_stage}: scoring runs no pipeline "
+                          "forward; score with parallel.pipeline_stage=1 (tensor/data parallel) on merged weights")
+    _, net = build_loss_network(config, par, loss_cell=per_sample_loss_cell, weights=weights)
+    if par.semi_auto:
+        net.row_sum.shard(((1, 1),))
+    net.set_train(False)
+    return net
+
+
 # ------------------------------------------------------------------------------ work split and parts
 
-def rank_batches(num_batches: int, rank: int, world: int) -> np.ndarray:
-    """The batch ids rank `rank` of `world` scores, in order: ``range(num_batches)[rank::world]``."""
+def rank_units(num_units: int, rank: int, world: int) -> np.ndarray:
+    """The unit ids scorer `rank` of `world` scores, in order: ``range(num_units)[rank::world]``."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside [0, {world})")
-    return np.arange(num_batches, dtype=np.int64)[rank::world]
+    return np.arange(num_units, dtype=np.int64)[rank::world]
+
+
+def unit_lengths(ids: np.ndarray, unit_size: int, num_samples: int) -> np.ndarray:
+    """Samples in each unit of `ids` (unit_size, or fewer for the last unit)."""
+    ids = np.asarray(ids, np.int64)
+    return np.minimum((ids + 1) * unit_size, num_samples) - ids * unit_size
 
 
 def parts_dir(out: Path) -> Path:
@@ -66,106 +103,139 @@ def weights_fingerprint(path: Path) -> dict:
     return {"weights": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def save_part(path: Path, meta: dict, batch_ids: np.ndarray, batch_loss: np.ndarray, sample_loss: np.ndarray,
+def save_part(path: Path, meta: dict, unit_ids: np.ndarray, unit_loss: np.ndarray, sample_loss: np.ndarray,
               complete: bool) -> None:
     """One rank's results so far, written atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, meta=np.array(json.dumps(meta)), batch_ids=np.asarray(batch_ids, np.int64),
-                     batch_loss=np.asarray(batch_loss, np.float64), sample_loss=np.asarray(sample_loss, np.float64),
+            np.savez(handle, meta=np.array(json.dumps(meta)), unit_ids=np.asarray(unit_ids, np.int64),
+                     unit_loss=np.asarray(unit_loss, np.float64), sample_loss=np.asarray(sample_loss, np.float64),
                      complete=np.array(complete))
 
 
 def load_part(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as data:
-        return {"meta": json.loads(str(data["meta"])), "batch_ids": data["batch_ids"],
-                "batch_loss": data["batch_loss"], "sample_loss": data["sample_loss"],
-                "complete": bool(data["complete"])}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {"meta": json.loads(str(data["meta"])), "unit_ids": data["unit_ids"],
+                    "unit_loss": data["unit_loss"], "sample_loss": data["sample_loss"],
+                    "complete": bool(data["complete"]), "path": str(path)}
+    except (KeyError, ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a scoring part file ({err}); pass --overwrite to start over") from None
 
 
-def check_part(part: dict, meta: dict, expected_ids: np.ndarray, path: Path) -> None:
-    """Refuse a part written for another run; check that it holds a prefix of this rank's batches."""
+def check_part(part: dict, meta: dict, expected_ids: np.ndarray, path: Path, complete: bool = False) -> None:
+    """Refuse a part written for another run, or one that does not hold a prefix of this rank's units
+    (all of them when `complete`) with one finite loss per unit and per sample of those units."""
     for key in sorted(set(meta) | set(part["meta"])):
         if part["meta"].get(key) != meta.get(key):
             raise ValueError(f"{path}: partial scores of another run ({key}: {part['meta'].get(key)!r} there, "
                              f"{meta.get(key)!r} now); pass --overwrite to start over")
-    done = part["batch_ids"]
-    if done.size > expected_ids.size or not np.array_equal(done, expected_ids[:done.size]):
-        raise ValueError(f"{path}: holds batches that are not this rank's next ones; pass --overwrite")
+    ids = np.asarray(part["unit_ids"], np.int64)
+    repeated = _first_repeat(ids)
+    if repeated is not None:
+        raise ValueError(f"{path}: unit {repeated} appears more than once; the part is corrupt, pass --overwrite")
+    want = expected_ids if complete else expected_ids[:ids.size]
+    if ids.size > expected_ids.size or not np.array_equal(ids, want):
+        raise ValueError(f"{path}: holds units {ids[:8].tolist()}..., not this rank's "
+                         f"{'' if complete else 'next '}units {want[:8].tolist()}...; pass --overwrite")
+    if part["unit_loss"].shape != ids.shape:
+        raise ValueError(f"{path}: {part['unit_loss'].size} unit losses for {ids.size} unit ids")
+    n = int(unit_lengths(ids, meta["unit_size"], meta["num_samples"]).sum())
+    if part["sample_loss"].size != n:
+        raise ValueError(f"{path}: {part['sample_loss'].size} sample losses for units of {n} samples")
+    if not (np.isfinite(part["unit_loss"]).all() and np.isfinite(part["sample_loss"]).all()):
+        raise ValueError(f"{path}: holds non-finite losses")
 
 
-def merge_parts(parts: list[dict], num_batches: int, batch_size: int, num_samples: int
+def _first_repeat(ids: np.ndarray) -> Optional[int]:
+    values, counts = np.unique(ids, return_counts=True)
+    return int(values[counts > 1][0]) if (counts > 1).any() else None
+
+
+def merge_parts(parts: list[dict], num_units: int, unit_size: int, num_samples: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Assemble the ranks' parts by batch id into (batch_loss [num_batches], sample_loss [N]).
+    """Assemble the ranks' parts by unit id into (unit_loss [num_units], sample_loss [N]).
 
-    Every batch must appear exactly once; ValueError otherwise (naming a missing or repeated batch).
-    """
-    batch_loss = np.full(num_batches, np.nan)
+    Every unit must appear exactly once over all parts (a part repeating an id inside itself included);
+    ValueError otherwise, naming the unit and the part."""
+    unit_loss = np.full(num_units, np.nan)
     sample_loss = np.full(num_samples, np.nan)
-    seen = np.zeros(num_batches, dtype=np.int64)
+    seen = np.zeros(num_units, dtype=np.int64)
     for part in parts:
-        ids = part["batch_ids"]
+        where = part.get("path", "a part")
+        ids = np.asarray(part["unit_ids"], np.int64)
+        repeated = _first_repeat(ids)
+        if repeated is not None:
+            raise ValueError(f"{where}: unit {repeated} appears more than once in the part")
+        if ids.size and (ids.min() < 0 or ids.max() >= num_units):
+            raise ValueError(f"{where}: unit id outside [0, {num_units})")
+        if part["unit_loss"].size != ids.size:
+            raise ValueError(f"{where}: {part['unit_loss'].size} unit losses for {ids.size} unit ids")
+        lengths = unit_lengths(ids, unit_size, num_samples)
+        if lengths.sum() != part["sample_loss"].size:
+            raise ValueError(f"{where}: holds {part['sample_loss'].size} sample losses for units of "
+                             f"{int(lengths.sum())} samples")
         seen[ids] += 1
-        batch_loss[ids] = part["batch_loss"]
+        unit_loss[ids] = part["unit_loss"]
         offset = 0
-        for b in ids:
-            start, stop = b * batch_size, min((b + 1) * batch_size, num_samples)
-            sample_loss[start:stop] = part["sample_loss"][offset:offset + stop - start]
-            offset += stop - start
-        if offset != part["sample_loss"].size:
-            raise ValueError(f"a part holds {part['sample_loss'].size} sample losses for batches of {offset} samples")
+        for u, length in zip(ids, lengths):
+            sample_loss[u * unit_size:u * unit_size + length] = part["sample_loss"][offset:offset + length]
+            offset += length
     if (seen != 1).any():
         bad = int(np.flatnonzero(seen != 1)[0])
-        raise ValueError(f"batch {bad} was scored {seen[bad]} times by the parts (expected once)")
-    return batch_loss, sample_loss
+        raise ValueError(f"unit {bad} was scored {seen[bad]} times by the parts (expected once)")
+    return unit_loss, sample_loss
 
 
-def save_scores(out: Path, batch_loss: np.ndarray, sample_loss: np.ndarray, batch_size: int, meta: dict) -> dict:
+def save_scores(out: Path, unit_loss: np.ndarray, sample_loss: np.ndarray, unit_size: int, meta: dict) -> dict:
     """Write the scores file OUT (.npz) and its summary OUT.json; returns the summary."""
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, batch_loss=batch_loss, sample_loss=sample_loss, batch_size=np.int64(batch_size),
+            np.savez(handle, unit_loss=unit_loss, sample_loss=sample_loss, unit_size=np.int64(unit_size),
                      num_samples=np.int64(sample_loss.size), meta=np.array(json.dumps(meta)))
-    summary = {"scores": str(out), "num_batches": int(batch_loss.size), "num_samples": int(sample_loss.size),
-               "batch_size": int(batch_size), "mean_batch_loss": float(batch_loss.mean()),
-               "min_batch_loss": float(batch_loss.min()), "max_batch_loss": float(batch_loss.max()),
+    summary = {"scores": str(out), "num_units": int(unit_loss.size), "num_samples": int(sample_loss.size),
+               "unit_size": int(unit_size), "mean_unit_loss": float(unit_loss.mean()),
+               "min_unit_loss": float(unit_loss.min()), "max_unit_loss": float(unit_loss.max()),
                "mean_sample_loss": float(sample_loss.mean()), **meta}
     atomic_write_json(out.with_suffix(".json"), summary)
     return summary
 
 
 def load_scores(path: str | Path) -> dict:
-    """A scores file as {batch_loss, sample_loss, batch_size, num_samples, meta}; errors name the file."""
+    """A scores file as {unit_loss, sample_loss, unit_size, num_samples, meta}; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: scores file not found (write one with `pangu-pro score`)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            scores = {"batch_loss": np.asarray(data["batch_loss"], np.float64),
+            scores = {"unit_loss": np.asarray(data["unit_loss"], np.float64),
                       "sample_loss": np.asarray(data["sample_loss"], np.float64),
-                      "batch_size": int(data["batch_size"]), "num_samples": int(data["num_samples"]),
+                      "unit_size": int(data["unit_size"]), "num_samples": int(data["num_samples"]),
                       "meta": json.loads(str(data["meta"]))}
     except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a pangu-pro scores file ({err})") from None
+        raise ValueError(f"{path}: not a pangu-pro scores file ({err}); re-run `pangu-pro score`") from None
     if scores["sample_loss"].size != scores["num_samples"] or \
-            scores["batch_loss"].size != count_batches(scores["num_samples"], scores["batch_size"]):
-        raise ValueError(f"{path}: inconsistent sizes: {scores['batch_loss'].size} batch and "
+            scores["unit_loss"].size != count_units(scores["num_samples"], scores["unit_size"]):
+        raise ValueError(f"{path}: inconsistent sizes: {scores['unit_loss'].size} unit and "
                          f"{scores['sample_loss'].size} sample scores for {scores['num_samples']} samples in "
-                         f"batches of {scores['batch_size']}")
+                         f"units of {scores['unit_size']}")
     return scores
 
 
 # ------------------------------------------------------------------------------------- the command
 
-def score(config, checkpoint, *, out=None, files=None, batch_size: Optional[int] = None, flush_every: int = 16,
-          overwrite: bool = False, progress: bool = True, merge_timeout: float = 3600.0, announce=print) -> dict:
-    """Score the training set with the weights in `checkpoint` (module doc); returns rank 0's summary
-    (other ranks return their own part's counts)."""
+def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[int] = None,
+          batch_size: Optional[int] = None, flush_every: int = 16, overwrite: bool = False, progress: bool = True,
+          merge_timeout: float = 3600.0, announce=print) -> dict:
+    """Score the training set with the weights in `checkpoint` (module doc); returns the merging rank's
+    summary (other ranks return their own part's counts). `unit_samples` defaults to
+    `driver.score_unit_samples` for this layout."""
     from tqdm import tqdm
     from mindspore import Tensor
 
     from pangu_pro.data.dataset import count_samples, create_dataset, resolve_files
-    from pangu_pro.model.weights import build_model, resolve_weights
+    from pangu_pro.model.weights import resolve_weights
+    from pangu_pro.rounds.driver import score_unit_samples
     from pangu_pro.runtime import adapt_to_device, init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
@@ -173,112 +243,131 @@ def score(config, checkpoint, *, out=None, files=None, batch_size: Optional[int]
         raise ValueError(f"flush_every must be at least 1, got {flush_every}")
     target = init_mindspore()
     par = setup_parallel(config)
-    lead = par.rank == 0
+    # data parallel: every rank scores its own units; semi-auto: one sharded graph scores them all
+    scorer, scorers = (0, 1) if par.semi_auto else (par.rank, par.world)
+    lead = par.rank == (par.writer if par.semi_auto else 0)
     say = announce if (lead and announce is not None) else (lambda *_: None)
     paths = resolve_files(files or config.data.train_files) if (files or config.data.train_files) else None
     if paths is None:
         raise ValueError("no training data to score: set data.train_files or pass --data")
     weights = resolve_weights(checkpoint)
-    batch_size = batch_size or config.train.batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    rows = (batch_size or config.train.batch_size) * (par.read_factor if par.semi_auto else 1)
+    if config.multi_round is None:
+        from pangu_pro.rounds.config import MultiRoundConfig
+
+        config = dataclasses.replace(config, multi_round=MultiRoundConfig())
+    unit = unit_samples or score_unit_samples(config, par.world)
+    if rows < 1 or unit < 1 or unit % rows:
+        raise ValueError(f"the scoring unit ({unit} samples) must be a positive multiple of the rows scored at a "
+                         f"time ({rows}); set --unit-samples / --batch-size accordingly")
     total = count_samples(paths)
-    n_batches = count_batches(total, batch_size)
+    n_units = count_units(total, unit)
     out = Path(out or Path(config.train.output_dir) / "scores.npz")
     meta = {**weights_fingerprint(weights), "files": [str(Path(p).resolve()) for p in paths],
-            "num_samples": total, "batch_size": batch_size, "world": par.world}
+            "num_samples": total, "unit_size": unit, "scorers": scorers}
 
     if out.is_file() and not overwrite:
         existing = load_scores(out)
         if existing["meta"] == meta:
             say(f"{out} already holds these scores")
             return json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
-        raise ValueError(f"{out} holds scores of another run (checkpoint, data, batch size or world differ); "
+        raise ValueError(f"{out} holds scores of another run (checkpoint, data, unit size or world differ); "
                          f"pass --overwrite or choose another --out")
 
-    mine = rank_batches(n_batches, par.rank, par.world)
-    part_file = part_path(out, par.rank, par.world)
-    done_ids, batch_losses, sample_losses = np.zeros(0, np.int64), [], []
-    if part_file.is_file():
+    mine = rank_units(n_units, scorer, scorers)
+    part_file = part_path(out, scorer, scorers)
+    writes = lead or not par.semi_auto
+    done, unit_losses, sample_losses = 0, [], []
+    if part_file.is_file() and writes:
         if overwrite:
             part_file.unlink()
         else:
             part = load_part(part_file)
             check_part(part, meta, mine, part_file)
-            done_ids = part["batch_ids"]
-            batch_losses = list(part["batch_loss"])
-            sample_losses = list(part["sample_loss"])
+            done = part["unit_ids"].size
+            unit_losses, sample_losses = list(part["unit_loss"]), list(part["sample_loss"])
     if lead and overwrite and out.is_file():
         out.unlink()
 
     def flush(complete: bool) -> None:
-        save_part(part_file, meta, mine[:len(batch_losses)], np.array(batch_losses), np.array(sample_losses),
-                  complete)
+        if writes:
+            save_part(part_file, meta, mine[:len(unit_losses)], np.array(unit_losses), np.array(sample_losses),
+                      complete)
 
-    todo = mine[done_ids.size:]
-    bar = tqdm(total=mine.size, initial=done_ids.size, disable=not (progress and lead), desc="score",
-               unit="batch", dynamic_ncols=True)
+    todo = mine[done:]
+    batches_per_unit = unit // rows
+    bar = tqdm(total=mine.size, initial=done, disable=not (progress and lead), desc="score",
+               unit="unit", dynamic_ncols=True)
     try:
         if todo.size:
-            if done_ids.size:
-                say(f"resuming: {done_ids.size} of rank {par.rank}'s {mine.size} batches already scored")
-            order = np.concatenate([np.arange(b * batch_size, min((b + 1) * batch_size, total)) for b in todo])
-            dataset = create_dataset(paths, batch_size, shuffle=False, indices=order, drop_remainder=False)
-            model = build_model(adapt_to_device(config.model, target, say), weights=weights)
-            net = per_sample_loss_cell(model)
-            net.set_train(False)
+            if done:
+                say(f"resuming: {done} of scorer {scorer}'s {mine.size} units already scored")
+            order = np.concatenate([np.arange(u * unit, min((u + 1) * unit, total)) for u in todo])
+            dataset = create_dataset(paths, rows, shuffle=False, indices=order, drop_remainder=False)
+            device_config = dataclasses.replace(config, model=adapt_to_device(config.model, target, say))
+            net = scoring_network(device_config, par, weights)
+            sums, counts = [], []
             for position, (input_ids,) in enumerate(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)):
-                b = int(todo[position])
-                rows = input_ids.shape[0]
+                u = int(todo[position // batches_per_unit])
+                got = input_ids.shape[0]
                 if input_ids.shape[1] - 1 > config.model.seq_length:
                     raise ValueError(f"model.seq_length {config.model.seq_length} is shorter than the data's "
                                      f"{input_ids.shape[1] - 1}-token samples")
-                if rows < batch_size:  # the short last batch: pad to keep one compiled shape
-                    input_ids = np.concatenate([input_ids, np.repeat(input_ids[:1], batch_size - rows, 0)])
-                sums, counts = (x.asnumpy().astype(np.float64) for x in net(Tensor(input_ids)))
-                sums, counts = sums[:rows], counts[:rows]
-                per_sample = sums / np.maximum(counts, 1.0)
-                batch = sums.sum() / max(counts.sum(), 1.0)
-                if not (np.isfinite(per_sample).all() and math.isfinite(batch)):
+                if got < rows:  # the short last batch: pad to keep one compiled shape
+                    input_ids = np.concatenate([input_ids, np.repeat(input_ids[:1], rows - got, 0)])
+                s, c = (x.asnumpy().astype(np.float64)[:got] for x in net(Tensor(input_ids)))
+                sums.append(s)
+                counts.append(c)
+                length = int(unit_lengths(np.array([u]), unit, total)[0])
+                if sum(x.size for x in sums) < length:
+                    continue
+                s, c = np.concatenate(sums), np.concatenate(counts)
+                sums, counts = [], []
+                per_sample = s / np.maximum(c, 1.0)
+                unit_value = s.sum() / max(c.sum(), 1.0)
+                if not (np.isfinite(per_sample).all() and math.isfinite(unit_value)):
                     flush(False)
-                    bad = [b * batch_size + int(i) for i in np.flatnonzero(~np.isfinite(per_sample))]
-                    raise ValueError(f"non-finite loss on batch {b} (samples {bad[:8]}): the checkpoint "
+                    bad = [u * unit + int(i) for i in np.flatnonzero(~np.isfinite(per_sample))]
+                    raise ValueError(f"non-finite loss on unit {u} (samples {bad[:8]}): the checkpoint "
                                      f"{weights} cannot score the data")
-                batch_losses.append(batch)
+                unit_losses.append(unit_value)
                 sample_losses.extend(per_sample.tolist())
                 bar.update(1)
-                if len(batch_losses) % flush_every == 0:
+                if len(unit_losses) % flush_every == 0:
                     flush(False)
         flush(True)
     finally:
         bar.close()
     if not lead:
-        return {"rank": par.rank, "batches": int(mine.size)}
+        return {"rank": par.rank, "units": int(mine.size) if writes else 0}
 
-    parts = [wait_for_part(part_path(out, r, par.world), meta, merge_timeout) for r in range(par.world)]
-    batch_loss, sample_loss = merge_parts(parts, n_batches, batch_size, total)
-    summary = save_scores(out, batch_loss, sample_loss, batch_size, meta)
-    for r in range(par.world):
-        part_path(out, r, par.world).unlink(missing_ok=True)
+    parts = [wait_for_part(part_path(out, r, scorers), meta, rank_units(n_units, r, scorers), merge_timeout)
+             for r in range(scorers)]
+    unit_loss, sample_loss = merge_parts(parts, n_units, unit, total)
+    summary = save_scores(out, unit_loss, sample_loss, unit, meta)
+    for r in range(scorers):
+        part_path(out, r, scorers).unlink(missing_ok=True)
     try:
         parts_dir(out).rmdir()
     except OSError:
         pass
-    say(f"scored {total} samples in {n_batches} batches: mean batch loss {summary['mean_batch_loss']:.4f}; "
+    say(f"scored {total} samples in {n_units} units of {unit}: mean unit loss {summary['mean_unit_loss']:.4f}; "
         f"wrote {out}")
     return summary
 
 
-def wait_for_part(path: Path, meta: dict, timeout: float, poll: float = 0.2) -> dict:
-    """Rank 0: wait until another rank's part is complete (written atomically, so a file read is whole)."""
+def wait_for_part(path: Path, meta: dict, expected_ids: np.ndarray, timeout: float, poll: float = 0.2) -> dict:
+    """The merging rank: wait until another rank's part is complete (written atomically, so a file read
+    is whole), then check it like a resumed part: same run, exactly the rank's unit ids, sizes, finite."""
     deadline = time.monotonic() + timeout
     while True:
         if path.is_file():
             part = load_part(path)
+            if part["complete"]:
+                check_part(part, meta, expected_ids, path, complete=True)
+                return part
             if part["meta"] != meta:
                 raise ValueError(f"{path}: written for another run")
-            if part["complete"]:
-                return part
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: rank did not finish scoring within {timeout:.0f} s")
         time.sleep(poll)
@@ -288,7 +377,7 @@ def score_command(args) -> int:
     from pangu_pro.config import load_config
 
     config = load_config(args.config, args.overrides)
-    score(config, args.checkpoint, out=args.out, files=args.data, batch_size=args.batch_size,
-          flush_every=args.flush_every, overwrite=args.overwrite, progress=not args.no_progress)
+    score(config, args.checkpoint, out=args.out, files=args.data, unit_samples=args.unit_samples,
+          batch_size=args.batch_size, flush_every=args.flush_every, overwrite=args.overwrite,
+          progress=not args.no_progress)
     return 0
-

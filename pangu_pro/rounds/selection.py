@@ -2,10 +2,10 @@
 
 The output OUT.npy is an int64 array of **sample** indices, in the order the next round reads them
 (`DataConfig.index_file`, or `create_dataset(indices=...)`): the drawn units arranged by `order`
-(default: a seeded shuffle of the units; a drawn short last batch is moved to the end), each batch unit
-expanded to its consecutive samples in their original order. With the next round's per-rank batch size equal to the scoring batch size B and w
-data-parallel ranks, global step t reads exactly units ``w*t .. w*t + w - 1`` of that list, so every
-optimizer step consumes whole selected batches. OUT with suffix .json records how the draw was made.
+(default: a seeded shuffle of the units; a drawn short last unit is moved to the end), each unit
+expanded to its consecutive samples in their original order. A unit is k whole global training batches
+(`scoring`), so with the next round's global batch equal to round 1's, every optimizer step of the
+next round reads samples of one selected unit only, and each unit fills exactly k steps. OUT with suffix .json records how the draw was made.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ def select_from_scores(scores: dict, rate: float, *, seed: int = 0, temperature:
     """(sample indices, unit ids, report) for a loaded scores file (`scoring.load_scores`)."""
     if unit not in sampling.UNITS:
         raise ValueError(f"unit must be one of {sampling.UNITS}, got {unit!r}")
-    values = scores["batch_loss"] if unit == "batch" else scores["sample_loss"]
+    values = scores["unit_loss"] if unit == "batch" else scores["sample_loss"]
     values = sampling.check_scores(values, f"{unit} scores")
     units = sampling.select(values, rate, seed=seed, temperature=temperature, order=order)
     if unit == "batch":
-        units = short_batch_last(units, scores["num_samples"], scores["batch_size"])
-    samples = sampling.unit_samples(units, unit, scores["batch_size"], scores["num_samples"])
+        units = short_unit_last(units, scores["num_samples"], scores["unit_size"])
+    samples = sampling.unit_samples(units, unit, scores["unit_size"], scores["num_samples"])
     probs = sampling.softmax_probabilities(values, temperature)
     report = {"unit": unit, "rate": rate, "seed": seed, "temperature": temperature, "order": order,
               "units_total": int(values.size), "units_selected": int(units.size),
@@ -38,15 +38,15 @@ def select_from_scores(scores: dict, rate: float, *, seed: int = 0, temperature:
               "mean_score": float(values.mean()), "mean_score_selected": float(values[units].mean()),
               "max_first_draw_probability": float(probs.max()),
               "effective_units": float(1.0 / np.square(probs).sum()),
-              "batch_size": scores["batch_size"]}
+              "unit_size": scores["unit_size"]}
     return samples, units, report
 
 
-def short_batch_last(units: np.ndarray, num_samples: int, batch_size: int) -> np.ndarray:
-    """Move the short last batch (when drawn) to the end, so that every other drawn batch still fills
-    exactly one training batch of the next round."""
-    last = sampling.num_batches(num_samples, batch_size) - 1
-    if num_samples % batch_size == 0 or last not in units:
+def short_unit_last(units: np.ndarray, num_samples: int, unit_size: int) -> np.ndarray:
+    """Move the short last unit (when drawn) to the end, so that every other drawn unit still fills
+    whole training batches of the next round."""
+    last = sampling.num_units(num_samples, unit_size) - 1
+    if num_samples % unit_size == 0 or last not in units:
         return units
     return np.concatenate([units[units != last], [last]]).astype(np.int64)
 

@@ -56,19 +56,29 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output prefix: PREFIX.model, PREFIX.new2old.npy/.json")
     p.add_argument("--no-closure", action="store_true",
                    help="naive frequency cut without BPE merge closure (breaks segmentation; for comparison)")
+    p.add_argument("--no-keep-bracketed", action="store_true",
+                   help="let normal pieces shaped <...> or [...] compete by count (default: kept, as the "
+                        "official script does)")
     p.set_defaults(func=_compress)
 
     p = sub.add_parser("remap-checkpoint", help="gather embedding and LM-head rows through new2old")
     p.add_argument("--checkpoint", required=True, help="safetensors file or checkpoint directory")
     p.add_argument("--config", required=True, help="config YAML of the checkpoint")
-    p.add_argument("--map", required=True, help="new2old .npy (or its .json)")
+    p.add_argument("--map", required=True, help="new2old .npy (or its .json); its record names the source tokenizer")
+    p.add_argument("--tokenizer", default=None, metavar="BIG.model",
+                   help="the tokenizer the checkpoint was trained with (default: the one the weights record, "
+                        "else the config's data.tokenizer); a map made from another one is refused")
     p.add_argument("--out-checkpoint", required=True, help=".safetensors file, or a directory")
     p.add_argument("--out-config", required=True, help="config YAML written with the new vocab_size")
     p.set_defaults(func=_remap)
 
-    p = sub.add_parser("export-hf", help="write Hugging Face tokenizer files for a SentencePiece model")
+    p = sub.add_parser("export-hf", help="write Hugging Face tokenizer files for a SentencePiece model",
+                       description="Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and "
+                                   "tokenizer.model (BPE models only). With --config the tokenizer is checked "
+                                   "against the model (size, bos/eos ids) and pads with its pad_token_id.")
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     p.add_argument("--out-dir", required=True, help="folder for the Hugging Face tokenizer files")
+    p.add_argument("--config", default=None, metavar="Y", help="model config the tokenizer must fit (recommended)")
     p.set_defaults(func=_export_hf)
 
 
@@ -128,7 +138,8 @@ def _compress(args: argparse.Namespace) -> int:
     from pangu_pro.tokenizer.compress import compress_tokenizer
 
     result = compress_tokenizer(args.tokenizer, args.counts, args.out, vocab_size=args.vocab_size,
-                                coverage=args.coverage, closure=not args.no_closure)
+                                coverage=args.coverage, closure=not args.no_closure,
+                                keep_bracketed=not args.no_keep_bracketed)
     sel = result.selection
     print(f"kept {sel.new2old.size} pieces ({sel.required} required), coverage {100 * sel.coverage:.2f}%")
     print(f"wrote {result.model_path} and {result.map_path} (+ .json)")
@@ -140,7 +151,7 @@ def _remap(args: argparse.Namespace) -> int:
     from pangu_pro.tokenizer.remap import remap_checkpoint
 
     config = remap_checkpoint(args.checkpoint, args.config, load_new2old(args.map), args.out_checkpoint,
-                              args.out_config)
+                              args.out_config, map_path=args.map, tokenizer=args.tokenizer)
     print(f"vocab size {config.model.vocab_size}: wrote {args.out_checkpoint} and {args.out_config}")
     return 0
 
@@ -148,6 +159,13 @@ def _remap(args: argparse.Namespace) -> int:
 def _export_hf(args: argparse.Namespace) -> int:
     from pangu_pro.tokenizer.hf import write_hf_tokenizer
 
-    out = write_hf_tokenizer(args.tokenizer, args.out_dir)
+    values = {}
+    if args.config:
+        from pangu_pro.config import load_config
+
+        model = load_config(args.config).model
+        values = {"vocab_size": model.vocab_size, "bos_token_id": model.bos_token_id,
+                  "eos_token_id": model.eos_token_id, "pad_token_id": model.pad_token_id, "source": args.config}
+    out = write_hf_tokenizer(args.tokenizer, args.out_dir, **values)
     print(f"wrote Hugging Face tokenizer files to {Path(out)}")
     return 0

@@ -27,14 +27,16 @@ class CompressResult:
 
 def compress_tokenizer(model_path: str | Path, counts_path: str | Path, out_prefix: str | Path,
                        vocab_size: Optional[int] = None, coverage: Optional[float] = None,
-                       closure: bool = True) -> CompressResult:
-    """Prune `model_path` to `vocab_size` pieces (or to `coverage`) by the counts in `counts_path`."""
+                       closure: bool = True, keep_bracketed: bool = True) -> CompressResult:
+    """Prune `model_path` to `vocab_size` pieces (or to `coverage`) by the counts in `counts_path`;
+    `keep_bracketed` keeps `<…>` / `[…]` pieces as the official script does (`select.required_ids`)."""
     proto = read_model_proto(model_path)
     vocab = vocab_from_proto(proto, str(model_path))
     counts = load_counts(counts_path, tokenizer=model_path).counts
     if counts.size != len(vocab):
         raise ValueError(f"{counts_path}: {counts.size} counts, but {model_path} has {len(vocab)} pieces")
-    selection = select_ids(vocab, counts, vocab_size=vocab_size, coverage=coverage, closure=closure)
+    selection = select_ids(vocab, counts, vocab_size=vocab_size, coverage=coverage, closure=closure,
+                           keep_bracketed=keep_bracketed)
     out_prefix = Path(out_prefix)
     compact_path = out_prefix.with_name(out_prefix.name + ".model")
     map_path = out_prefix.with_name(out_prefix.name + ".new2old.npy")
@@ -48,8 +50,25 @@ def compress_tokenizer(model_path: str | Path, counts_path: str | Path, out_pref
         "compact_tokenizer": str(compact_path), "compact_sha256": file_sha256(compact_path),
         "old_vocab_size": len(vocab), "new_vocab_size": int(selection.new2old.size),
         "required_pieces": selection.required, "coverage": selection.coverage, "merge_closure": closure,
+        "keep_bracketed": keep_bracketed,
         "new2old": selection.new2old.tolist()})
     return CompressResult(compact_path, map_path, selection)
+
+
+def load_map_info(path: str | Path) -> dict:
+    """The JSON written beside a `new2old` map (source and compact tokenizers with their sha256);
+    `path` is the .npy map or that .json."""
+    import json
+
+    path = Path(path)
+    info_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: the id map's record (source tokenizer digest) is missing; it is "
+                                f"written beside {path.with_suffix('.npy').name} by `pangu-pro tokenizer compress`")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if "source_sha256" not in info:
+        raise ValueError(f"{info_path}: no source_sha256: not an id map record of `pangu-pro tokenizer compress`")
+    return info
 
 
 def load_new2old(path: str | Path) -> np.ndarray:

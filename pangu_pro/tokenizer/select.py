@@ -29,10 +29,27 @@ from pangu_pro.tokenizer.vocab import BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, UNU
 MERGEABLE_TYPES = (NORMAL, USER_DEFINED, UNUSED)  # the pieces SentencePiece's BPE looks pairs up in
 
 
-def required_ids(vocab: Vocab) -> list[int]:
-    """Ids that must stay: unknown, control, user-defined and byte pieces, and `▁`."""
+def is_bracketed(piece: str) -> bool:
+    """A piece shaped like a format marker, `<…>` or `[…]` with something inside (`<br>`, `[CLS]`):
+    the official compression script keeps every such piece whatever its count."""
+    return len(piece) > 2 and ((piece[0] == "<" and piece[-1] == ">") or (piece[0] == "[" and piece[-1] == "]"))
+
+
+def required_ids(vocab: Vocab, keep_bracketed: bool = True) -> list[int]:
+    """Ids that must stay: unknown, control, user-defined and byte pieces, and `▁`; with
+    `keep_bracketed` also every normal piece shaped `<…>` / `[…]` (`is_bracketed`) and, for BPE, the
+    merge tree that builds it, so it stays reachable."""
     keep = {i for i, t in enumerate(vocab.types) if t in (UNKNOWN, CONTROL, USER_DEFINED, BYTE)}
     keep.update(i for i, p in enumerate(vocab.pieces) if p == SPACE)
+    if keep_bracketed:
+        marked = [i for i, (p, t) in enumerate(zip(vocab.pieces, vocab.types)) if t == NORMAL and is_bracketed(p)]
+        if vocab.model_type == "bpe" and marked:
+            index = {p: i for i, p in enumerate(vocab.pieces)}
+            score_of = bpe_score_table(vocab)
+            for i in marked:
+                keep.update(piece_closure(vocab.pieces[i], index, score_of) or [i])
+        else:
+            keep.update(marked)
     return sorted(keep)
 
 
@@ -72,33 +89,32 @@ def bpe_closures(vocab: Vocab) -> list[Optional[list[int]]]:
     """
     index = {p: i for i, p in enumerate(vocab.pieces)}
     score_of = bpe_score_table(vocab)
-    closures: list[Optional[list[int]]] = []
-    for piece, kind in zip(vocab.pieces, vocab.types):
-        if kind not in (NORMAL, UNUSED) or len(piece) == 1:
-            closures.append([index[piece]])
-            continue
-        symbols, merges = bpe_segment(piece, score_of)
-        if symbols != [piece]:
-            closures.append(None)
-            continue
-        order: list[int] = []
-        seen: set[int] = set()
-
-        def add(text: str) -> None:
-            i = index.get(text)
-            if i is not None and i not in seen:
-                seen.add(i)
-                order.append(i)
-
-        for ch in piece:  # characters first, then every merge result in merge order
-            add(ch)
-        for _, _, merged in merges:
-            add(merged)
-        closures.append(order)
-    return closures
+    return [[index[piece]] if kind not in (NORMAL, UNUSED) or len(piece) == 1 else piece_closure(piece, index, score_of)
+            for piece, kind in zip(vocab.pieces, vocab.types)]
 
 
-def admission_order(vocab: Vocab, counts: np.ndarray, closure: bool = True) -> list[int]:
+def piece_closure(piece: str, index: dict[str, int], score_of: dict[str, float]) -> Optional[list[int]]:
+    """The merge tree of one normal piece (`bpe_closures`), or None when its own text does not encode to it."""
+    symbols, merges = bpe_segment(piece, score_of)
+    if symbols != [piece]:
+        return None
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def add(text: str) -> None:
+        i = index.get(text)
+        if i is not None and i not in seen:
+            seen.add(i)
+            order.append(i)
+
+    for ch in piece:  # characters first, then every merge result in merge order
+        add(ch)
+    for _, _, merged in merges:
+        add(merged)
+    return order
+
+
+def admission_order(vocab: Vocab, counts: np.ndarray, closure: bool = True, keep_bracketed: bool = True) -> list[int]:
     """All non-required ids in the order they are admitted as the vocabulary grows.
 
     Pieces are taken by decreasing count (ties: lower id). For BPE with `closure`, a piece is
@@ -106,7 +122,7 @@ def admission_order(vocab: Vocab, counts: np.ndarray, closure: bool = True) -> l
     (plus the required ids) is closed. Pieces unreachable in the original model come last.
     """
     counts = _check_counts(vocab, counts)
-    required = set(required_ids(vocab))
+    required = set(required_ids(vocab, keep_bracketed))
     candidates = [i for i in range(len(vocab)) if i not in required]
     use_closure = closure and vocab.model_type == "bpe"
     closures = bpe_closures(vocab) if use_closure else [None] * len(vocab)
@@ -134,16 +150,17 @@ class Selection:
 
 
 def select_ids(vocab: Vocab, counts: np.ndarray, vocab_size: Optional[int] = None,
-               coverage: Optional[float] = None, closure: bool = True) -> Selection:
+               coverage: Optional[float] = None, closure: bool = True, keep_bracketed: bool = True) -> Selection:
     """Keep `vocab_size` ids, or the fewest ids that cover at least `coverage` of the counted tokens.
 
-    `closure=False` is the naive frequency cut (kept for comparison; it breaks BPE segmentation).
+    `closure=False` is the naive frequency cut (kept for comparison; it breaks BPE segmentation);
+    `keep_bracketed=False` lets `<…>` / `[…]` pieces compete by count like any other.
     """
     if (vocab_size is None) == (coverage is None):
         raise ValueError("give exactly one of vocab_size and coverage")
     counts = _check_counts(vocab, counts)
-    required = required_ids(vocab)
-    order = admission_order(vocab, counts, closure)
+    required = required_ids(vocab, keep_bracketed)
+    order = admission_order(vocab, counts, closure, keep_bracketed)
     curve = coverage_curve(counts, required, order)  # curve[k]: coverage with the first k admitted
     if vocab_size is not None:
         if vocab_size < len(required):
@@ -172,10 +189,12 @@ def coverage_curve(counts: np.ndarray, required: list[int], order: list[int]) ->
     return (base + cumulative) / total
 
 
-def coverage_at_sizes(vocab: Vocab, counts: np.ndarray, sizes: list[int], closure: bool = True) -> list[float]:
+def coverage_at_sizes(vocab: Vocab, counts: np.ndarray, sizes: list[int], closure: bool = True,
+                      keep_bracketed: bool = True) -> list[float]:
     """Coverage of the selection `select_ids` would make at each vocabulary size in `sizes`."""
-    required = required_ids(vocab)
-    curve = coverage_curve(_check_counts(vocab, counts), required, admission_order(vocab, counts, closure))
+    required = required_ids(vocab, keep_bracketed)
+    curve = coverage_curve(_check_counts(vocab, counts), required,
+                           admission_order(vocab, counts, closure, keep_bracketed))
     out = []
     for n in sizes:
         if not len(required) <= n <= len(vocab):
@@ -198,6 +217,6 @@ def _describe_required(vocab: Vocab, required: list[int]) -> str:
     kinds = {UNKNOWN: "unknown", CONTROL: "control", USER_DEFINED: "user-defined", BYTE: "byte"}
     tally: dict[str, int] = {}
     for i in required:
-        name = kinds.get(vocab.types[i], "'▁'")
+        name = kinds.get(vocab.types[i]) or ("'▁'" if vocab.pieces[i] == SPACE else "<…>/[…] pieces and their merges")
         tally[name] = tally.get(name, 0) + 1
     return ", ".join(f"{n} {name}" for name, n in tally.items())

@@ -6,6 +6,9 @@ Steps are counted from 1: ``lr_at(n, ...)`` is the rate used by the n-th optimiz
     decay    (W <  n <= T):  floor + (lr - floor) * (1 + cos(pi * (n - W) / (T - W))) / 2
     floor = lr * min_lr_ratio                               (reached at the last step n = T)
 
+A warm-up given as a fraction f of the run is ``W = round(f * T)`` steps (`warmup_steps_of`), so a
+short run (a later multi-round round) is never all warm-up.
+
 Batch-size scaling (paper-notes §6): ``lr = lr0 * (B / B0) ** power`` with power 0.5.
 """
 from __future__ import annotations
@@ -23,6 +26,15 @@ def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int = 0, min_
     decay_steps = total_steps - warmup_steps
     progress = (step - warmup_steps) / decay_steps
     return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps_of(total_steps: int, warmup_steps: int = 0, warmup_fraction: float | None = None) -> int:
+    """The warm-up length W in steps: `warmup_steps`, or round(warmup_fraction * total_steps) when given."""
+    if warmup_fraction is None:
+        return warmup_steps
+    if not 0 <= warmup_fraction <= 1:
+        raise ValueError(f"warm-up fraction must lie in [0, 1], got {warmup_fraction}")
+    return min(total_steps, math.floor(warmup_fraction * total_steps + 0.5))
 
 
 def scaled_lr(lr: float, batch: int, base_batch: int, power: float = 0.5) -> float:

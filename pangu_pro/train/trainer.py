@@ -34,7 +34,7 @@ from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_part
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
-from pangu_pro.train.schedule import lr_at, scaled_lr
+from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
 
 
 class NonFiniteLossError(RuntimeError):
@@ -202,32 +202,44 @@ def build_training(config: Config, par: Parallel):
     import mindspore as ms
     from mindspore import nn
 
-    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.weights import build_model
     from pangu_pro.train.optim import build_optimizer
     from pangu_pro.train.step import TrainStep
 
     tc, pcfg = config.train, config.parallel
     ms.set_seed(tc.seed)
-    model = build_model(config.model, seed=tc.seed)
-    loss_net = PanGuPiWithLoss(model)
     if not par.semi_auto:
+        model, loss_net = build_loss_network(config, par)
         optimizer = build_optimizer(model.trainable_params(), tc)
         return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
                                                      grad_accum_steps=tc.grad_accum_steps, world=par.world)
-    from pangu_pro.model.sharding import (LazyInlineWithLoss, configure_model, summed_micro_losses,
-                                          wrap_for_pipeline)
+    from pangu_pro.model.sharding import LazyInlineWithLoss, summed_micro_losses, wrap_for_pipeline
 
     summed = summed_micro_losses(pcfg, tc.grad_accum_steps)
-    if summed > 1:  # called once per micro batch by the wrapper: one reusable sub-graph
-        loss_net = LazyInlineWithLoss(model)
-    configure_model(loss_net, pcfg)
+    # called once per micro batch by the wrapper when summed > 1: one reusable sub-graph
+    model, loss_net = build_loss_network(config, par, loss_cell=LazyInlineWithLoss if summed > 1 else None)
     step_net = wrap_for_pipeline(loss_net, pcfg, tc.grad_accum_steps)
     optimizer = build_optimizer(step_net.trainable_params(), tc)
     reducer = nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard) if summed > 1 else None
     step_fn = TrainStep(step_net, optimizer, grad_clip=tc.grad_clip, grad_accum_steps=tc.grad_accum_steps,
                         micro_batches=summed, grad_reducer=reducer, semi_auto=True)
     return model, loss_net, optimizer, step_fn
+
+
+def build_loss_network(config: Config, par: Parallel, loss_cell=None, weights=None):
+    """(model, loss cell) for `config` under this process's layout: under semi-auto parallel the loss
+    cell gets the layout's strategies, pipeline stages, recompute and ZeRO opt-outs
+    (`sharding.configure_model`). Training and multi-round scoring (`rounds.scoring`) both build here.
+    `loss_cell` defaults to PanGuPiWithLoss; `weights` loads whole tensors (the compile slices them)."""
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+
+    model = build_model(config.model, weights=weights, seed=config.train.seed)
+    loss_net = (loss_cell or PanGuPiWithLoss)(model)
+    if par.semi_auto:
+        from pangu_pro.model.sharding import configure_model
+
+        configure_model(loss_net, config.parallel)
+    return model, loss_net
 
 
 def layout_of(config: Config, par: Parallel) -> dict:
@@ -363,7 +375,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                 raise ConfigError("model.seq_length", f"{model_cfg.seq_length} is shorter than the data's "
                                   f"{seq}-token samples")
             flops_per_token = flops_per_token or train_flops_per_token(model_cfg, seq)
-            lr = lr_at(step, lr=lr0, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
+            lr = lr_at(step, lr=lr0, total_steps=tc.steps,
+                       warmup_steps=warmup_steps_of(tc.steps, tc.warmup_steps, tc.warmup_fraction),
                        min_lr_ratio=tc.min_lr_ratio)
             began = time.perf_counter()
             result = step_fn(micro, lr, scaler.scale)
