@@ -161,7 +161,7 @@ def score(config, checkpoint, *, out=None, files=None, batch_size: Optional[int]
           overwrite: bool = False, progress: bool = True, merge_timeout: float = 3600.0, announce=print) -> dict:
     """Score the training set with the weights in `checkpoint` (module doc); returns rank 0's summary
     (other ranks return their own part's counts)."""
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
     from mindspore import Tensor
 
     from pangu_pro.data.dataset import count_samples, create_dataset, resolve_files
@@ -216,8 +216,8 @@ def score(config, checkpoint, *, out=None, files=None, batch_size: Optional[int]
                   complete)
 
     todo = mine[done_ids.size:]
-    bar = tqdm(total=mine.size, initial=done_ids.size, disable=not (progress and lead), desc="score",
-               unit="batch", dynamic_ncols=True)
+    bar = progress_bar(total=mine.size, initial=done_ids.size, disable=not (progress and lead), desc="score",
+                       unit="batch")
     try:
         if todo.size:
             if done_ids.size:

@@ -87,7 +87,7 @@ def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Opti
 
     `workers=None`: all cores when the shards total at least 256 MiB, else in-process.
     """
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     paths = [str(p) for p in paths]
     for path in paths:
@@ -98,7 +98,7 @@ def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Opti
         workers = (os.cpu_count() or 1) if size >= PROCESS_POOL_BYTES else 1
     workers = max(1, min(workers, len(paths)))
     counts = np.zeros(vocab_size, dtype=np.int64)
-    bar = tqdm(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
+    bar = progress_bar(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
     if workers == 1:
         for path in paths:
             for chunk in iter_mindrecord_chunks(path):
@@ -125,7 +125,7 @@ def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Opt
                lines_per_chunk: int = 20000, show_progress: bool = True) -> np.ndarray:
     """Counts of the ids SentencePiece model `model_path` gives the lines of text files `paths`."""
     import sentencepiece as spm
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     processor = spm.SentencePieceProcessor(model_file=str(model_path))
     vocab_size = processor.get_piece_size()
@@ -136,7 +136,7 @@ def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Opt
             raise FileNotFoundError(f"{path}: text file not found")
         total_bytes += Path(path).stat().st_size
     counts = np.zeros(vocab_size, dtype=np.int64)
-    with tqdm(total=total_bytes, desc="counting", unit="B", unit_scale=True, disable=not show_progress) as bar:
+    with progress_bar(total=total_bytes, desc="counting", unit="B", unit_scale=True, disable=not show_progress) as bar:
         for path in paths:
             with open(path, encoding="utf-8") as handle:
                 while True:
