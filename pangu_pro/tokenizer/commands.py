@@ -103,8 +103,8 @@ def _coverage(args: argparse.Namespace) -> int:
 
     vocab = read_vocab(args.tokenizer)
     counts = load_counts(args.counts, tokenizer=args.tokenizer).counts
-    model = load_config(args.config).model if args.config else None
-    rows = coverage_table(vocab, counts, args.sizes or default_sizes(vocab), model)
+    cost = vocab_cost(load_config(args.config).model) if args.config else None
+    rows = coverage_table(vocab, counts, args.sizes or default_sizes(vocab), cost)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
@@ -113,6 +113,16 @@ def _coverage(args: argparse.Namespace) -> int:
         write_png(rows, args.png)
         print(f"wrote {args.png}")
     return 0
+
+
+def vocab_cost(model):
+    """The model's parameter count split into per-vocabulary-piece and the rest (tokenizer.coverage.VocabCost)."""
+    from pangu_pro.model.params import count_parameters
+    from pangu_pro.tokenizer.coverage import VocabCost
+
+    count = count_parameters(model)
+    vocab_params = count.embedding + count.lm_head
+    return VocabCost(params_per_piece=vocab_params // model.vocab_size, other_params=count.total - vocab_params)
 
 
 def _compress(args: argparse.Namespace) -> int:

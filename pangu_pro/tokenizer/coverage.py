@@ -8,7 +8,6 @@ library): blue = coverage, red = parameter share, x = vocab size.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,19 +37,30 @@ def default_sizes(vocab: Vocab, steps: int = 16) -> list[int]:
     return sorted(sizes)
 
 
-def coverage_table(vocab: Vocab, counts: np.ndarray, sizes: Sequence[int], model=None) -> list[CoverageRow]:
-    """One row per size; `model` (a ModelConfig) adds the parameter columns."""
-    from pangu_pro.model.params import count_parameters
+@dataclass(frozen=True)
+class VocabCost:
+    """The model's parameters as a function of the vocabulary size n: `params_per_piece * n` in the
+    embedding and LM head, `other_params` elsewhere. The caller computes both from a model config (the
+    tokenizer layer knows no model: `pangu-pro tokenizer coverage --config` does it with model/params)."""
 
+    params_per_piece: int  # hidden size, twice with an untied LM head
+    other_params: int
+
+    def at(self, vocab_size: int) -> tuple[int, float]:
+        """(embedding + head parameters, their share of all parameters) at `vocab_size`."""
+        vocab_params = self.params_per_piece * vocab_size
+        return vocab_params, vocab_params / (vocab_params + self.other_params)
+
+
+def coverage_table(vocab: Vocab, counts: np.ndarray, sizes: Sequence[int],
+                   cost: Optional[VocabCost] = None) -> list[CoverageRow]:
+    """One row per size; `cost` adds the parameter columns."""
     sizes = sorted(set(int(n) for n in sizes))
     closed = coverage_at_sizes(vocab, counts, sizes, closure=True)
     naive = coverage_at_sizes(vocab, counts, sizes, closure=False)
     rows = []
     for n, cov, top in zip(sizes, closed, naive):
-        params = share = None
-        if model is not None:
-            count = count_parameters(dataclasses.replace(model, vocab_size=n))
-            params, share = count.embedding + count.lm_head, count.vocab_share
+        params, share = cost.at(n) if cost is not None else (None, None)
         rows.append(CoverageRow(n, cov, top, params, share))
     return rows
 
