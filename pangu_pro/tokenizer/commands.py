@@ -37,7 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="model config YAML, for the parameter share")
     p.add_argument("--sizes", type=int, nargs="*", help="vocab sizes (default: 16 steps up to the full size)")
     p.add_argument("--csv", help="write the table as CSV")
-    p.add_argument("--png", help="write the curves as PNG (blue coverage, red parameter share)")
+    p.add_argument("--png", help="write the figure as PNG (coverage and parameter share by vocabulary size)")
+    p.add_argument("--chosen-size", type=int, default=None,
+                   help="vocabulary size to mark on the figure (added to --sizes; default: the smallest size "
+                        "with 90%% coverage)")
     p.set_defaults(func=_coverage)
 
     p = sub.add_parser("compress", help="write the compact tokenizer and its new2old id map")
@@ -104,13 +107,15 @@ def _coverage(args: argparse.Namespace) -> int:
     vocab = read_vocab(args.tokenizer)
     counts = load_counts(args.counts, tokenizer=args.tokenizer).counts
     cost = vocab_cost(load_config(args.config).model) if args.config else None
-    rows = coverage_table(vocab, counts, args.sizes or default_sizes(vocab), cost)
+    sizes = list(args.sizes or default_sizes(vocab)) + ([args.chosen_size] if args.chosen_size else [])
+    rows = coverage_table(vocab, counts, sizes, cost)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     if args.png:
-        write_png(rows, args.png)
+        write_png(rows, args.png, args.chosen_size, f"Tokenizer coverage: {Path(args.tokenizer).name} on "
+                  f"{Path(args.counts).name}")
         print(f"wrote {args.png}")
     return 0
 
