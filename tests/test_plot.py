@@ -166,7 +166,8 @@ def test_coverage_figure_marks_the_chosen_size():
     assert labels(ax)[:3] == ["coverage (BPE merges closed)", "coverage (naive top-n cut)",
                               "90 % coverage (paper rule)"]
     assert labels(ax)[-1] == "chosen: 300 pieces, 93.00 % coverage"  # default: the smallest size with 90 %
-    assert "embedding + LM head share of parameters" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == labels(ax) + [
+        "embedding + LM head share of parameters"]
     fig = coverage_figure(rows, chosen=200)
     assert fig.axes[0].lines[-1].get_label() == "chosen: 200 pieces, 85.00 % coverage"
     assert list(fig.axes[0].lines[-1].get_ydata()) == [85.0]

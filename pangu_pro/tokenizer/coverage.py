@@ -120,7 +120,8 @@ def coverage_figure(rows: Sequence[CoverageRow], chosen: Optional[int] = None, t
                 label=f"chosen: {chosen:,} pieces, {100 * row.coverage:.2f} % coverage")
         ax.annotate(f"{chosen:,}: {100 * row.coverage:.2f} %", (chosen, 100 * row.coverage),
                     textcoords="offset points", xytext=(8, -14), color="C2")
-    ax.legend(handles=ax.get_lines() + handles, loc="lower right", fontsize="small")
+    labelled = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+    ax.legend(handles=labelled + handles, loc="lower right", fontsize="small")
     ax.set_title(f"{len(rows)} sizes from {sizes[0]:,} to {sizes[-1]:,}")
     return fig
 
