@@ -9,7 +9,8 @@ each time `every` units have passed (the trainer passes `train.log_every`) or, w
     train 120/400 step (30.0%) | loss 5.1234 | lr 2.95e-04 | grad_norm 0.812 | tok/s 10432 | 3.12 step/s | elapsed 0:00:38 | ETA 0:01:30
 
 the fields a MindFormers user reads in a worker log (step, loss, lr, global norm, throughput, time
-remaining). `PANGU_PRO_PROGRESS=bar|lines` forces one kind. Both kinds offer what the jobs use:
+remaining). The rate and the ETA use the interval since the previous line, so a slow first step
+(graph compilation) does not inflate every later estimate. `PANGU_PRO_PROGRESS=bar|lines` forces one kind. Both kinds offer what the jobs use:
 update, set_postfix, write, close, iteration over a wrapped iterable, and the context manager.
 """
 from __future__ import annotations
@@ -115,9 +116,11 @@ class LineProgress:
     def line(self) -> str:
         """The current state as one line (module doc)."""
         number = scaled if self.unit_scale else (lambda v: str(int(v)) if v == int(v) else f"{v:.3g}")
-        elapsed = self._now() - self._start
-        done = self.n - self.initial
-        rate = done / elapsed if elapsed > 0 else 0.0
+        now = self._now()
+        elapsed = now - self._start
+        # the rate since the previous line: the first step's compilation does not skew later ETAs
+        window = now - self._last_time
+        rate = (self.n - self._last_n) / window if window > 0 and self.n > self._last_n else 0.0
         head = f"{self.desc} {number(self.n)}"
         if self.total:
             head += f"/{number(self.total)} {self.unit} ({100 * self.n / self.total:.1f}%)"

@@ -36,6 +36,19 @@ def test_lines_every_n_units_with_postfix_and_eta():
     assert lines[-1].startswith("train 100/100 step (100.0%) | loss 0.1000") and lines[-1].endswith("ETA 0:00:00")
 
 
+def test_rate_and_eta_come_from_the_last_interval():
+    out, clock = io.StringIO(), FakeClock()
+    bar = LineProgress(total=30, desc="train", unit="step", every=10, file=out, clock_fn=clock)
+    clock.t = 100.0  # a first step that compiles for 100 s
+    bar.update(1)
+    for _ in range(19):
+        clock.t += 1.0
+        bar.update(1)
+    first, second = out.getvalue().splitlines()
+    assert "0.0917 step/s" in first and "ETA 0:03:38" in first  # 10 steps in 109 s, 20 left: 218 s
+    assert second.endswith("1 step/s | elapsed 0:01:59 | ETA 0:00:10")  # then 1 step/s
+
+
 def test_lines_by_time_without_every_and_a_last_line_on_close():
     out, clock = io.StringIO(), FakeClock()
     with LineProgress(total=None, desc="counting", unit="B", unit_scale=True, seconds=30, file=out,
