@@ -83,7 +83,7 @@ def _count_shard(task: tuple[str, int]) -> np.ndarray:
 
 def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
                      show_progress: bool = True) -> np.ndarray:
-    """Counts over MindRecord shards, one worker process per shard at a time, tqdm in tokens.
+    """Counts over MindRecord shards, one worker process per shard at a time, progress in tokens.
 
     `workers=None`: all cores when the shards total at least 256 MiB, else in-process.
     """
