@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from pangu_pro.inherit.config import InheritConfig
 from pangu_pro.rounds.config import MultiRoundConfig
 from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
                                    to_mapping)
@@ -283,7 +282,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    inherit: Optional[InheritConfig] = None  # parameter inheritance (pangu_pro.inherit.config)
     multi_round: Optional[MultiRoundConfig] = None  # multi-round training (pangu_pro.rounds, docs/multi_round.md)
     source: str = field(default="", compare=False)
 
@@ -332,12 +330,13 @@ def check_layout(config: Config, device_num: int | None) -> None:
                 f"leaves a stage without layers: layers per stage would be {counts}")
 
 
-def config_from_dict(data: dict, source: str = "") -> Config:
-    """Build and validate a Config from a raw mapping; errors name `source` and the key."""
+def config_from_dict(data: dict, source: str = "", kind: type = Config) -> Config:
+    """Build and validate a Config (or a stage's subclass `kind`, which adds its own section, e.g.
+    pangu_pro.inherit.config.InheritRunConfig) from a raw mapping; errors name `source` and the key."""
     data = dict(data)
     data.pop("source", None)
     try:
-        config = from_mapping(Config, data)
+        config = from_mapping(kind, data)
     except ConfigError as err:
         raise err.within(source=source or None) from None
     config.source = source

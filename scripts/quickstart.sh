@@ -27,7 +27,7 @@ pangu-pro tokenizer train "$OUT/corpus/train.txt" --out "$OUT/tokenizer/big.mode
 step "3. token frequencies and coverage by vocabulary size"
 pangu-pro tokenizer count "$OUT/corpus/train.txt" --tokenizer "$OUT/tokenizer/big.model" --out "$OUT/tokenizer/counts.npy"
 pangu-pro tokenizer coverage --tokenizer "$OUT/tokenizer/big.model" --counts "$OUT/tokenizer/counts.npy" \
-  --config "$CFG" --csv "$OUT/tokenizer/coverage.csv" --png "$OUT/tokenizer/coverage.png"
+  --config "$CFG" --chosen-size 8000 --csv "$OUT/tokenizer/coverage.csv" --png "$OUT/tokenizer/coverage.png"
 
 step "4. the compact tokenizer: the 8k most useful pieces, BPE merges closed"
 pangu-pro tokenizer compress --tokenizer "$OUT/tokenizer/big.model" --counts "$OUT/tokenizer/counts.npy" \
@@ -45,15 +45,16 @@ pangu-pro rounds "$CFG" $DATA train.steps="$STEPS" train.warmup_steps=15 train.o
 cat "$OUT/train/rounds_summary.md"
 CKPT=$(ls -d "$OUT"/train/round_2/train/checkpoints/step_* | tail -n 1)
 
-step "7. held-out perplexity, a sample, and the loss curves"
+step "7. held-out perplexity, a sample, and the training curves of both rounds"
 pangu-pro perplexity "$CFG" $DATA --checkpoint "$CKPT"
 pangu-pro generate "$CFG" $DATA --checkpoint "$CKPT" --prompt "Return a list of" --max-new-tokens 24 \
   --temperature 0.7 --top-p 0.9
-pangu-pro plot "$OUT/train/round_1/train"
+pangu-pro plot "$OUT/train"
 
 step "8. parameter inheritance: learned masks on the trained model, a 3-layer half-width student, trained on"
 pangu-pro inherit configs/inherit_tiny_cpu.yaml $DATA inherit.teacher_checkpoint="$CKPT" \
   inherit.steps=40 inherit.checkpoint_every=20 inherit.output_dir="$OUT/inherit"
+pangu-pro plot "$OUT/inherit"
 STUDENT_CFG="$OUT/inherit/student/config.yaml"
 pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/inherit/student"
 pangu-pro train "$STUDENT_CFG" $DATA train.init_weights="$OUT/inherit/student/model.safetensors" \
@@ -77,11 +78,12 @@ step "done"
 cat <<EOF
 outputs in $OUT/:
   corpus/                     built-in corpus (train.txt, heldout.txt, manifest.json)
-  tokenizer/                  big.model, coverage.csv/.png, compact.model + compact.new2old.npy
+  tokenizer/                  big.model, coverage.csv/.png (8k marked), compact.model + compact.new2old.npy
   data/                       packed MindRecord shards with summary.json
   train/                      two-round training of tiny_cpu: round_1/ and round_2/ (checkpoints/,
                               metrics.jsonl, scores.npz, selection.npy), rounds_summary.md;
-                              round_1/train/curves.png the loss and lr curves
-  inherit/student/            the inherited student (config.yaml, model.safetensors); student_train/ its training
+                              curves.png both rounds' loss, lr, grad norm and throughput
+  inherit/student/            the inherited student (config.yaml, model.safetensors); student_train/ its training;
+                              inherit/curves.png the masks' expected size, sparsity and losses
   hf/                         Hugging Face export (trust_remote_code=True)
 EOF

@@ -167,8 +167,10 @@ def test_bad_json_line_names_file_and_line(tmp_path):
 def test_resolve_tasks():
     assert [t.name for t in tasks.resolve_tasks("mmlu,AXB, c-eval")] == ["mmlu", "ax-b", "ceval"]
     assert len(tasks.resolve_tasks("all")) == len(tasks.TASKS)
-    with pytest.raises(ValueError, match="unknown task 'agieval'"):
-        tasks.resolve_tasks("agieval")
+    assert [t.name for t in tasks.resolve_tasks("agi-eval")] == ["agieval"]
+    assert [t.column for t in tasks.resolve_tasks("all")] == list(report.COLUMNS)  # every paper column
+    with pytest.raises(ValueError, match="unknown task 'gsm8k'"):
+        tasks.resolve_tasks("gsm8k")
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -331,6 +333,38 @@ def test_rouge_hand_computed():
         rouge.corpus_rouge(["a", "b"], ["a"])
 
 
+ENGLISH_PAIRS = [
+    ("The cat sat on the mat.", "the cat lay on the mat"),
+    ("A man was arrested after a car crashed into a shop in Leeds on Monday.",
+     "Police have arrested a man after a car was driven into a shop front in Leeds."),
+    ("Scotland's first minister said 2,000 jobs would be created by 2020!",
+     "Two thousand jobs will be created in Scotland by 2020, the First Minister has said."),
+    ("the the the cat", "the cat the cat"),  # repeated n-grams: clipped counts
+    ("U.S. inflation rose 3.2% in July -- the first rise in 12 months.",
+     "Inflation in the US rose to 3.2 percent in July, its first rise in a year."),
+    ("don't stop-believing", "Don't stop believing"),
+    ("completely different words here", "nothing in common at all"),
+    ("", "an empty candidate"),
+    ("word", "word"),
+]
+
+
+def test_rouge_equals_rouge_score_on_english():
+    from rouge_score.rouge_scorer import RougeScorer  # the reference implementation (test dependency)
+
+    reference = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
+    for candidate, target in ENGLISH_PAIRS:
+        assert rouge.rouge_tokens(candidate) == reference._tokenizer.tokenize(candidate)  # same tokenisation
+        theirs = reference.score(target, candidate)  # score(target, prediction)
+        ours = rouge.rouge_scores(candidate, target)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert ours[key] == pytest.approx(theirs[key].fmeasure, abs=1e-12), (candidate, key)
+    # Chinese: rouge-score's tokenizer keeps only [a-z0-9], so a Chinese pair has no tokens and scores 0;
+    # ours takes every CJK character as a token (docs/eval.md, "ROUGE")
+    assert reference.score("我爱上海", "我爱北京")["rouge1"].fmeasure == 0.0
+    assert rouge.rouge_scores("我爱北京", "我爱上海")["rouge1"] == pytest.approx(0.5)
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -360,3 +394,88 @@ def test_paper_row_by_preset_shape():
             assert (round(mean, 2), row["avg"]) == (56.54, 56.49)
         else:
             assert mean == pytest.approx(row["avg"], abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------- AGI-Eval
+
+
+class GrowingTokenizer:
+    """One id per distinct character, given in order of first sight from 3 (0 unused, 1 BOS, 2 EOS)."""
+
+    def __init__(self, seed=""):
+        self.ids, self.chars = {}, {}
+        for c in seed:
+            self.id_of(c)
+
+    def id_of(self, c):
+        if c not in self.ids:
+            self.ids[c] = len(self.ids) + 3
+            self.chars[self.ids[c]] = c
+        return self.ids[c]
+
+    def encode(self, text):
+        return [self.id_of(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+def agieval_row(label, options=4, passage=None, question="q?", answer=True):
+    row = {"passage": passage, "question": question, "options": [f"({l})o{l}" for l in "ABCDE"[:options]],
+           "label": label, "other": None}
+    if answer:  # the sat-* files have no "answer" field
+        row["answer"] = None
+    return row
+
+
+def test_agieval_official_layout_scores_as_hand_computed(tmp_path):
+    chinese_right = ["gaokao-chinese", "gaokao-english", "gaokao-geography", "gaokao-history", "gaokao-biology",
+                     "gaokao-chemistry"]
+    files = {name: [agieval_row("A")] for name in chinese_right}  # the model answers A in Chinese ...
+    files.update({
+        "gaokao-physics": [agieval_row("A"), agieval_row(["A", "C"]), agieval_row("C")],  # 1/3: A,C has two answers
+        "gaokao-mathqa": [agieval_row("A"), agieval_row("AB")],  # 1/2
+        "logiqa-zh": [agieval_row("D", passage="某段落。")],  # 0
+        # ... and B in English
+        "lsat-ar": [agieval_row("B", 5, passage="P. "), agieval_row("E", 5)],  # 1/2
+        "lsat-lr": [agieval_row("B", 5)], "lsat-rc": [agieval_row("A", 5)],  # 1, 0
+        "logiqa-en": [agieval_row("B")],  # 1
+        "sat-math": [agieval_row("B", answer=False)], "sat-en": [agieval_row("B", passage="Text. ", answer=False)],
+        "sat-en-without-passage": [agieval_row("C", answer=False)],  # 1, 1, 0
+        "aqua-rat": [agieval_row("E", 5)],  # 0
+    })
+    assert sorted(files) == sorted(tasks.AGIEVAL_SUBSETS)
+    for name, rows in files.items():
+        write_jsonl(tmp_path / "AGIEval" / "data" / "v1" / f"{name}.jsonl", rows)
+    tok = GrowingTokenizer("ABCDE ：")
+    table = np.zeros((512, 512))
+    table[tok.id_of(" "), tok.id_of("B")] = 8.0  # after "The answer is " the model says B
+    table[tok.id_of("："), tok.id_of("A")] = 8.0  # after "答案是：" it says A
+    backend = scoring.FunctionBackend(bigram_logits(table), 4, 512)
+
+    result = harness.run_tasks(tasks.resolve_tasks("agieval"), tmp_path, backend, tok, progress=False)["agieval"]
+    expected = {name: 100.0 for name in chinese_right + ["logiqa-en", "lsat-lr", "sat-math", "sat-en"]}
+    expected.update({"gaokao-physics": 100 / 3, "gaokao-mathqa": 50.0, "logiqa-zh": 0.0, "lsat-ar": 50.0,
+                     "lsat-rc": 0.0, "sat-en-without-passage": 0.0, "aqua-rat": 0.0})
+    assert {k: v["accuracy"] for k, v in result["subsets"].items()} == pytest.approx(expected)
+    assert result["score"] == pytest.approx(sum(expected.values()) / 17) and result["column"] == "AGI-Eval"
+    assert (result["correct"], result["total"]) == (13, 21)
+
+    groups = tasks.TASKS["agieval"].load(tmp_path)
+    lsat = next(g for g in groups if g.name == "lsat-ar")
+    assert lsat.items[0] == Example(
+        "The following is a LSAT Analytical Reasoning question. Please select the correct answer.\n"
+        "P. q?\n(A)oA\n(B)oB\n(C)oC\n(D)oD\n(E)oE\nThe answer is ", tuple("ABCDE"), 1)
+    physics = next(g for g in groups if g.name == "gaokao-physics")
+    assert physics.items[1].context.endswith("(D)oD\n答案是：") and physics.items[1].gold == -1
+    assert tasks.build_context(physics, 2, 1).count("答案是：A\n\n") == 1  # the one single-answer other item
+    with pytest.raises(ValueError, match="2 shots asked, only 1"):  # shots skip the two-answer item
+        tasks.build_context(physics, 2, 2)
+    assert "| ours | – | – | – | 66.67 |" in report.markdown_table({"agieval": result}, None)
+    with pytest.raises(ValueError, match="lsat-rc.jsonl:1: label 'F' is not made of A, B, C, D, E"):
+        write_jsonl(tmp_path / "AGIEval" / "data" / "v1" / "lsat-rc.jsonl", [agieval_row("F", 5)])
+        tasks.TASKS["agieval"].load(tmp_path)
+    write_jsonl(tmp_path / "AGIEval" / "data" / "v1" / "lsat-rc.jsonl", files["lsat-rc"])
+    (tmp_path / "AGIEval" / "data" / "v1" / "aqua-rat.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="aqua-rat.jsonl: dataset file not found"):
+        tasks.TASKS["agieval"].load(tmp_path)

@@ -57,5 +57,9 @@ def test_results_files(tmp_path):
     assert "| 8 | 256 | 768 | 1.00M | 6.00 (7.00) | 666.7 | 12.0 | 1.0 |" in md
     assert "Deepest/shallowest per-token latency: 2.00x (strictly increasing with depth" in md
     assert "| siaf | 1.00M | 5.50 (6.50) | +10.0% | 7.76 | +2.6% |" in md
-    bars = speed.draw_bars([1.0, 2.0])
-    assert bars.shape == (300, 560, 3) and (bars == (120, 120, 120)).all(-1).sum() > 100
+    speed_ax, latency_ax = speed.depth_figure(results).axes
+    assert (speed_ax.get_xlabel(), latency_ax.get_ylabel()) == ("layers (width shrinks to keep the parameters)",
+                                                               "ms per token")
+    assert list(latency_ax.lines[0].get_ydata()) == [3.0, 6.0]
+    (bars,) = speed.modules_figure(results).axes
+    assert [p.get_height() for p in bars.patches] == [5.0, 5.5, 5.25, 6.0]

@@ -193,13 +193,20 @@ def test_cli_count_coverage_compress(work, tmp_path):
     config.write_text(yaml.safe_dump({"model": {"vocab_size": BIG, "hidden_size": 64, "num_layers": 2,
                                                 "num_heads": 4, "intermediate_size": 128}}))
     assert main(["tokenizer", "coverage", "--tokenizer", big, "--counts", str(tmp_path / "c.npy"), "--config",
-                 str(config), "--sizes", "1000", str(SMALL), "--csv", str(tmp_path / "cov.csv"), "--png",
-                 str(tmp_path / "cov.png")]) == 0
+                 str(config), "--sizes", "1000", "--chosen-size", str(SMALL), "--csv", str(tmp_path / "cov.csv"),
+                 "--png", str(tmp_path / "cov.png")]) == 0
     rows = (tmp_path / "cov.csv").read_text().splitlines()
     assert rows[0] == "vocab_size,coverage,coverage_top_n,vocab_params,vocab_share" and len(rows) == 3
     fields = rows[2].split(",")
     assert int(fields[0]) == SMALL and float(fields[1]) == pytest.approx(work["ours"].selection.coverage, abs=1e-6)
     assert int(fields[3]) == 2 * SMALL * 64
+    from dataclasses import replace
+
+    from pangu_pro.config import load_config
+    from pangu_pro.model.params import count_parameters
+
+    small_model = replace(load_config(config).model, vocab_size=SMALL)
+    assert float(fields[4]) == pytest.approx(count_parameters(small_model).vocab_share, abs=1e-6)
     assert (tmp_path / "cov.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prefix = tmp_path / "cmp"
     assert main(["tokenizer", "compress", "--tokenizer", big, "--counts", str(tmp_path / "c.npy"),

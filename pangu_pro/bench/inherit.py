@@ -154,7 +154,7 @@ def format_table(result: dict) -> str:
 def run(args) -> int:
     from pangu_pro.config import config_from_dict
     from pangu_pro.data.corpus import build_builtin_corpus
-    from pangu_pro.inherit.config import InheritConfig
+    from pangu_pro.inherit.config import InheritConfig, InheritRunConfig
     from pangu_pro.inherit.run import run_inherit
     from pangu_pro.io import atomic_write_json, atomic_write_text
     from pangu_pro.model.params import count_parameters
@@ -209,7 +209,7 @@ def run(args) -> int:
                                 batch_size=args.batch_size, lr_mask=0.1, lr_lambda=1.0, lr_weights=0.0,
                                 log_every=max(1, args.mask_steps // 4), checkpoint_every=args.mask_steps,
                                 seed=args.seed, output_dir=str(out))
-        config = dataclasses.replace(teacher_cfg, inherit=inherit)
+        config = InheritRunConfig.of(teacher_cfg, inherit)
         import shutil
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()

@@ -148,36 +148,46 @@ def run_benchmark(depths: Sequence[int] = (2, 4, 8, 16, 32), budget: int = 6_000
     return results
 
 
-def draw_bars(values: Sequence[float], width: int = 560, height: int = 300) -> np.ndarray:
-    """Bars of `values` left to right, from 0, on one panel (colours cycle)."""
-    from pangu_pro.train.plot import BLUE, GREEN, RED, draw_panel
+def depth_figure(results: dict):
+    """Tokens/s and ms/token against the number of layers (equal non-embedding parameters)."""
+    from pangu_pro.plotting import new_figure
 
-    image = np.full((height, width, 3), 255, np.uint8)
-    xs = list(range(len(values)))
-    axes = draw_panel(image, (0, 0, width, height), [([-0.5, len(values) - 0.5], [0.0, max(values) * 1.1], (255, 255, 255))])
-    colours = [(120, 120, 120), GREEN, BLUE, RED]
-    for x, value in zip(xs, values):
-        left, top = axes.pixel(x - 0.3, value)
-        right, bottom = axes.pixel(x + 0.3, 0.0)
-        image[top:bottom, left:right] = colours[x % len(colours)]
-    return image
+    s, rows = results["setting"], results["depth_width"]
+    fig, (speed_ax, latency_ax) = new_figure(1, 2, f"Decode speed by depth at ~{s['budget_non_embedding'] / 1e6:.1f}M "
+                                                   f"non-embedding parameters ({s['device']}, batch {s['batch']})")
+    depths = [r["layers"] for r in rows]
+    speed_ax.plot(depths, [r["tokens_per_s"] for r in rows], color="C0", marker="o", label="tokens/s")
+    latency_ax.plot(depths, [r["per_token_ms"] for r in rows], color="C3", marker="o", label="ms/token (best run)")
+    for ax, name, ylabel in ((speed_ax, "Throughput", "tokens/s"), (latency_ax, "Latency", "ms per token")):
+        ax.set_title(name)
+        ax.set_xlabel("layers (width shrinks to keep the parameters)")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def modules_figure(results: dict):
+    """ms/token per PanGu-pi module variant, as bars."""
+    from pangu_pro.plotting import new_figure
+
+    rows = results["modules"]
+    fig, (ax,) = new_figure(1, 1, f"Module overhead ({rows[0]['layers']} layers x {rows[0]['hidden']})")
+    ax.bar([r["variant"] for r in rows], [r["per_token_ms"] for r in rows], color=["0.5", "C2", "C0", "C3"][:len(rows)])
+    ax.set_xlabel("variant")
+    ax.set_ylabel("ms per token")
+    ax.set_title("Decode latency per variant")
+    return fig
 
 
 def write_results(results: dict, out_dir: Path) -> None:
-    from pangu_pro.io import atomic_path, atomic_write_json, atomic_write_text
-    from pangu_pro.train.plot import BLUE, RED, draw_panel, encode_png
+    from pangu_pro.io import atomic_write_json, atomic_write_text
+    from pangu_pro.plotting import save_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "speed.json", results)
-    rows = results["depth_width"]
-    image = np.full((560, 640, 3), 255, np.uint8)
-    depths = [r["layers"] for r in rows]
-    draw_panel(image, (0, 0, 640, 280), [(depths, [r["tokens_per_s"] for r in rows], BLUE)])
-    draw_panel(image, (0, 280, 640, 280), [(depths, [r["per_token_ms"] for r in rows], RED)])
-    with atomic_path(out_dir / "speed_depth.png") as tmp:
-        tmp.write_bytes(encode_png(image))
-    with atomic_path(out_dir / "speed_modules.png") as tmp:
-        tmp.write_bytes(encode_png(draw_bars([r["per_token_ms"] for r in results["modules"]])))
+    save_figure(depth_figure(results), out_dir / "speed_depth.png")
+    save_figure(modules_figure(results), out_dir / "speed_modules.png")
     atomic_write_text(out_dir / "speed.md", speed_markdown(results))
 
 
@@ -206,7 +216,7 @@ def speed_markdown(results: dict) -> str:
               f"({'strictly increasing with depth' if monotone else 'not strictly monotone'}; fastest "
               f"{fast['layers']} x {fast['hidden']}, slowest {slow['layers']} x {slow['hidden']}). The paper: depth "
               "20 x width 1792 decodes at 29.49 tokens/s (V100, fp16, batch 20) and deeper is slower at equal "
-              "size.", "", "`speed_depth.png`: tokens/s (top, blue) and ms/token (bottom, red) against the number of layers.",
+              "size.", "", "`speed_depth.png`: tokens/s (left) and ms/token (right) against the number of layers.",
               "", f"## SIAF and AugShortcut overhead ({results['modules'][0]['layers']} layers x "
               f"{results['modules'][0]['hidden']})", "",
               "| variant | params (non-emb.) | ms/token | overhead | paper ms (1B) | paper overhead |",

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import yaml
-from tqdm import tqdm
+from pangu_pro.progress import progress_bar
 
 from pangu_pro.configtools import brief, to_mapping
 from pangu_pro.convert.names import expected_shapes, from_hf_name, model_config_from_hf, to_hf_name
@@ -106,7 +106,7 @@ def import_from_hf(folder: str | Path, out: str | Path, progress: bool = True) -
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder (--out names a checkpoint folder)")
-    bar = tqdm(total=len(expected), desc="from-hf", unit="tensor", disable=not progress)
+    bar = progress_bar(total=len(expected), desc="from-hf", unit="tensor", disable=not progress)
     write_safetensors(out / WEIGHTS_NAME, [(name, shape, "F32") for name, shape in expected.items()],
                       lambda name: found[name][1].get(found[name][0]),
                       metadata={"converted_from": str(folder), "format": "pangu-pro"},

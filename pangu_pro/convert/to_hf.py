@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from tqdm import tqdm
+from pangu_pro.progress import progress_bar
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.convert.checkpoints import open_checkpoint
@@ -115,7 +115,7 @@ def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, 
     shards = plan_shards(sizes, limit)
     files = [HF_WEIGHTS] if len(shards) == 1 else [
         f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-    bar = tqdm(total=len(hf_names), desc="to-hf", unit="tensor", disable=not progress)
+    bar = progress_bar(total=len(hf_names), desc="to-hf", unit="tensor", disable=not progress)
     for names, filename in zip(shards, files):
         write_safetensors(out_dir / filename, [(hf, expected[hf_names[hf]], code) for hf in names],
                           lambda hf: cast_for_storage(source.get(hf_names[hf]), code),

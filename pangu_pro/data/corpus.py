@@ -149,11 +149,11 @@ def is_heldout(text: str) -> bool:
 
 def iter_corpus(root: Path, stats: CorpusStats, progress: bool = False) -> Iterator[str]:
     """Every kept (normalised, de-duplicated, prose) document of the stdlib below `root`, in order."""
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     seen: set[bytes] = set()
     files = stdlib_files(root)
-    for path in tqdm(files, desc="stdlib files", unit="file", disable=not progress):
+    for path in progress_bar(files, desc="stdlib files", unit="file", disable=not progress):
         stats.files_scanned += 1
         for kind, raw in file_documents(path, root, stats):
             stats.candidates += 1

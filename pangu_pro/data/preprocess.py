@@ -327,7 +327,7 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
     `chunk_bytes` is the size of one work item; it changes the speed, never the output.
     """
     import sentencepiece as spm
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     if seq_length < 1:
         raise ValueError(f"--seq-length must be at least 1, got {seq_length}")
@@ -363,7 +363,7 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
         examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
         jobs = ((chunk, eos_id, text_field) for chunk in read_chunks(files, chunk_bytes))
         total = sum(path.stat().st_size for path in files)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not progress) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not progress) as bar:
             for result in ordered_map(_work, jobs, workers, _init_worker, (str(tokenizer),)):
                 documents += result.documents
                 tokens += int(result.tokens.size)

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     add_config_overrides(p)
     p.add_argument("--checkpoint", required=True, help="weights file or checkpoint folder")
     p.add_argument("--tokenizer", help="SentencePiece .model (default: data.tokenizer of the config)")
-    p.add_argument("--tasks", default="", help="comma-separated: ceval,cmmlu,mmlu,boolq,ax-b,piqa,eprstmt,c3,xsum "
+    p.add_argument("--tasks", default="", help="comma-separated: ceval,cmmlu,mmlu,agieval,boolq,ax-b,piqa,eprstmt,c3,xsum "
                    "or all")
     p.add_argument("--data-dir", default="data", help="root of the benchmark files (layout in docs/eval.md)")
     p.add_argument("--shots", type=int, default=0, help="solved examples before each question (exams: from dev/)")

@@ -66,7 +66,7 @@ def evaluate_generation(pairs: Sequence[tuple[str, str]], generate: Callable[[li
     Prompts are cut from the left to `max_prompt_tokens` (BOS included); the summary is the text up to
     the first newline. Batches are padded to `batch_size` by repeating the last prompt.
     """
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     from pangu_pro.eval.rouge import corpus_rouge
 
@@ -74,7 +74,7 @@ def evaluate_generation(pairs: Sequence[tuple[str, str]], generate: Callable[[li
         raise ValueError("no generation items")
     prompts = [[bos_id] + list(tokenizer.encode(p))[-(max_prompt_tokens - 1):] for p, _ in pairs]
     outputs: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
         batch = prompts[start:start + batch_size]
         padded = batch + [batch[-1]] * (batch_size - len(batch))
         for ids in generate(padded, max_new_tokens)[:len(batch)]:

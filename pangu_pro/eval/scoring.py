@@ -103,12 +103,12 @@ def pad_batch(rows: Sequence[Sequence[int]], batch_size: int, width: int, pad_id
 def score_requests(backend: Backend, requests: Sequence[Request], progress: bool = False, desc: str = "score",
                    pad_id: int = 0) -> list[Score]:
     """Score every request with `backend`, in batches padded to length buckets."""
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     lengths = [len(r.tokens) - 1 for r in requests]  # predicted positions
     results: list[Optional[Score]] = [None] * len(requests)
     batches = plan_batches(lengths, backend.batch_size)
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+    for batch in progress_bar(batches, desc=desc, unit="batch", disable=not progress):
         width = bucket_length(max(lengths[i] for i in batch), backend.max_length - 1)
         ids, targets = pad_batch([requests[i].tokens for i in batch], backend.batch_size, width, pad_id)
         logprobs = np.asarray(backend.token_logprobs(ids, targets), dtype=np.float64)

@@ -24,7 +24,7 @@ LETTERS = ("A", "B", "C", "D")
 class Example:
     context: str
     continuations: tuple[str, ...]
-    gold: int
+    gold: int  # -1: no single continuation is right (an AGI-Eval item with several answers; never a shot)
 
 
 @dataclass
@@ -143,6 +143,53 @@ def eprstmt_item(row: dict, where: str = "eprstmt") -> Example:
                    ("Negative", "Positive").index(label))
 
 
+# AGI-Eval v1 (github.com/ruixiangcui/AGIEval, data/v1/{subset}.jsonl): the subsets OpenCompass's mixed
+# config scores by perplexity over the option letters, each with the line it puts before the question.
+# Not scored here: jec-qa-kd / jec-qa-ca (several answers, generated) and the cloze subsets.
+AGIEVAL_SUBSETS = {
+    "gaokao-chinese": "以下是一道中国高考语文选择题，请选择正确的答案。",
+    "gaokao-english": "以下是一道中国高考英语选择题，请选择正确的答案。",
+    "gaokao-geography": "以下是一道中国高考地理选择题，请选择正确的答案。",
+    "gaokao-history": "以下是一道中国高考历史选择题，请选择正确的答案。",
+    "gaokao-biology": "以下是一道中国高考生物选择题，请选择正确的答案。",
+    "gaokao-chemistry": "以下是一道中国高考化学选择题，请选择正确的答案。",
+    "gaokao-physics": "以下是一道中国高考物理选择题，请选择正确的答案。",
+    "gaokao-mathqa": "以下是一道中国高考数学选择题，请选择正确的答案。",
+    "logiqa-zh": "以下是一道中国公务员考试题，请选择正确的答案。",
+    "lsat-ar": "The following is a LSAT Analytical Reasoning question. Please select the correct answer.",
+    "lsat-lr": "The following is a LSAT Logical Reasoning question. Please select the correct answer.",
+    "lsat-rc": "The following is a LSAT Reading Comprehension question. Please select the correct answer.",
+    "logiqa-en": "The following is a Logic Reasoning question. Please select the correct answer.",
+    "sat-math": "The following is a SAT Math question. Please select the correct answer.",
+    "sat-en": "The following is a SAT English question. Please select the correct answer.",
+    "sat-en-without-passage": "The following is a SAT English question. Please select the correct answer.",
+    "aqua-rat": "The following is a AQUA-RAT question. Please select the correct answer.",
+}
+AGIEVAL_FIVE_OPTIONS = ("lsat-ar", "lsat-lr", "lsat-rc", "aqua-rat")
+
+
+def agieval_item(row: dict, subset: str, where: str = "agieval") -> Example:
+    """AGI-Eval v1 row: passage (or null), question, options ["(A)...", ...], label (a letter, or a list of
+    letters), answer (cloze), other. Prompt: the subset's line, passage + question, the options one a
+    line, then "答案是：" (the Chinese exams, gaokao-english included) or "The answer is " -> A..D (A..E for
+    LSAT and AQuA-RAT). An item with several right letters gets gold -1: no single letter is right, so it
+    counts as wrong, as under OpenCompass's single-label perplexity scoring."""
+    letters = tuple("ABCDE" if subset in AGIEVAL_FIVE_OPTIONS else "ABCD")
+    options = _field(row, "options", where)
+    if not isinstance(options, list) or not options:
+        raise ValueError(f"{where}: options {options!r} is not a list of choices (a cloze item?)")
+    label = _field(row, "label", where)
+    label = "".join(label) if isinstance(label, list) else str(label or "")
+    label = label.strip().upper()
+    if not label or any(c not in letters for c in label):
+        raise ValueError(f"{where}: label {label!r} is not made of {', '.join(letters)}")
+    passage = row.get("passage") or ""
+    hint = "The answer is " if AGIEVAL_SUBSETS[subset].startswith("The following") else "答案是："
+    context = f"{AGIEVAL_SUBSETS[subset]}\n{passage}{_field(row, 'question', where)}\n" + "\n".join(
+        str(o) for o in options) + f"\n{hint}"
+    return Example(context, letters, letters.index(label) if len(label) == 1 else -1)
+
+
 def xsum_item(row: dict, where: str = "xsum") -> tuple[str, str]:
     """XSum (OpenCompass layout): dialogue (the document), summary; the Hugging Face release names it `document`."""
     document = row["dialogue"] if "dialogue" in row else _field(row, "document", where)
@@ -162,7 +209,8 @@ def shot_text(example: Example) -> str:
 def build_context(group: Group, index: int, shots: int) -> str:
     """The context scored for item `index` of `group`: header, `shots` solved examples, the item's context."""
     pool = group.shot_pool
-    chosen = [ex for i, ex in enumerate(pool) if not (group.shots_from_items and i == index)][:shots]
+    chosen = [ex for i, ex in enumerate(pool)
+              if ex.gold >= 0 and not (group.shots_from_items and i == index)][:shots]
     if len(chosen) < shots:
         raise ValueError(f"{group.name}: {shots} shots asked, only {len(chosen)} examples to take them from")
     return group.header + "".join(shot_text(ex) for ex in chosen) + group.items[index].context
@@ -275,6 +323,16 @@ def _load_piqa(data_dir: Path) -> list[Group]:
     return [Group("piqa", "", items, items, shots_from_items=True)]
 
 
+def _load_agieval(data_dir: Path) -> list[Group]:
+    groups = []
+    for subset in AGIEVAL_SUBSETS:
+        path = Path(data_dir) / "AGIEval" / "data" / "v1" / f"{subset}.jsonl"
+        items = [agieval_item(row, subset, f"{path}:{i + 1}")
+                 for i, row in enumerate(read_jsonl(path, AGIEVAL_LAYOUT))]
+        groups.append(Group(subset, "", items, items, shots_from_items=True))
+    return groups
+
+
 def _load_xsum(data_dir: Path) -> list[tuple[str, str]]:
     path = Path(data_dir) / "Xsum" / "dev.jsonl"
     return [xsum_item(row, f"{path}:{i + 1}") for i, row in enumerate(read_jsonl(path, XSUM_LAYOUT))]
@@ -285,6 +343,8 @@ CEVAL_LAYOUT = ("ceval/formal_ceval/val/{subject}_val.csv (and dev/{subject}_dev
 CMMLU_LAYOUT = "cmmlu/test/{subject}.csv (and dev/{subject}.csv for shots), CSV with header ,Question,A,B,C,D,Answer"
 MMLU_LAYOUT = ("mmlu/test/{subject}_test.csv (and dev/{subject}_dev.csv for shots), CSV without header: "
                "question,A,B,C,D,answer")
+AGIEVAL_LAYOUT = ("AGIEval/data/v1/{subset}.jsonl for the 17 single-answer subsets (docs/eval.md), JSON lines "
+                  "with passage, question, options, label, answer, other")
 BOOLQ_LAYOUT = "SuperGLUE/BoolQ/val.jsonl, JSON lines with passage, question, label (true/false)"
 PIQA_LAYOUT = "piqa/dev.jsonl (JSON lines with goal, sol1, sol2) and piqa/dev-labels.lst (one 0/1 per line)"
 C3_LAYOUT = ("CLUE/C3/dev_0.json, one JSON array of documents [[paragraphs], [{question, choice, answer}], id]")
@@ -303,6 +363,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
         "mmlu", "test", "{subject}_{split}.csv", mmlu_item,
         lambda s: f"The following are multiple choice questions (with answers) about {s.replace('_', ' ')}.\n\n",
         MMLU_LAYOUT, has_header=False)),
+    Task("agieval", "AGI-Eval", "choice", AGIEVAL_LAYOUT, _load_agieval),
     Task("boolq", "BoolQ", "choice", BOOLQ_LAYOUT,
          _single_loader("SuperGLUE/BoolQ/val.jsonl", read_jsonl, boolq_item, BOOLQ_LAYOUT)),
     Task("ax-b", "AX-b", "choice", AXB_LAYOUT,
@@ -314,7 +375,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("c3", "C3", "choice", C3_LAYOUT,
          _single_loader("CLUE/C3/dev_0.json", read_json, c3_items, C3_LAYOUT)),
 ]}
-ALIASES = {"axb": "ax-b", "ax_b": "ax-b", "c-eval": "ceval"}
+ALIASES = {"axb": "ax-b", "ax_b": "ax-b", "c-eval": "ceval", "agi-eval": "agieval", "agi": "agieval"}
 
 
 def resolve_tasks(names: str | list[str]) -> list[Task]:

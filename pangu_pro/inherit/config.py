@@ -21,10 +21,11 @@ derive::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, Optional
 
+from pangu_pro.config import Config, config_from_dict
 from pangu_pro.configtools import ConfigError, apply_overrides, from_mapping, read_yaml, require
 
 Criterion = Literal["random", "l1", "l2", "taylor", "learned"]
@@ -78,6 +79,19 @@ class InheritConfig:
                     f"expected a new2old .npy (or its .json), got {self.vocab_map!r}")
 
 
+@dataclass
+class InheritRunConfig(Config):
+    """A pangu-pro config with an `inherit:` section: the stage owns its section, the base Config knows
+    no stage."""
+
+    inherit: Optional[InheritConfig] = None
+
+    @classmethod
+    def of(cls, config: Config, inherit: InheritConfig) -> "InheritRunConfig":
+        """`config`'s sections plus `inherit`."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(Config)}, inherit=inherit)
+
+
 def _resolve(path: str, base: Path) -> str:
     """A relative path as written, if it exists from the working directory; else relative to the config."""
     p = Path(path)
@@ -93,8 +107,6 @@ def load_inherit_config(path: str | Path, overrides: list[str] | None = None):
     When `inherit.teacher_config` is set, the teacher's model section is read from that file (and the
     inheritance config must not have its own `model:`).
     """
-    from pangu_pro.config import config_from_dict
-
     path = Path(path)
     data = read_yaml(path)
     try:
@@ -119,7 +131,7 @@ def load_inherit_config(path: str | Path, overrides: list[str] | None = None):
         from_mapping(InheritConfig, section, "inherit")
     except ConfigError as err:
         raise err.within(source=str(path)) from None
-    config = config_from_dict(data, str(path))
+    config = config_from_dict(data, str(path), InheritRunConfig)
     config.inherit.target_config = _resolve(config.inherit.target_config, path.parent)
     if config.inherit.vocab_map is not None:
         config.inherit.vocab_map = _resolve(config.inherit.vocab_map, path.parent)

@@ -105,7 +105,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     """Train masks (and optionally the teacher's weights); see the module doc."""
     import mindspore as ms
     from mindspore import Tensor
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
@@ -156,8 +156,8 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     kept = np.arange(cfg.num_layers) if kept_layers is None else np.asarray(kept_layers)
     final = final_targets(plan, types)
     history = []
-    bar = tqdm(total=ic.steps, initial=start, disable=not (progress and lead), desc="masks", unit="step",
-               dynamic_ncols=True)
+    bar = progress_bar(total=ic.steps, initial=start, disable=not (progress and lead), desc="masks", unit="step",
+                       every=ic.log_every)
     try:
         if start < ic.steps:
             batches = train_dataset(data_config, par, skip_batches=start).create_tuple_iterator(num_epochs=1)

@@ -230,7 +230,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
     """Score the training set with the weights in `checkpoint` (module doc); returns the merging rank's
     summary (other ranks return their own part's counts). `unit_samples` defaults to
     `driver.score_unit_samples` for this layout."""
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
     from mindspore import Tensor
 
     from pangu_pro.data.dataset import count_samples, create_dataset, resolve_files
@@ -296,8 +296,8 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
 
     todo = mine[done:]
     batches_per_unit = unit // rows
-    bar = tqdm(total=mine.size, initial=done, disable=not (progress and lead), desc="score",
-               unit="unit", dynamic_ncols=True)
+    bar = progress_bar(total=mine.size, initial=done, disable=not (progress and lead), desc="score",
+                       unit="unit")
     try:
         if todo.size:
             if done:

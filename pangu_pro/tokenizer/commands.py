@@ -43,7 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="model config YAML, for the parameter share")
     p.add_argument("--sizes", type=int, nargs="*", help="vocab sizes (default: 16 steps up to the full size)")
     p.add_argument("--csv", help="write the table as CSV")
-    p.add_argument("--png", help="write the curves as PNG (blue coverage, red parameter share)")
+    p.add_argument("--png", help="write the figure as PNG (coverage and parameter share by vocabulary size)")
+    p.add_argument("--chosen-size", type=int, default=None,
+                   help="vocabulary size to mark on the figure (added to --sizes; default: the smallest size "
+                        "with 90%% coverage)")
     add_config_overrides(p)
     p.set_defaults(func=_coverage)
 
@@ -122,16 +125,28 @@ def _coverage(args: argparse.Namespace) -> int:
     counts = load_counts(args.counts, tokenizer=args.tokenizer).counts
     if args.overrides and not args.config:
         raise ValueError("config overrides need --config")
-    model = load_config(args.config, args.overrides).model if args.config else None
-    rows = coverage_table(vocab, counts, args.sizes or default_sizes(vocab), model)
+    cost = vocab_cost(load_config(args.config, args.overrides).model) if args.config else None
+    sizes = list(args.sizes or default_sizes(vocab)) + ([args.chosen_size] if args.chosen_size else [])
+    rows = coverage_table(vocab, counts, sizes, cost)
     print(format_table(rows))
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     if args.png:
-        write_png(rows, args.png)
+        write_png(rows, args.png, args.chosen_size, f"Tokenizer coverage: {Path(args.tokenizer).name} on "
+                  f"{Path(args.counts).name}")
         print(f"wrote {args.png}")
     return 0
+
+
+def vocab_cost(model):
+    """The model's parameter count split into per-vocabulary-piece and the rest (tokenizer.coverage.VocabCost)."""
+    from pangu_pro.model.params import count_parameters
+    from pangu_pro.tokenizer.coverage import VocabCost
+
+    count = count_parameters(model)
+    vocab_params = count.embedding + count.lm_head
+    return VocabCost(params_per_piece=vocab_params // model.vocab_size, other_params=count.total - vocab_params)
 
 
 def _compress(args: argparse.Namespace) -> int:

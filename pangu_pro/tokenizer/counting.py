@@ -69,15 +69,15 @@ def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS) -
 def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
                      show_progress: bool = True) -> np.ndarray:
     """Counts over MindRecord shards, one worker thread per shard at a time (all cores by default),
-    tqdm in tokens."""
-    from tqdm import tqdm
+    progress in tokens."""
+    from pangu_pro.progress import progress_bar
 
     paths = [str(p) for p in paths]
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: MindRecord shard not found")
     workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
-    bar = tqdm(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
+    bar = progress_bar(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
     lock = threading.Lock()
 
     def count_shard(path: str) -> np.ndarray:
@@ -98,7 +98,7 @@ def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Opt
                lines_per_chunk: int = 20000, show_progress: bool = True) -> np.ndarray:
     """Counts of the ids SentencePiece model `model_path` gives the lines of text files `paths`."""
     import sentencepiece as spm
-    from tqdm import tqdm
+    from pangu_pro.progress import progress_bar
 
     processor = spm.SentencePieceProcessor(model_file=str(model_path))
     vocab_size = processor.get_piece_size()
@@ -109,7 +109,7 @@ def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Opt
             raise FileNotFoundError(f"{path}: text file not found")
         total_bytes += Path(path).stat().st_size
     counts = np.zeros(vocab_size, dtype=np.int64)
-    with tqdm(total=total_bytes, desc="counting", unit="B", unit_scale=True, disable=not show_progress) as bar:
+    with progress_bar(total=total_bytes, desc="counting", unit="B", unit_scale=True, disable=not show_progress) as bar:
         for path in paths:
             with open(path, encoding="utf-8") as handle:
                 while True:

@@ -29,8 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (default: all)")
     p.set_defaults(func=_perplexity)
 
-    p = subparsers.add_parser("plot", help="draw a run's loss and learning-rate curves to PNG")
-    p.add_argument("run_dir", help="a training output dir (holding metrics.jsonl)")
+    p = subparsers.add_parser("plot", help="draw a training, multi-round or inheritance run's figure to PNG")
+    p.add_argument("run_dir", help="a train output dir (metrics.jsonl), a rounds output dir (round_K/train/) or "
+                   "an inherit output dir (masks.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(func=_plot)
 

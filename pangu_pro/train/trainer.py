@@ -277,12 +277,11 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
     train.output_dir; under semi-auto parallel, of this rank's `checkpoints/rank_<r>/`).
     """
-    from tqdm import tqdm
-
     from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
+    from pangu_pro.progress import progress_bar
     from pangu_pro.runtime import adapt_to_device, apply_device_config, init_mindspore
     from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
@@ -363,8 +362,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     # 4. the loop
     lr0 = base_learning_rate(tc, par.replicas * par.micro_batches)
     peak = device_peak_flops(target, tc.peak_flops, par.world, say) if lead else None
-    bar = tqdm(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = progress_bar(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
+                       every=tc.log_every)
     window_tokens, window_time, flops_per_token, step = 0, 0.0, None, start
     last = {}
     try:
@@ -393,8 +392,9 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                     metrics.write({"type": "error", "step": step, "loss": result.loss, "grad_norm": result.grad_norm})
                 raise NonFiniteLossError(step, result.loss, result.grad_norm, last_ckpt)
             last = {"loss": result.loss, "lr": lr, "grad_norm": result.grad_norm}
+            bar.set_postfix({"loss": f"{result.loss:.4f}", "lr": f"{lr:.2e}", "grad_norm": f"{result.grad_norm:.3f}",
+                             "tok/s": f"{window_tokens / window_time:.0f}"}, refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             if metrics is not None and (step % tc.log_every == 0 or step == tc.steps):
                 tps = window_tokens / window_time
                 metrics.write({"type": "train", "step": step, "loss": result.loss, "lr": lr,
