@@ -1,6 +1,7 @@
 """Masked teacher == materialised student; exact per-layer counts; bad targets fail naming the field."""
 import dataclasses
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -148,4 +149,10 @@ def test_mask_cells_compute_the_numpy_formulas():
     head, neuron, hidden, layer = (t.asnumpy() for t in masks())  # noise-free
     np.testing.assert_allclose(hidden, hc.deterministic_mask(la["hidden"]), atol=1e-5)
     want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in ("heads", "neurons", "hidden", "layers")]
-    np.testing.assert_allclose(masks.sparsity().asnumpy(), want, atol=1e-5)
+    targets, l1, l2 = np.array([0.3, 0.5, 0.2, 0.4]), np.array([0.5, -1.0, 2.0, 0.1]), np.array([3.0, 1.0, 0.5, 2.0])
+    penalty, means = masks.penalty(Tensor(targets, ms.float32), Tensor(l1, ms.float32), Tensor(l2, ms.float32))
+    np.testing.assert_allclose(means.asnumpy(), want, atol=1e-5)
+    want_penalty = sum(hc.layer_constraint(hc.keep_probability(la[n]), targets[i], l1[i], l2[i])
+                       for i, n in enumerate(("heads", "neurons", "hidden", "layers")))
+    np.testing.assert_allclose(float(penalty.asnumpy()), want_penalty, rtol=1e-5)
+    assert masks.noise(3, 7, rank=1).tolist() != noise.tolist()  # every rank draws its own masks
