@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, mutable, nn, ops
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIMIT_R, LOG_ALPHA_LIMIT,
@@ -276,7 +276,7 @@ class MaskTrainStep:
         n = len(micro_batches)
         if n > 1:
             summed = tuple(g / n for g in summed)
-        self.update(summed, lr_mask, lr_lambda, lr_weights)
+        self.update(mutable(tuple(summed)), lr_mask, lr_lambda, lr_weights)  # mutable: compiled once, not per call
         lm = np.float32(np.mean(lms))
         if self.allreduce is not None:
             lm = float(self.allreduce(Tensor(np.array([lm], np.float32))).asnumpy()[0]) / self.world
