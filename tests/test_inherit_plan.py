@@ -38,3 +38,12 @@ def test_plan_command_prints_the_inheritance_plan_and_refuses_what_does_not_fit(
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["plan", "configs/inherit_7b_to_1b_pro.yaml", "--set", "parallel.model_parallel=8"]) == 2
     assert "data parallel only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("devices", [16, 64])
+def test_7b_mask_layouts_keep_the_global_batch_and_fit(devices):
+    config = load_inherit_config(f"configs/parallel/pangu_7b_masks_{devices}dev.yaml")
+    plan = mask_plan(config)
+    assert plan.devices == devices and plan.global_batch == 64
+    assert plan.total == pytest.approx(mask_plan(load_inherit_config("configs/inherit_7b_to_1b_pro.yaml")).total)
+    assert plan.total < 0.85 * 64 * GIB
