@@ -1,6 +1,7 @@
 """Masked teacher == materialised student; exact per-layer counts; bad targets fail naming the field."""
 import dataclasses
 
+import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import Tensor
@@ -148,4 +149,58 @@ def test_mask_cells_compute_the_numpy_formulas():
     head, neuron, hidden, layer = (t.asnumpy() for t in masks())  # noise-free
     np.testing.assert_allclose(hidden, hc.deterministic_mask(la["hidden"]), atol=1e-5)
     want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in ("heads", "neurons", "hidden", "layers")]
-    np.testing.assert_allclose(masks.sparsity().asnumpy(), want, atol=1e-5)
+    targets, l1, l2 = np.array([0.3, 0.5, 0.2, 0.4]), np.array([0.5, -1.0, 2.0, 0.1]), np.array([3.0, 1.0, 0.5, 2.0])
+    penalty, means = masks.penalty(Tensor(targets, ms.float32), Tensor(l1, ms.float32), Tensor(l2, ms.float32))
+    np.testing.assert_allclose(means.asnumpy(), want, atol=1e-5)
+    want_penalty = sum(hc.layer_constraint(hc.keep_probability(la[n]), targets[i], l1[i], l2[i])
+                       for i, n in enumerate(("heads", "neurons", "hidden", "layers")))
+    np.testing.assert_allclose(float(penalty.asnumpy()), want_penalty, rtol=1e-5)
+    assert masks.noise(3, 7, rank=1).tolist() != noise.tolist()  # every rank draws its own masks
+
+
+def test_soft_masks_restricted_to_the_selection_equal_the_folded_student():
+    """The masked teacher with soft mask values on the kept units (weights untouched) computes what the
+    student with those values folded in computes: RMSNorm over the live hidden channels agrees."""
+    plan = plan_student(TEACHER, dataclasses.replace(TARGET, vocab_size=TEACHER.vocab_size))
+    teacher, tensors = random_teacher(TEACHER, seed=3)
+    rng = np.random.default_rng(4)
+    sel = select_units(plan, UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.random(a.shape)))
+    values = UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.uniform(0.2, 1.0, a.shape))
+    binary = sel.binary_masks(TEACHER)
+    soft = UnitArrays(*(getattr(values, n) * getattr(binary, n) for n in ("heads", "neurons", "hidden", "layers")))
+    student = build_model(plan.student)
+    load_state(student, materialize(tensors, plan, sel, values))
+    ids = rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32)
+    np.testing.assert_allclose(student(Tensor(ids)).asnumpy(), masked_logits(teacher, TEACHER, ids, soft),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_masks_past_the_target_leave_no_dead_unit():
+    """Masks that pruned past the target (top-k must keep units whose noise-free mask is 0): every kept
+    unit's folded value is positive, no student row or column is all zeros, and the student equals the
+    masked teacher (0/1 selection, values folded)."""
+    from pangu_pro.inherit import hardconcrete as hc
+
+    plan = plan_student(TEACHER, dataclasses.replace(TARGET, vocab_size=TEACHER.vocab_size))
+    teacher, tensors = random_teacher(TEACHER, seed=5)
+    rng = np.random.default_rng(6)
+    # keep probability <= 1/2 for 80% of every type: far past the 50% target
+    log_alpha = UnitArrays.full(TEACHER, 0.0).map(
+        lambda a: np.where(rng.random(a.shape) < 0.8, rng.uniform(-4, -1.7, a.shape), rng.uniform(0.5, 4, a.shape)))
+    assert (hc.deterministic_mask(log_alpha.neurons) == 0).mean() > 0.6
+    sel = select_units(plan, log_alpha)
+    values = log_alpha.map(hc.fold_value)
+    binary = sel.binary_masks(TEACHER)
+    for name in ("heads", "neurons", "hidden"):
+        kept = getattr(binary, name) > 0
+        assert (getattr(values, name)[kept] > 0).all(), name
+    student_tensors = materialize(tensors, plan, sel, values)
+    for name, w in student_tensors.items():
+        if w.ndim == 2 and "aug_shortcut.up" not in name:
+            assert (np.abs(w).sum(0) > 0).all() and (np.abs(w).sum(1) > 0).all(), name
+    student = build_model(plan.student)
+    load_state(student, student_tensors)
+    load_state(teacher, fold_values(tensors, TEACHER, values))
+    ids = rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32)
+    np.testing.assert_allclose(student(Tensor(ids)).asnumpy(), masked_logits(teacher, TEACHER, ids, binary),
+                               rtol=1e-4, atol=1e-4)

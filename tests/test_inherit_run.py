@@ -84,7 +84,7 @@ def test_learned_masks_reach_targets_and_resume_exactly(setup, capsys):
     path = write_inherit(setup, "learned", criterion="learned", layer_selection="learned", steps=120,
                          checkpoint_every=60, keep_checkpoints=5, lr_weights=1e-3, lr_mask=0.3,
                          lr_lambda=2.0, log_every=10)
-    assert main(["inherit", str(path), "--no-progress"]) == 0
+    assert main(["inherit", str(path), "--no-progress", "--force"]) == 0
     out = setup / "learned"
     summary = json.loads((out / "inherit.json").read_text())
     # the constraint pulled each type toward its target sparsity: heads 0.5, neurons 0.5, hidden 0.5, layers 0.5
@@ -100,7 +100,7 @@ def test_learned_masks_reach_targets_and_resume_exactly(setup, capsys):
     for step_dir in sorted((out / "masks").iterdir()):
         if step_dir.name > "step_00000060":
             shutil.rmtree(step_dir)
-    assert main(["inherit", str(path), "--no-progress", "--resume"]) == 0
+    assert main(["inherit", str(path), "--no-progress", "--resume", "--force"]) == 0
     again, _ = load_tensors(out / "student" / "model.safetensors")
     assert sorted(again) == sorted(full)
     for name, value in full.items():  # bit for bit
@@ -110,6 +110,35 @@ def test_learned_masks_reach_targets_and_resume_exactly(setup, capsys):
     # a fresh run refuses to overwrite the checkpoints
     assert main(["inherit", str(path), "--no-progress"]) == 2
     assert "already holds mask checkpoints" in capsys.readouterr().err
+
+
+def test_per_layer_constraint_frozen_teacher_checkpoints_and_convergence(setup, capsys):
+    """Target 50%: every layer's heads and neurons end within 0.1 of it (the constraint pulls each layer,
+    not the average); layer_sparsity is logged per layer; a frozen teacher is not checkpointed; the
+    convergence report is printed and an unconverged run is refused without --force."""
+    path = write_inherit(setup, "perlayer", criterion="learned", layer_selection="cosine", steps=150,
+                         checkpoint_every=150, lr_weights=0, lr_mask=0.3, lr_lambda=2.0, log_every=10)
+    assert main(["inherit", str(path), "--no-progress", "--force"]) == 0
+    out = setup / "perlayer"
+    last = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()][-1]
+    assert set(last["layer_sparsity"]) == {"heads", "neurons", "hidden"}
+    assert len(last["layer_sparsity"]["neurons"]) == 3  # the kept layers
+    for name, values in last["layer_sparsity"].items():
+        for s in values:
+            assert abs(s - 0.5) < 0.1, (name, values)
+    assert "mask convergence" in capsys.readouterr().out
+    summary = json.loads((out / "inherit.json").read_text())
+    assert summary["convergence"]["spread"]["neurons"]["target"] == pytest.approx(0.5)
+    assert summary["losses"]["student"] == pytest.approx(summary["losses"]["masked_teacher_selected"], rel=1e-4)
+    saved, _ = load_tensors(out / "masks" / "step_00000150" / "model.safetensors")
+    assert sorted(saved) == ["lagrangian.lambda1", "lagrangian.lambda2", "masks.heads.log_alpha",
+                             "masks.hidden.log_alpha", "masks.neurons.log_alpha"]
+    # a run that cannot converge (4 steps) is refused without --force, naming the way out
+    short = write_inherit(setup, "short", criterion="learned", steps=4, checkpoint_every=4, lr_weights=0)
+    assert main(["inherit", str(short), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "did not converge" in err and "--force" in err
+    assert not (setup / "short" / "student").exists()
 
 
 def test_bad_target_fails_before_compute_naming_the_field(setup, capsys):

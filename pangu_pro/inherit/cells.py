@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, mutable, nn, ops
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIMIT_R, LOG_ALPHA_LIMIT,
@@ -19,8 +19,8 @@ from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIM
 class HardConcrete(nn.Cell):
     """One hard-concrete mask of `shape`: sampled z for uniform noise `u`, or the noise-free median.
 
-    The noise is an input, drawn on the host from (seed, step): a resumed run and every data-parallel
-    rank see exactly the same draws (an in-graph sampler would restart its stream on resume)."""
+    The noise is an input, drawn on the host from (seed, step, rank): a resumed run sees exactly the
+    same draws (an in-graph sampler would restart its stream on resume)."""
 
     def __init__(self, name: str, shape: Sequence[int], init_keep: float):
         super().__init__()
@@ -60,13 +60,13 @@ class InheritMasks(nn.Cell):
     `learned`: the mask types to learn, a subset of heads / neurons / hidden / layers. `layers`: the
     teacher layers kept by a fixed layer selection (their gates are 1, the others 0; heads and neurons
     are learned for those layers only). With "layers" learned, the first and last gates stay 1 and the
-    intermediate ones are learned. `sparsity()` gives the expected sparsity of each learned type, in
+    intermediate ones are learned. `penalty()` gives the size constraint and the expected sparsity of each learned type, in
     the order of `learned`. ``masks(noise)`` samples with `noise` [noise_size] uniform in (0, 1) (see
     `noise`), ``masks()`` gives the noise-free masks.
     """
 
     def __init__(self, cfg: ModelConfig, learned: Sequence[str], layers: Optional[np.ndarray] = None,
-                 init_keep: float = 0.95):
+                 init_keep: float = 0.998):
         super().__init__()
         self.learned = tuple(learned)
         self.num_layers = cfg.num_layers
@@ -105,9 +105,11 @@ class InheritMasks(nn.Cell):
     def _slice(self, cell):
         return self.slices[id(cell)] if cell is not None else (0, 0)
 
-    def noise(self, seed: int, step: int) -> np.ndarray:
-        """The uniform noise of `step`, a function of (seed, step) only."""
-        return np.random.default_rng([seed, step]).random(self.noise_size, dtype=np.float32)
+    def noise(self, seed: int, step: int, rank: int = 0) -> np.ndarray:
+        """The uniform noise of `step` on data-parallel rank `rank`, a function of (seed, step, rank) only:
+        every rank samples its own masks (the averaged gradient sees `world` samples), and a resumed
+        run draws exactly what the uninterrupted one did."""
+        return np.random.default_rng([seed, step, rank]).random(self.noise_size, dtype=np.float32)
 
     def construct(self, noise=None):
         if self.learn_heads:
@@ -134,19 +136,30 @@ class InheritMasks(nn.Cell):
             layer = None
         return head, neuron, hidden, layer
 
-    def sparsity(self):
-        values = []
-        for cell in (self.heads, self.neurons, self.hidden, self.layers):
-            if cell is not None:
-                values.append(1.0 - cell.keep_probability().mean())
-        return ops.stack(values)
+    def penalty(self, targets, lambda1, lambda2):
+        """(sum over learned types of the mean over rows of lambda1 (s_r - t) + lambda2 (s_r - t)^2,
+        mean sparsity per type [T]): heads and neurons have a row per layer, each pulled to the target
+        on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
+        total = 0.0
+        means = []
+        for i, cell in enumerate((self.heads, self.neurons, self.hidden, self.layers)):
+            if cell is None:
+                continue
+            j = len(means)
+            keep = cell.keep_probability()
+            rows = 1.0 - (keep.mean(-1) if len(cell.shape) == 2 else keep.mean(keep_dims=True))
+            gap = rows - targets[j]
+            total = total + (lambda1[j] * gap + lambda2[j] * gap * gap).mean()
+            means.append(rows.mean())
+        return total, ops.stack(means)
 
     def mask_parameters(self) -> list[Parameter]:
         return [c.log_alpha for c in (self.heads, self.neurons, self.hidden, self.layers) if c is not None]
 
 
 class MaskedTeacherLoss(nn.Cell):
-    """(input_ids, targets [T], noise) -> (LM loss + sum_t lambda1 (s - t) + lambda2 (s - t)^2, LM loss, s [T])."""
+    """(input_ids, targets [T], noise) -> (LM loss + per-layer size constraint (`InheritMasks.penalty`),
+    LM loss, mean sparsity per type s [T])."""
 
     def __init__(self, loss_net: nn.Cell, masks: InheritMasks):
         super().__init__(auto_prefix=False)
@@ -159,9 +172,7 @@ class MaskedTeacherLoss(nn.Cell):
     def construct(self, input_ids, targets, noise):
         head, neuron, hidden, layer = self.masks(noise)
         lm = self.loss_net(input_ids, None, head, neuron, hidden, layer)
-        s = self.masks.sparsity()
-        gap = s - targets
-        penalty = (self.lambda1 * gap + self.lambda2 * gap * gap).sum()
+        penalty, s = self.masks.penalty(targets, self.lambda1, self.lambda2)
         return lm + penalty, lm, s
 
 
@@ -184,42 +195,43 @@ class GradientAscent(nn.Cell):
         return done
 
 
-class MaskTrainStep(nn.Cell):
-    """One mask-learning step: masks and lambdas always, the teacher's weights when an optimizer is given.
+class MaskGradients(nn.Cell):
+    """(input_ids, targets, noise) -> (total, LM loss, s [T], gradients of the total loss with respect to
+    the log_alphas, the lambdas and, when they train, the teacher's weights). Frozen weights get none."""
 
-    Minimises the total loss over weights and log_alpha, maximises it over the lambdas (their gradients
-    are negated before their optimizer: MindSpore optimizers reject negative learning rates). Weight
-    gradients are clipped by global norm. log_alpha is clamped to [-4.6, 4.6] after the update.
-    In data parallel (`world` > 1) every gradient is averaged over the ranks.
-    """
-
-    def __init__(self, loss: MaskedTeacherLoss, mask_opt, lambda_opt, weight_opt=None, grad_clip: float = 1.0,
-                 world: int = 1):
+    def __init__(self, loss: MaskedTeacherLoss, params):
         super().__init__(auto_prefix=False)
         self.loss = loss
+        self.params = ParameterTuple(params)
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+
+    def construct(self, input_ids, targets, noise):
+        total, lm, s = self.loss(input_ids, targets, noise)
+        sens = (ops.ones_like(total), ops.zeros_like(lm), ops.zeros_like(s))
+        grads = self.grad(self.loss, self.params)(input_ids, targets, noise, sens)
+        return total, lm, s, grads
+
+
+class MaskUpdate(nn.Cell):
+    """Apply (accumulated) gradients: AdamW on the log_alphas, ascent on the lambdas (their gradients are
+    negated: MindSpore optimizers reject negative learning rates), clipped AdamW on the teacher's weights
+    when they train; log_alpha is clamped to [-4.6, 4.6] afterwards. In data parallel (`world` > 1)
+    every gradient is first averaged over the ranks."""
+
+    def __init__(self, params, mask_opt, lambda_opt, weight_opt=None, grad_clip: float = 1.0, world: int = 1):
+        super().__init__(auto_prefix=False)
         self.mask_opt = mask_opt
         self.lambda_opt = lambda_opt
         self.weight_opt = weight_opt
         self.n_mask = len(mask_opt.params)
         self.n_lambda = len(lambda_opt.params)
-        params = list(mask_opt.params) + list(lambda_opt.params)
-        if weight_opt is not None:
-            params += list(weight_opt.params)
-        self.params = ParameterTuple(params)
         self.log_alphas = mask_opt.params
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.grad_clip = float(grad_clip)
-        self.reducer = nn.DistributedGradReducer(self.params, mean=True, degree=world) if world > 1 else None
-        self.allreduce = ops.AllReduce() if world > 1 else None
-        self.world = world
+        self.reducer = nn.DistributedGradReducer(ParameterTuple(params), mean=True, degree=world) if world > 1 else None
 
-    def construct(self, input_ids, targets, noise, lr_mask, lr_lambda, lr_weights):
-        total, lm, s = self.loss(input_ids, targets, noise)
-        sens = (ops.ones_like(total), ops.zeros_like(lm), ops.zeros_like(s))
-        grads = self.grad(self.loss, self.params)(input_ids, targets, noise, sens)
+    def construct(self, grads, lr_mask, lr_lambda, lr_weights):
         if self.reducer is not None:
             grads = self.reducer(grads)
-            lm = self.allreduce(lm) / self.world
         mask_grads = grads[:self.n_mask]
         lambda_grads = tuple(-g for g in grads[self.n_mask:self.n_mask + self.n_lambda])
         done = self.mask_opt(mask_grads, lr_mask)
@@ -232,7 +244,43 @@ class MaskTrainStep(nn.Cell):
         for p in self.log_alphas:
             done = ops.depend(done, ops.assign(p, ops.clip_by_value(ops.depend(p, done), -LOG_ALPHA_LIMIT,
                                                                          LOG_ALPHA_LIMIT)))
-        return ops.depend(total, done), lm, s
+        return done
+
+
+class MaskTrainStep:
+    """One mask-learning step over `len(micro_batches)` micro batches (gradient accumulation): the
+    gradients of every micro batch are averaged, then applied once (`MaskUpdate`). Returns (total,
+    LM loss averaged over the micro batches and, in data parallel, the ranks, s [T]) as numpy."""
+
+    def __init__(self, loss: MaskedTeacherLoss, mask_opt, lambda_opt, weight_opt=None, grad_clip: float = 1.0,
+                 world: int = 1):
+        params = list(mask_opt.params) + list(lambda_opt.params)
+        if weight_opt is not None:
+            params += list(weight_opt.params)
+        self.gradients = MaskGradients(loss, params)
+        self.update = MaskUpdate(params, mask_opt, lambda_opt, weight_opt, grad_clip, world)
+        self.allreduce = ops.AllReduce() if world > 1 else None
+        self.world = world
+
+    def set_train(self, mode: bool = True):
+        self.gradients.set_train(mode)
+        self.update.set_train(mode)
+
+    def __call__(self, micro_batches, targets, noises, lr_mask, lr_lambda, lr_weights):
+        totals, lms, summed = [], [], None
+        for ids, noise in zip(micro_batches, noises):
+            total, lm, s, grads = self.gradients(ids, targets, noise)
+            summed = grads if summed is None else tuple(a + b for a, b in zip(summed, grads))
+            totals.append(float(total.asnumpy()))
+            lms.append(float(lm.asnumpy()))
+        n = len(micro_batches)
+        if n > 1:
+            summed = tuple(g / n for g in summed)
+        self.update(mutable(tuple(summed)), lr_mask, lr_lambda, lr_weights)  # mutable: compiled once, not per call
+        lm = np.float32(np.mean(lms))
+        if self.allreduce is not None:
+            lm = float(self.allreduce(Tensor(np.array([lm], np.float32))).asnumpy()[0]) / self.world
+        return float(np.mean(totals)), float(lm), s.asnumpy()
 
 
 class _LossOfMasks(nn.Cell):

@@ -1,6 +1,8 @@
 """CLI commands of the inherit stage: `pangu-pro inherit CONFIG` (docs/inherit.md)."""
 from __future__ import annotations
 
+import sys
+
 from pangu_pro.cli import add_config_overrides
 
 RESUME_AUTO = "auto"
@@ -17,8 +19,13 @@ def register(subparsers) -> None:
     p.add_argument("--resume", nargs="?", const=RESUME_AUTO, default=None, metavar="DIR",
                    help="continue mask learning from a checkpoint folder (default: the newest under "
                    "OUTPUT_DIR/masks)")
-    p.add_argument("--check", action="store_true", help="only check the config against the target and exit")
+    p.add_argument("--check", action="store_true", help="only check the config against the target and the data, "
+                   "print the mask-learning memory plan per device, and exit (2 if it does not fit)")
+    p.add_argument("--device-memory-gib", type=float, default=64.0,
+                   help="memory of one device for the --check plan (Ascend 910B: 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="write the student even if the learned masks did not converge (docs/inherit.md)")
     p.set_defaults(func=_inherit)
 
 
@@ -29,10 +36,21 @@ def _inherit(args) -> int:
 
     config = load_inherit_config(args.config, args.overrides)
     if args.check:
+        from pangu_pro.inherit.plan import format_mask_plan
+
         plan = check(config)
+        if config.inherit.criterion == "learned":
+            text, fits = format_mask_plan(config, args.device_memory_gib)
+            print(text)
+            if not fits:
+                print(f"pangu-pro inherit: error: {args.config}: the mask-learning plan does not fit a "
+                      f"{args.device_memory_gib:g} GiB device: lower inherit.batch_size (raise "
+                      f"inherit.grad_accum_steps), set parallel.recompute, or freeze the teacher (lr_weights 0)",
+                      file=sys.stderr)
+                return 2
         print(f"ok: teacher {count_parameters(plan.teacher).total:,} -> student "
               f"{count_parameters(plan.student).total:,} parameters (aug_shortcut_ratio "
               f"{plan.student.aug_shortcut_ratio}, vocab {plan.student.vocab_size})")
         return 0
-    run_inherit(config, resume=args.resume, progress=not args.no_progress)
+    run_inherit(config, resume=args.resume, progress=not args.no_progress, force=args.force)
     return 0

@@ -12,10 +12,11 @@ derive::
       criterion: learned                           # random | l1 | l2 | taylor | learned
       layer_selection: cosine                      # cosine | learned | uniform
       steps: 3200                                  # mask-learning steps (criterion learned)
-      batch_size: 4
+      batch_size: 1                                # per micro batch and rank
+      grad_accum_steps: 4
       lr_mask: 1.0
       lr_lambda: 1.0
-      lr_weights: 1.0e-4                           # 0 freezes the teacher's weights
+      lr_weights: 0                                # 0 freezes the teacher's weights (7B: must)
       calibration_batches: 16                      # batches for taylor and cosine scores
       output_dir: runs/inherit_7b_to_1b_pro
 """
@@ -45,15 +46,20 @@ class InheritConfig:
     layer_selection: LayerSelection = "cosine"  # which layers the student keeps (docs/inherit.md)
     calibration_batches: int = 8  # batches scored by taylor and cosine
     steps: int = 100  # mask-learning steps
-    batch_size: int = 4  # per data-parallel rank
+    batch_size: int = 4  # sequences per micro batch and data-parallel rank
+    grad_accum_steps: int = 1  # micro batches per mask step (global batch = batch_size x this x ranks)
     lr_mask: float = 0.1  # Adam learning rate of the hard-concrete mask logits
     lr_lambda: float = 0.1  # learning rate of the Lagrange multipliers of the size constraint
     mask_beta1: float = 0.0  # Adam momentum of the masks: 0 avoids overshooting the target (docs/inherit.md)
-    lr_weights: float = 1.0e-4  # 0: the teacher's weights stay frozen while the masks learn
+    lr_weights: float = 0.0  # 0: the teacher's weights stay frozen while the masks learn (a 7B teacher must)
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # matmul weights; auto: bf16 frozen on Ascend
     warmup_fraction: float = 0.2  # the target sparsity ramps up over this share of the steps
-    init_keep_probability: float = 0.95  # every mask starts with this keep probability
+    init_keep_probability: float = 0.998  # every mask starts with this keep probability (Sheared-LLaMA's start)
     grad_clip: float = 1.0  # global-norm clip of the weight gradients
     fold_mask_values: bool = True  # multiply the kept units' mask values into the student weights
+    taylor_form: Literal["abs_sum", "sum_abs"] = "abs_sum"  # per unit |sum w*g| or sum |w*g| (docs/inherit.md)
+    convergence_tolerance: float = 0.05  # learned masks: see `pangu_pro.inherit.convergence`
+    heldout_batches: int = 4  # batches of the masked-teacher vs student loss report at materialisation
     seed: int = 1234  # seed of the random criterion, mask sampling and data order
     log_every: int = 10  # steps between metrics lines
     checkpoint_every: int = 50  # steps between mask-learning checkpoints (resumable)
@@ -62,18 +68,22 @@ class InheritConfig:
 
     def validate(self) -> None:
         require(bool(self.target_config.strip()), "target_config", "empty path")
-        for name in ("calibration_batches", "steps", "batch_size", "log_every", "checkpoint_every",
-                     "keep_checkpoints"):
+        for name in ("calibration_batches", "steps", "batch_size", "grad_accum_steps", "log_every",
+                     "checkpoint_every", "keep_checkpoints", "heldout_batches"):
             require(getattr(self, name) >= 1, name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("lr_mask", "lr_lambda"):
             require(getattr(self, name) > 0, name,
                     f"must be positive (the lambdas ascend by negated gradients), got {getattr(self, name)}")
         require(0 <= self.mask_beta1 < 1, "mask_beta1", f"must lie in [0, 1), got {self.mask_beta1}")
         require(self.lr_weights >= 0, "lr_weights", f"must be non-negative, got {self.lr_weights}")
+        require(not (self.teacher_dtype == "bfloat16" and self.lr_weights > 0), "teacher_dtype",
+                "bfloat16 teacher weights must be frozen (lr_weights: 0): AdamW updates need fp32 masters")
         require(0 < self.warmup_fraction <= 1, "warmup_fraction", f"must lie in (0, 1], got {self.warmup_fraction}")
         require(0 < self.init_keep_probability < 1, "init_keep_probability",
                 f"must lie in (0, 1), got {self.init_keep_probability}")
         require(self.grad_clip > 0, "grad_clip", "must be positive")
+        require(0 < self.convergence_tolerance < 1, "convergence_tolerance",
+                f"must lie in (0, 1), got {self.convergence_tolerance}")
         if self.vocab_map is not None:
             require(self.vocab_map.endswith((".npy", ".json")), "vocab_map",
                     f"expected a new2old .npy (or its .json), got {self.vocab_map!r}")

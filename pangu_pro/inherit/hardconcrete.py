@@ -13,7 +13,7 @@ Hard-concrete (L0) masks, one ``log_alpha`` per prunable unit:
 
 ``log_alpha`` is kept within [-4.6, 4.6]. The size constraint of one mask type is
 ``lambda1 * (s - t) + lambda2 * (s - t)**2`` where s is the expected sparsity (1 - mean keep
-probability) and t the target sparsity, ramped linearly from 0 over the first 20% of the steps.
+probability, of each layer for heads and neurons: `layer_constraint`) and t the target sparsity, ramped linearly from 0 over the first 20% of the steps.
 The lambdas are maximised (gradient ascent), everything else minimised.
 """
 from __future__ import annotations
@@ -64,6 +64,16 @@ def deterministic_mask(log_alpha):
     return stretch(sigmoid(clamp_log_alpha(log_alpha) / BETA))
 
 
+def fold_value(log_alpha):
+    """The value a unit kept by the top-k is multiplied into the weights with: the noise-free mask where
+    it is positive, else the unstretched median sigmoid(log_alpha / beta) in (0, 1). The stretched and
+    clipped median is exactly 0 for keep probabilities <= 1/2, and top-k may keep such units when the
+    masks pruned past the target: folding 0 would leave a dead unit in the student."""
+    la = clamp_log_alpha(log_alpha)
+    median = deterministic_mask(la)
+    return np.where(median > 0, median, sigmoid(la / BETA))
+
+
 def log_alpha_for_keep_probability(p):
     """The log_alpha whose keep probability is `p` (inverse of `keep_probability`, before clamping)."""
     p = np.asarray(p, dtype=np.float64)
@@ -85,6 +95,18 @@ def constraint(s, t, lambda1, lambda2):
     """lambda1 * (s - t) + lambda2 * (s - t)**2 (elementwise over mask types)."""
     gap = np.asarray(s, dtype=np.float64) - np.asarray(t, dtype=np.float64)
     return lambda1 * gap + lambda2 * gap * gap
+
+
+def row_sparsity(keep_probs) -> np.ndarray:
+    """Expected sparsity of each row (a layer's heads or neurons); a 1-D array is one row."""
+    keep = np.asarray(keep_probs, dtype=np.float64)
+    return 1.0 - (keep.mean(-1) if keep.ndim == 2 else np.array([keep.mean()]))
+
+
+def layer_constraint(keep_probs, t, lambda1, lambda2) -> float:
+    """The size constraint of one mask type, as the reference does it: every row (layer) pulled to the
+    target on its own, the penalties averaged: mean_r lambda1 (s_r - t) + lambda2 (s_r - t)**2."""
+    return float(np.mean(constraint(row_sparsity(keep_probs), t, lambda1, lambda2)))
 
 
 def constraint_grads(s, t, lambda1, lambda2):

@@ -2,13 +2,15 @@
 
     learn_masks(config, plan, teacher, layers, par, resume)
 
-Per step: a batch -> sampled masks -> masked-teacher LM loss + size constraint per mask type ->
-gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
+Per step: `grad_accum_steps` micro batches, each with its own sampled masks (noise drawn from (seed,
+step, rank)) -> masked-teacher LM loss + size constraint (per layer for heads and neurons, penalties
+averaged) -> averaged gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
 (inherit.lr_lambda, ascent), AdamW on the teacher's weights (inherit.lr_weights, clipped; none if 0)
 -> log_alpha clamped to [-4.6, 4.6]. The target sparsity ramps over the first `warmup_fraction` of the
-steps. Checkpoints reuse the trainer's format (`pangu_pro.train.checkpoint`): ``model.safetensors``
-holds the teacher's weights, the masks' log_alpha and the lambdas; ``optimizer.safetensors`` the
-AdamW states; ``state.json`` the step and the data position. The masks' Adam has no momentum by
+steps. A frozen teacher (lr_weights 0) has no gradients, no optimizer state and is not checkpointed;
+the parallel section's `recompute` applies to its layers. Checkpoints reuse the trainer's format
+(`pangu_pro.train.checkpoint`): ``model.safetensors`` holds the masks' log_alpha, the lambdas and,
+only when they train, the teacher's weights; ``optimizer.safetensors`` the AdamW states; ``state.json`` the step and the data position. The masks' Adam has no momentum by
 default (inherit.mask_beta1 = 0): with momentum the sparsity overshoots its target and oscillates.
 """
 from __future__ import annotations
@@ -90,14 +92,37 @@ def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitAr
     return keep, scores
 
 
+def layer_sparsity(keep: UnitArrays, kept: np.ndarray, types: list[str]) -> dict[str, list[float]]:
+    """Expected fraction pruned per layer of the learned types: heads and neurons per kept teacher layer,
+    hidden channels as one entry, layer gates per intermediate layer (1 - keep probability)."""
+    out = {}
+    for name in types:
+        if name in ("heads", "neurons"):
+            out[name] = hc.row_sparsity(getattr(keep, name)[kept]).tolist()
+        elif name == "hidden":
+            out[name] = hc.row_sparsity(keep.hidden).tolist()
+        else:
+            out[name] = (1.0 - np.asarray(keep.layers[1:-1])).tolist()
+    return out
+
+
 @dataclass
 class LearnedMasks:
     scores: UnitArrays  # log_alpha (higher: keep)
-    values: UnitArrays  # noise-free mask values, folded into the kept units
+    values: UnitArrays  # mask values folded into the kept units (`hardconcrete.fold_value`)
+    medians: UnitArrays  # the noise-free masks the run ended with (what the masked teacher computed)
+    keep: UnitArrays  # keep probabilities
     expected_size: float
     sparsity: dict
+    layer_sparsity: dict
     steps: int
     history: list
+
+
+def _frozen(params):
+    """Parameters that do not train stay out of gradients, optimizer state and checkpoints."""
+    for p in params:
+        p.requires_grad = False
 
 
 def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optional[np.ndarray], par,
@@ -109,6 +134,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
 
     from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.sharding import apply_recompute
     from pangu_pro.train.checkpoint import (checkpoint_name, clean_partial, latest_checkpoint, load_checkpoint,
                                             prune_checkpoints, resolve_resume, save_checkpoint)
     from pangu_pro.train.metrics import MetricsLog
@@ -123,10 +149,14 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     layers_fixed = kept_layers is not None and len(kept_layers) < cfg.num_layers
     masks = InheritMasks(cfg, types, layers=kept_layers if layers_fixed else None,
                          init_keep=ic.init_keep_probability)
+    apply_recompute(teacher, config.parallel)
+    teacher_params = teacher.trainable_params()
+    if ic.lr_weights == 0:
+        _frozen(teacher_params)
     loss = MaskedTeacherLoss(PanGuPiWithLoss(teacher), masks)
     mask_opt = _adamw(masks.mask_parameters(), "masks", 0.0, config.train, ic.mask_beta1)
     lambda_opt = GradientAscent([loss.lambda1, loss.lambda2])
-    weight_opt = (_adamw(teacher.trainable_params(), "weights", config.train.weight_decay, config.train)
+    weight_opt = (_adamw(teacher_params, "weights", config.train.weight_decay, config.train)
                   if ic.lr_weights > 0 else None)
     step_cell = MaskTrainStep(loss, mask_opt, lambda_opt, weight_opt, ic.grad_clip, par.world)
     step_cell.set_train(True)
@@ -151,8 +181,9 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     if metrics is not None and resume is not None:
         metrics.truncate_after(start)
 
+    accum = ic.grad_accum_steps
     data_config = dataclasses.replace(config, train=dataclasses.replace(
-        config.train, steps=ic.steps, batch_size=ic.batch_size, grad_accum_steps=1))
+        config.train, steps=ic.steps, batch_size=ic.batch_size, grad_accum_steps=accum))
     kept = np.arange(cfg.num_layers) if kept_layers is None else np.asarray(kept_layers)
     final = final_targets(plan, types)
     history = []
@@ -160,32 +191,36 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
                        every=ic.log_every)
     try:
         if start < ic.steps:
-            batches = train_dataset(data_config, par, skip_batches=start).create_tuple_iterator(num_epochs=1)
+            batches = train_dataset(data_config, par, skip_batches=start * accum).create_tuple_iterator(num_epochs=1)
         lr_m, lr_l, lr_w = (Tensor(v, ms.float32) for v in (ic.lr_mask, ic.lr_lambda, ic.lr_weights))
         for step in range(start + 1, ic.steps + 1):
-            ids = next(batches)[0]
+            micro = [next(batches)[0] for _ in range(accum)]
             targets = np.array([hc.target_sparsity(step - 1, ic.steps, t, ic.warmup_fraction) for t in final],
                                np.float32)
-            noise = Tensor(masks.noise(ic.seed, step))
-            total, lm, s = step_cell(ids, Tensor(targets), noise, lr_m, lr_l, lr_w)
-            s = s.asnumpy()
+            noises = [Tensor(masks.noise(ic.seed, (step - 1) * accum + i + 1, par.rank)) for i in range(accum)]
+            total, lm, s = step_cell(micro, Tensor(targets), noises, lr_m, lr_l, lr_w)
             sparsity = {name: float(v) for name, v in zip(types, s)}
             bar.update(1)
             if step % ic.log_every == 0 or step == ic.steps:
                 keep, _ = keep_arrays(cfg, masks, kept)
                 size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size,
                                         aug_bottleneck=plan.aug_bottleneck)
-                record = {"type": "masks", "step": step, "loss": float(lm.asnumpy()),
-                          "total": float(total.asnumpy()), "expected_size": size,
+                lambdas = loss.lambda1.asnumpy(), loss.lambda2.asnumpy()
+                record = {"type": "masks", "step": step, "loss": lm, "total": total, "expected_size": size,
                           **{f"sparsity_{k}": v for k, v in sparsity.items()},
-                          **{f"target_{k}": float(t) for k, t in zip(types, targets)}}
+                          **{f"target_{k}": float(t) for k, t in zip(types, targets)},
+                          **{f"lambda1_{k}": float(v) for k, v in zip(types, lambdas[0])},
+                          **{f"lambda2_{k}": float(v) for k, v in zip(types, lambdas[1])},
+                          "layer_sparsity": layer_sparsity(keep, kept, types)}
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", size=f"{size / 1e6:.2f}M",
                                 **{k[:6]: f"{v:.2f}" for k, v in sparsity.items()}, refresh=False)
                 if metrics is not None:
                     metrics.write(record)
             if lead and (step % ic.checkpoint_every == 0 or step == ic.steps):
-                state = {"step": step, "consumed_batches": step, "world": par.world, "types": types,
+                # masks, lambdas and their optimizer state; the teacher's weights only if they train
+                state = {"step": step, "consumed_batches": step * accum, "world": par.world, "types": types,
+                         "weights_trained": ic.lr_weights > 0,
                          "rng": {"seed": ic.seed, "data_seed": config.data.seed}}
                 save_checkpoint(ckpt_root / checkpoint_name(step), loss, group, state)
                 prune_checkpoints(ckpt_root, ic.keep_checkpoints)
@@ -196,15 +231,26 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     if par.world > 1:  # identical lines on every rank: the replicas (weights, masks, lambdas) did not diverge
         from pangu_pro.train.trainer import weights_digest
         print(f"rank {par.rank}/{par.world}: mask step {ic.steps} sha256 {weights_digest(loss)}", flush=True)
+    for p in teacher_params:
+        p.requires_grad = True  # materialisation reads every teacher weight (`model_state`)
     keep, scores = keep_arrays(cfg, masks, kept)
     values = UnitArrays.full(cfg, 1.0)
+    medians = UnitArrays.full(cfg, 1.0)
+    medians.layers = keep.layers.copy() if "layers" not in types else medians.layers
     for name in types:
-        setattr(values, name, hc.deterministic_mask(getattr(scores, name)))
+        setattr(values, name, hc.fold_value(getattr(scores, name)))
+        setattr(medians, name, hc.deterministic_mask(getattr(scores, name)))
     if "layers" in types:
         values.layers[[0, -1]] = 1.0
+        medians.layers[[0, -1]] = 1.0
+    for name in ("heads", "neurons"):  # layers a fixed selection dropped
+        if name in types:
+            dropped = np.setdiff1d(np.arange(cfg.num_layers), kept)
+            getattr(medians, name)[dropped] = 0.0
     size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size, aug_bottleneck=plan.aug_bottleneck)
     over = {"heads": keep.heads[kept], "neurons": keep.neurons[kept], "hidden": keep.hidden,
             "layers": keep.layers[1:-1]}  # as the constraint counts them
     sparsity = {name: hc.expected_sparsity(over[name]) for name in types}
-    return LearnedMasks(scores=scores, values=values, expected_size=size, sparsity=sparsity, steps=ic.steps,
+    return LearnedMasks(scores=scores, values=values, medians=medians, keep=keep, expected_size=size,
+                        sparsity=sparsity, layer_sparsity=layer_sparsity(keep, kept, types), steps=ic.steps,
                         history=history)

@@ -157,11 +157,25 @@ def materialize(tensors: Mapping[str, np.ndarray], plan: StudentPlan, sel: Selec
     return slice_tensors(tensors, plan, sel)
 
 
+def student_config(plan: StudentPlan, preset: Optional[str], weights: Path):
+    """The student's config.yaml: the target preset's whole config (training schedule, data, parallel
+    layout) with the model section the inheritance decided and `train.init_weights` set to the student,
+    so `pangu-pro train OUT/student/config.yaml` continues from it; without a preset, the model only."""
+    import dataclasses
+
+    from pangu_pro.config import Config, load_config
+
+    if preset is None:
+        return Config(model=plan.student)
+    config = load_config(preset)
+    return dataclasses.replace(config, model=plan.student, train=dataclasses.replace(config.train, init_weights=str(weights)))
+
+
 def write_student(out_dir: str | Path, tensors: Mapping[str, np.ndarray], plan: StudentPlan, sel: Selection,
-                  metadata: Optional[dict] = None) -> Path:
-    """Write ``out_dir/model.safetensors``, ``out_dir/config.yaml`` (the student's model section) and
+                  metadata: Optional[dict] = None, preset: Optional[str] = None) -> Path:
+    """Write ``out_dir/model.safetensors``, ``out_dir/config.yaml`` (`student_config`) and
     ``out_dir/selection.json``; returns `out_dir`."""
-    from pangu_pro.config import Config, save_config
+    from pangu_pro.config import save_config
     from pangu_pro.io import atomic_write_json, save_tensors
     from pangu_pro.model.weights import WEIGHTS_NAME
 
@@ -169,6 +183,6 @@ def write_student(out_dir: str | Path, tensors: Mapping[str, np.ndarray], plan: 
     meta = {"format": "pangu-pro student", "layers": ",".join(str(int(i)) for i in sel.layers)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     save_tensors(out_dir / WEIGHTS_NAME, tensors, meta)
-    save_config(Config(model=plan.student), out_dir / "config.yaml")
+    save_config(student_config(plan, preset, out_dir / WEIGHTS_NAME), out_dir / "config.yaml")
     atomic_write_json(out_dir / "selection.json", {**sel.as_json(), **(metadata or {})})
     return out_dir

@@ -122,3 +122,131 @@ def plan_student(teacher: ModelConfig, target: ModelConfig, new2old: Optional[np
     except ConfigError as err:
         raise err.within("model", source) from None
     return StudentPlan(teacher=teacher, student=student, new2old=new2old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory and time of mask learning per device (`inherit --check`, `pangu-pro plan INHERIT_CONFIG`)
+#
+# Mask learning runs data parallel only (`learn.MaskTrainStep`: a full teacher replica per device,
+# gradients averaged over the ranks). Per device, in bytes, with P the teacher's parameters, M the
+# mask units, c the compute dtype's bytes, b the micro batch (inherit.batch_size) and S seq_length:
+#
+#   teacher weights   P x w             w = 2 (bf16, frozen on Ascend: inherit.teacher_dtype) or 4
+#   weight training   P x (4 + 8)       gradients and AdamW moments, only when lr_weights > 0
+#   masks             M x (4 + 4 + 8)   log_alpha, its gradient, AdamW moments (negligible)
+#   activations       b S x (L x (layer + mask products) + head)
+#                     layer, head: `pangu_pro.model.plan` (recompute mode of the parallel section);
+#                     mask products per layer and token: `mask_bytes_per_token`
+#
+# Workspace and fragmentation are not counted: the layout must leave 15% of the device free, as
+# `pangu-pro plan` asks of training layouts.
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    terms: tuple  # ((name, bytes), ...)
+    devices: int
+    global_batch: int  # sequences per mask step
+    tokens_per_step: int
+    steps: int
+    flops_per_step: float
+
+    @property
+    def total(self) -> float:
+        return float(sum(v for _, v in self.terms))
+
+
+def mask_unit_count(m: ModelConfig) -> int:
+    """Hard-concrete units at most: key/value groups and neurons per layer, hidden channels, layer gates."""
+    return m.num_layers * (m.kv_heads + m.intermediate_size) + m.hidden_size + max(m.num_layers - 2, 0)
+
+
+def teacher_bytes_per_parameter(config) -> int:
+    return 2 if teacher_dtype(config) == "bfloat16" else 4
+
+
+def teacher_dtype(config, device: Optional[str] = None) -> str:
+    """bfloat16 for a frozen teacher on Ascend (`inherit.teacher_dtype: auto`), else as configured."""
+    ic = config.inherit
+    if ic.teacher_dtype != "auto":
+        return ic.teacher_dtype
+    on_ascend = config.model.compute_dtype != "float32" if device is None else device == "Ascend"
+    return "bfloat16" if (ic.lr_weights == 0 and on_ascend) else "float32"
+
+
+def mask_bytes_per_token(m: ModelConfig, mode: str) -> float:
+    """What the mask multiplications of one layer store per token for the backward pass: the attention
+    output before the head mask (cH), the FFN product before the neuron mask (cF), both residual
+    branches before the hidden mask and layer gate (2 x 4H, fp32). Full recompute stores none."""
+    if mode == "full":
+        return 0.0
+    c = {"float32": 4, "bfloat16": 2, "float16": 2}[m.compute_dtype]
+    return c * m.hidden_size + c * m.intermediate_size + 8 * m.hidden_size
+
+
+def mask_plan(config) -> MaskPlan:
+    """The per-device memory terms and the step arithmetic of `config`'s mask learning."""
+    from pangu_pro.model.params import count_parameters
+    from pangu_pro.model.plan import activation_bytes_per_token, head_bytes_per_token
+    from pangu_pro.train.metrics import train_flops_per_token
+
+    m, p, ic = config.model, config.parallel, config.inherit
+    if p.model_parallel != 1 or p.pipeline_stage != 1:
+        raise ConfigError("parallel", f"mask learning is data parallel only (model_parallel 1, pipeline_stage 1), "
+                          f"got model_parallel {p.model_parallel}, pipeline_stage {p.pipeline_stage}: the frozen "
+                          f"teacher is replicated (docs/inherit.md)", config.source or None)
+    total = count_parameters(m).total
+    terms = [("teacher weights", float(total * teacher_bytes_per_parameter(config)))]
+    if ic.lr_weights > 0:
+        terms.append(("teacher gradients + AdamW", float(total * 12)))
+    units = mask_unit_count(m)  # an upper bound: only the pruned types are learned
+    terms.append(("masks (log_alpha, grad, AdamW)", float(units * 16)))
+    tokens = ic.batch_size * m.seq_length
+    per_layer = activation_bytes_per_token(m, p, p.recompute) + mask_bytes_per_token(m, p.recompute)
+    act = tokens * (m.num_layers * per_layer + head_bytes_per_token(m, p))
+    if p.recompute == "full":
+        act += tokens * (activation_bytes_per_token(m, p, "none") + mask_bytes_per_token(m, "none"))
+    terms.append((f"activations (micro batch {ic.batch_size} x {m.seq_length}, recompute {p.recompute})", act))
+    devices = p.data_parallel
+    global_batch = ic.batch_size * ic.grad_accum_steps * devices
+    seq_tokens = global_batch * m.seq_length
+    # forward + backward through the teacher: 3x the forward; frozen weights skip the weight gradients (2/3
+    # of the backward), which the trainer's 6N-per-token formula would count
+    flops = train_flops_per_token(m, m.seq_length) * seq_tokens * (1.0 if ic.lr_weights > 0 else 2.0 / 3.0)
+    return MaskPlan(tuple(terms), devices, global_batch, seq_tokens, ic.steps, flops)
+
+
+def format_mask_plan(config, device_memory_gib: float = 64.0, mfu: float = 0.4,
+                     peak_tflops: float = 280.0, devices=(8, 16, 64)) -> tuple[str, bool]:
+    """(the plan as text, whether it fits in 85% of `device_memory_gib`)."""
+    from pangu_pro.model.plan import GIB
+
+    plan = mask_plan(config)
+    ic = config.inherit
+    lines = [f"mask learning: data parallel {plan.devices}, teacher {teacher_dtype(config)} "
+             f"({'frozen' if ic.lr_weights == 0 else 'trained'}), micro batch {ic.batch_size} x accumulation "
+             f"{ic.grad_accum_steps} x {plan.devices} ranks = global batch {plan.global_batch} sequences "
+             f"({plan.tokens_per_step:,} tokens) per step, {plan.steps} steps = "
+             f"{plan.tokens_per_step * plan.steps / 1e9:.2f}B tokens"]
+    for name, value in plan.terms:
+        lines.append(f"  {name:<58}{value / GIB:>9.2f} GiB")
+    need = plan.total / GIB
+    fits = need <= 0.85 * device_memory_gib
+    lines.append(f"per device: {need:.2f} GiB of {device_memory_gib:g} GiB -> "
+                 f"{'fits' if fits else 'does NOT fit'} (keeping 15% for workspace and communication buffers)")
+    total_flops = plan.flops_per_step * plan.steps
+    for n in devices:
+        hours = total_flops / (n * peak_tflops * 1e12 * mfu) / 3600
+        lines.append(f"  time on {n:>2} NPUs at {mfu:.0%} of {peak_tflops:g} TFLOP/s: {hours:.1f} h "
+                     f"({total_flops:.3g} FLOP)")
+    return "\n".join(lines), fits
+
+
+def run_mask_plan(path: str, overrides: list, device_memory_gib: float) -> int:
+    """`pangu-pro plan INHERIT_CONFIG`: the mask-learning plan without the teacher's weights or the data."""
+    from pangu_pro.inherit.config import load_inherit_config
+
+    config = load_inherit_config(path, overrides)
+    text, fits = format_mask_plan(config, device_memory_gib)
+    print(text)
+    return 0 if fits else 2

@@ -21,7 +21,7 @@ import numpy as np
 from pangu_pro.config import Config, load_config
 from pangu_pro.configtools import ConfigError
 from pangu_pro.inherit.hardconcrete import UnitArrays, select_layers
-from pangu_pro.inherit.plan import StudentPlan, plan_student
+from pangu_pro.inherit.plan import StudentPlan, plan_student, teacher_dtype
 
 STUDENT_DIR = "student"
 
@@ -51,11 +51,65 @@ def check(config: Config) -> StudentPlan:
     if needs_data and not config.data.train_files:
         raise ConfigError("data.train_files", f"criterion {ic.criterion} / layer selection {ic.layer_selection} "
                           "needs data (MindRecord files or preprocess folders)", config.source or None)
+    if needs_data:
+        from pangu_pro.inherit.data import check_data_vocabulary
+
+        fed = plan.student.vocab_size if new2old is not None else plan.teacher.vocab_size
+        check_data_vocabulary(config.data.train_files, fed, ic.vocab_map or ic.teacher_config or config.source,
+                              ic.vocab_map, config.source or None)
     if ic.teacher_checkpoint is not None:
         from pangu_pro.model.weights import resolve_weights
 
         resolve_weights(ic.teacher_checkpoint)
     return plan
+
+
+def store_teacher(teacher, dtype: str, say=print):
+    """Keep the teacher's matmul weights in `dtype` (bfloat16: half the memory of a frozen teacher on
+    Ascend; every Linear casts its weight to the compute dtype anyway). Embedding, norms and SIAF stay fp32."""
+    if dtype == "float32":
+        return teacher
+    import mindspore as ms
+
+    from pangu_pro.model.layers import Linear
+
+    for _, cell in teacher.cells_and_names():
+        if isinstance(cell, Linear):
+            cell.weight.set_data(cell.weight.astype(ms.bfloat16))
+    say("teacher matmul weights kept in bfloat16 (frozen)")
+    return teacher
+
+
+def load_teacher(config: Config, plan: StudentPlan, device: str, say=print):
+    """The teacher on `device`, with its embedding and head gathered to the compact vocabulary when the
+    plan has an id map (the data then holds compact ids); returns (teacher, plan on that teacher)."""
+    import dataclasses
+
+    from pangu_pro.model.weights import build_model, load_state, model_state, resolve_weights
+    from pangu_pro.runtime import adapt_to_device
+
+    ic = config.inherit
+    cfg = adapt_to_device(config.model, device, say)
+    if plan.new2old is None:
+        teacher = build_model(cfg, ic.teacher_checkpoint, seed=ic.seed)
+        return store_teacher(teacher, teacher_dtype(config, device), say), plan
+    from pangu_pro.io import load_tensors
+    from pangu_pro.tokenizer.remap import remap_config, remap_tensors
+
+    if ic.teacher_checkpoint is not None:
+        source = str(resolve_weights(ic.teacher_checkpoint))
+        tensors = load_tensors(source)[0]
+    else:
+        source, tensors = "random teacher", model_state(build_model(cfg, seed=ic.seed))
+    tensors = remap_tensors(tensors, plan.new2old, cfg.vocab_size, source)
+    compact = remap_config(Config(model=cfg), plan.new2old).model
+    teacher = build_model(compact, seed=ic.seed)
+    load_state(teacher, tensors, source)
+    store_teacher(teacher, teacher_dtype(config, device), say)
+    say(f"teacher remapped to the compact vocabulary: {cfg.vocab_size} -> {compact.vocab_size} ids "
+        f"({ic.vocab_map})")
+    return teacher, dataclasses.replace(plan, teacher=remap_config(Config(model=plan.teacher), plan.new2old).model,
+                                        new2old=None)
 
 
 def calibration_batches(config: Config) -> list[np.ndarray]:
@@ -106,58 +160,169 @@ def unit_scores(criterion: str, config: Config, plan: StudentPlan, teacher, kept
     return scores, UnitArrays.full(cfg, 1.0)
 
 
-def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print) -> dict:
+class NotConvergedError(ValueError):
+    """The learned masks did not converge and materialisation was not forced (exit code 2)."""
+
+
+def agree(par, error: Optional[BaseException]) -> None:
+    """Raise on every rank if any rank failed (an error on one rank alone would leave the others waiting
+    in their next collective forever). Single process: re-raise `error`."""
+    if par.world > 1:
+        from mindspore import Tensor, ops
+
+        failed = ops.AllReduce()(Tensor(np.array([0.0 if error is None else 1.0], np.float32))).asnumpy()[0]
+        if failed and error is None:
+            raise RuntimeError(f"rank {par.rank}: stopping because another rank failed (see its error)")
+    if error is not None:
+        raise error
+
+
+def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict, medians: UnitArrays,
+                   student_tensors: dict) -> dict:
+    """Mean LM loss on `inherit.heldout_batches` batches (data.eval_files, else the first training batches)
+    of: the masked teacher with the noise-free masks the run ended with; the teacher with the mask values
+    folded in and the selection's 0/1 masks; the student. The last two must agree."""
+    from mindspore import Tensor
+
+    from pangu_pro.data.dataset import create_dataset
+    from pangu_pro.inherit.materialize import head_mask_from_groups
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model, load_state, model_state
+    from pangu_pro.runtime import adapt_to_device
+
+    ic = config.inherit
+    files = config.data.eval_files or config.data.train_files
+    ds = create_dataset(files, ic.batch_size, shuffle=False, drop_remainder=False)
+    batches = []
+    for (ids,) in ds.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        batches.append(Tensor(np.asarray(ids, np.int32)))
+        if len(batches) == ic.heldout_batches:
+            break
+    cfg = teacher.config
+    groups = cfg.num_heads // cfg.kv_heads
+
+    def masked(net, masks: UnitArrays):
+        args = (Tensor(head_mask_from_groups(masks.heads, groups).astype(np.float32)),
+                Tensor(masks.neurons.astype(np.float32)), Tensor(masks.hidden.astype(np.float32)),
+                Tensor(masks.layers.astype(np.float32)))
+        return float(np.mean([net(ids, None, *args).asnumpy() for ids in batches]))
+
+    net = PanGuPiWithLoss(teacher)
+    original = model_state(teacher)
+    soft = masked(net, medians)
+    load_state(teacher, folded)
+    binary = masked(net, sel.binary_masks(plan.teacher))
+    load_state(teacher, original)
+    student = build_model(adapt_to_device(plan.student, None, lambda *_: None))
+    load_state(student, student_tensors)
+    student_net = PanGuPiWithLoss(student)
+    student_loss = float(np.mean([student_net(ids).asnumpy() for ids in batches]))
+    return {"data": "data.eval_files" if config.data.eval_files else "first training batches (not held out)",
+            "batches": len(batches), "masked_teacher_soft": soft, "masked_teacher_selected": binary,
+            "student": student_loss}
+
+
+def save_final_masks(path: Path, scores: UnitArrays, values: UnitArrays, selected: UnitArrays) -> None:
+    """The masks behind the student, in the teacher's unit shapes: scores, folded values, 0/1 selection."""
+    from pangu_pro.io import atomic_path
+
+    arrays = {f"{kind}_{name}": np.asarray(getattr(u, name)) for kind, u in
+              (("scores", scores), ("values", values), ("selected", selected))
+              for name in ("heads", "neurons", "hidden", "layers")}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print,
+                force: bool = False) -> dict:
     """Run the whole inheritance as `config` says (see the module doc); returns the summary."""
     import mindspore as ms
 
     from pangu_pro.inherit.materialize import materialize, select_units, write_student
     from pangu_pro.io import atomic_write_json
     from pangu_pro.model.params import count_parameters
-    from pangu_pro.model.weights import build_model, model_state
-    from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.model.weights import model_state
+    from pangu_pro.runtime import init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
     began = time.perf_counter()
-    plan = check(config)  # 1
-    ic = config.inherit
     target = init_mindspore()
     par = setup_parallel(config)
+    plan = error = None
+    try:
+        plan = check(config)  # 1
+    except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
+        error = err
+    agree(par, error)
+    ic = config.inherit
     lead = par.rank == 0
     say = announce if lead else (lambda *_: None)
-    say(f"teacher {count_parameters(plan.teacher).total:,} parameters -> student "
+    teacher_parameters = count_parameters(plan.teacher).total
+    say(f"teacher {teacher_parameters:,} parameters -> student "
         f"{count_parameters(plan.student).total:,} ({plan.student.num_layers} layers, hidden "
         f"{plan.student.hidden_size}, {plan.student.num_heads} heads, ffn {plan.student.intermediate_size}, "
         f"vocab {plan.student.vocab_size}); criterion {ic.criterion}, layers by {ic.layer_selection}")
-    teacher_cfg = adapt_to_device(config.model, target, say)  # 2
     ms.set_seed(ic.seed)
-    teacher = build_model(teacher_cfg, ic.teacher_checkpoint, seed=ic.seed)
+    teacher, plan = load_teacher(config, plan, target, say)  # 2
     if ic.teacher_checkpoint is None:
         say("warning: inherit.teacher_checkpoint is not set; inheriting from a randomly initialised teacher")
     needs_batches = ic.criterion == "taylor" or (ic.layer_selection == "cosine"
                                                  and plan.student.num_layers < plan.teacher.num_layers)
     batches = calibration_batches(config) if needs_batches else []
     kept_layers, layer_scores = choose_layers(ic.layer_selection, plan, teacher, batches)  # 3
-    learned = None
+    learned = report = None
     if ic.criterion == "learned":  # 4
-        from pangu_pro.inherit.learn import learn_masks
+        from pangu_pro.inherit.convergence import convergence_report
+        from pangu_pro.inherit.learn import final_targets, learn_masks
 
         learned = learn_masks(config, plan, teacher, kept_layers, par, resume, progress, say)
         scores, values = learned.scores, learned.values
+        types = list(learned.layer_sparsity)
+        targets = dict(zip(types, final_targets(plan, types)))
+        kept = np.arange(plan.teacher.num_layers) if kept_layers is None else np.asarray(kept_layers)
+        rows = {"heads": lambda u: u.heads[kept], "neurons": lambda u: u.neurons[kept],
+                "hidden": lambda u: u.hidden, "layers": lambda u: u.layers[1:-1]}
+        report = convergence_report(learned.expected_size, count_parameters(plan.student).total,
+                                    learned.layer_sparsity, targets, [rows[t](learned.medians) for t in types],
+                                    ic.convergence_tolerance)
+        for line in report.lines():
+            say(line)
+        if not report.converged and not force:
+            agree(par, NotConvergedError(
+                f"{ic.output_dir}: the masks did not converge ({'; '.join(report.failures())}); the checkpoints "
+                f"are in {Path(ic.output_dir) / 'masks'}: continue with --resume and a larger inherit.steps, or "
+                f"materialise anyway with --force"))
     else:
         scores, values = unit_scores(ic.criterion, config, plan, teacher, kept_layers, batches)
     sel = select_units(plan, scores, kept_layers)  # 5
-    tensors = materialize(model_state(teacher), plan, sel, values if ic.fold_mask_values else None)
+    teacher_state = model_state(teacher)
+    fold = values if ic.fold_mask_values else UnitArrays.full(plan.teacher, 1.0)
+    tensors = materialize(teacher_state, plan, sel, fold)
     summary = {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
-               "teacher_parameters": count_parameters(plan.teacher).total,
+               "teacher_parameters": teacher_parameters,
                "student_parameters": count_parameters(plan.student).total,
                "kept_layers": [int(i) for i in sel.layers], "layer_scores": layer_scores,
                "student": str(Path(ic.output_dir) / STUDENT_DIR), "seconds": None}
     if learned is not None:
-        summary.update(expected_size=learned.expected_size, sparsity=learned.sparsity, mask_steps=learned.steps)
+        summary.update(expected_size=learned.expected_size, sparsity=learned.sparsity, mask_steps=learned.steps,
+                       layer_sparsity=learned.layer_sparsity, convergence=report.as_json(),
+                       forced=bool(force and not report.converged))
     if lead:
+        from pangu_pro.inherit.materialize import fold_values
+
+        if learned is not None and config.data.train_files:
+            losses = heldout_losses(config, teacher, plan, sel, fold_values(teacher_state, plan.teacher, fold),
+                                    learned.medians, tensors)
+            summary["losses"] = losses
+            say(f"loss on {losses['batches']} batches of {losses['data']}: masked teacher (masks as learned) "
+                f"{losses['masked_teacher_soft']:.4f}, masked teacher (selection, values folded) "
+                f"{losses['masked_teacher_selected']:.4f}, student {losses['student']:.4f}")
+        save_final_masks(Path(ic.output_dir) / "masks_final.npz", scores, fold, sel.binary_masks(plan.teacher))
         write_student(Path(ic.output_dir) / STUDENT_DIR, tensors, plan, sel,
                       {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
-                       "teacher_checkpoint": ic.teacher_checkpoint or "random init"})
+                       "teacher_checkpoint": ic.teacher_checkpoint or "random init"},
+                      preset=ic.target_config)
         summary["seconds"] = round(time.perf_counter() - began, 1)
         atomic_write_json(Path(ic.output_dir) / "inherit.json", summary)
     say(f"student written to {summary['student']} ({summary['student_parameters']:,} parameters)")

@@ -80,9 +80,11 @@ class RMSNorm(nn.Cell):
 
     def construct(self, x, channel_mask=None):
         x = self.cast(x, ms.float32)
-        if channel_mask is not None:  # inheritance: mean of x^2 over kept channels = sum(x^2 m) / sum(m)
-            m = self.cast(channel_mask, ms.float32)
-            mean_sq = self.div(self.sum_masked(self.mul(self.square(x), m), -1), self.sum_masked(m))
+        if channel_mask is not None:  # inheritance: mean of x^2 over the live channels, sum(x^2) / #(m > 0);
+            # x is already masked (zero where m is), so a pruned student that folded m into its weights
+            # computes the same statistic over its channels, soft m included
+            m = self.cast(self.cast(channel_mask, ms.float32) > 0, ms.float32)
+            mean_sq = self.div(self.sum_masked(self.square(x), -1), self.sum_masked(m))
             y = self.mul_weight(self.mul(x, self.rsqrt(self.add(mean_sq, self.eps))), self.weight)
         elif self.fused:  # Ascend kernel
             y = self.fused_norm(x, self.weight)[0]

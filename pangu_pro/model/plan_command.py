@@ -7,8 +7,12 @@ from __future__ import annotations
 
 def run_plan(args) -> int:
     from pangu_pro.config import check_layout, load_config
+    from pangu_pro.configtools import read_yaml
     from pangu_pro.model.plan import format_plan
 
+    if "inherit" in read_yaml(args.config):  # an inheritance config: the mask-learning plan (docs/inherit.md)
+        from pangu_pro.inherit.plan import run_mask_plan
+        return run_mask_plan(args.config, args.overrides, args.device_memory_gib)
     config = load_config(args.config, args.overrides)
     devices = args.devices if args.devices is not None else config.parallel.device_num
     try:
