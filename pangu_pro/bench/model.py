@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--decode-tokens", type=int, default=256)
+    parser.add_argument("--pro-config", default=str(REPO / "configs" / "pangu_1b_pro.yaml"),
+                        help="the 1B Pro shape whose forward (batch 1, --seq) is timed per PanGu-pi module")
+    parser.add_argument("--skip-pro", action="store_true", help="skip the 1B Pro forward timings (~4 GB each)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model"),
                         help="output path without extension (.json and .md are written)")
 
@@ -114,6 +117,29 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
     return rows
 
 
+def pro_forward_overhead(cfg: ModelConfig, seq: int, repeats: int) -> dict:
+    """Forward time (batch 1, `seq` tokens) of the 1B Pro shape per module variant. One ~4 GB model at a
+    time, so the variants run one after another (not interleaved): compare on a quiet machine."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from pangu_pro.model import PanGuPiForCausalLM
+
+    variants = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
+    ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, seq)).astype(np.int32))
+    rows = {}
+    for name, (siaf, aug) in variants.items():
+        ms.set_seed(0)
+        model = PanGuPiForCausalLM(dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug))
+        model.set_train(False)
+        _, forward = timed(lambda: model(ids).asnumpy(), repeats)
+        rows[name] = {"forward_s": forward}
+        del model
+    for row in rows.values():
+        row["forward_overhead_pct"] = 100 * (row["forward_s"] / rows["llama"]["forward_s"] - 1)
+    return rows
+
+
 def render_markdown(results: dict) -> str:
     lines = ["# Model benchmark", "", f"Machine: {results['machine']}. Median of {results['repeats']} calls after compilation.", "",
              "| config | parameters | batch × seq | forward | train step | train tokens/s |", "|---|---|---|---|---|---|"]
@@ -125,6 +151,11 @@ def render_markdown(results: dict) -> str:
     for name, row in results["overhead"].items():
         lines.append(f"| {name} | {row['forward_s'] * 1e3:.1f} ms | {row['forward_overhead_pct']:+.1f}% | "
                      f"{row['decode_ms_per_token']:.2f} | {row['decode_overhead_pct']:+.1f}% |")
+    if results.get("pro_overhead"):
+        lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (variants run one after another):", "",
+                  "| variant | forward | overhead |", "|---|---|---|"]
+        for name, row in results["pro_overhead"].items():
+            lines.append(f"| {name} | {row['forward_s']:.2f} s | {row['forward_overhead_pct']:+.1f}% |")
     d = results["decoding"]
     lines += ["", f"Decoding {d['new_tokens']} tokens, batch {d['batch']}, medium config: KV cache "
               f"{d['cached_ms_per_token']:.2f} ms/token ({d['cached_tokens_per_s']:.0f} tokens/s) vs full padded recompute "
@@ -139,12 +170,17 @@ def run(args: argparse.Namespace) -> int:
     small = adapt_to_device(load_config(args.config).model)
     medium = dataclasses.replace(MEDIUM, seq_length=max(args.seq, MEDIUM.seq_length))
     results = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-               "repeats": args.repeats, "speed": {}, "overhead": {}, "decoding": {}}
+               "repeats": args.repeats, "seq": args.seq, "speed": {}, "overhead": {}, "decoding": {}}
     for name, cfg in (("tiny_cpu", small), ("medium_23m", medium)):
         print(f"[bench model] forward and train step: {name}", flush=True)
         results["speed"][name] = time_forward_and_step(cfg, args.batch, args.seq, args.repeats)
     print("[bench model] SIAF / AugShortcut overhead", flush=True)
     results["overhead"] = module_overhead(medium, args.batch, args.seq, args.repeats, 64)
+    if not args.skip_pro:
+        print("[bench model] 1B Pro shape: forward per PanGu-pi module", flush=True)
+        pro = adapt_to_device(load_config(args.pro_config).model)
+        results["pro_overhead"] = pro_forward_overhead(dataclasses.replace(pro, seq_length=max(args.seq, 16)),
+                                                       args.seq, min(args.repeats, 2))
     print("[bench model] cached vs uncached decoding", flush=True)
     results["decoding"] = time_decoding(medium, 1, args.decode_tokens)
     out = Path(args.out)
