@@ -3,6 +3,7 @@
 A checkpoint is a safetensors file mapping parameter names (as MindSpore names them, e.g.
 ``model.layers.0.attention.wq.weight``) to fp32 arrays, with string metadata. Files are written to a
 temporary name in the same folder and renamed, so a killed job never leaves a half-written file.
+Checkpoint files also get a SHA-256 digest beside them, checked when they are read (`pangu_pro.digests`).
 """
 from __future__ import annotations
 
