@@ -23,7 +23,8 @@ net is an `nn.PipelineCell` (pipeline, `micro_batch_num` micro batches) or MindS
 losses while the framework accumulates their gradients, so gradients are reduced (all-reduce /
 ZeRO reduce-scatter) once per update. `nn.PipelineGradReducer` hands the accumulated gradients over
 and `ParallelGradientUpdate` computes the norm over every slice and the overflow flag over every
-rank (see its doc; docs/training.md, "Gradient norm and overflow under parallelism").
+rank (see its doc; docs/training.md, "Gradient norm, overflow and accumulation under
+parallelism").
 """
 from __future__ import annotations
 
