@@ -292,7 +292,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         where = out if resume == "auto" else Path(resume)
         last_ckpt = resolve_rank_resume(where, par.rank) if par.semi_auto else resolve_resume(where)
         state = read_state(last_ckpt)
-        if par.semi_auto and "layout" in state and state["layout"] != layout_of(config, par):
+        # rank slices of another layout (or resumed without semi-auto): merge them, then load whole tensors
+        if "layout" in state and (not par.semi_auto or state["layout"] != layout_of(config, par)):
             if last_ckpt.parent.parent.parent.resolve() == out.resolve():
                 raise ConfigError("train.output_dir", f"{out} holds the run being resumed under another layout "
                                   f"({state['layout']}); its rank folders and strategy files would mix with the "
