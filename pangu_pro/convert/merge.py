@@ -59,7 +59,8 @@ def merge_run(run: str | Path, out: str | Path, step: Optional[int] = None, over
         folders, ranks_dir = ((rank_folders, rank_folders[0].parent) if rank_folders
                               else find_rank_steps(run, step))
     except FileNotFoundError:
-        if step is not None or not (run / STATE_NAME).is_file() and not (run / "checkpoints").is_dir():
+        data_parallel = (run / STATE_NAME).is_file() or (run / "checkpoints").is_dir()
+        if step is not None or not data_parallel:
             raise
         folders, ranks_dir = [resolve_resume(run)], None  # a data-parallel run: rank 0 saved whole tensors
     state = read_state(folders[0]) if (folders[0] / STATE_NAME).is_file() else {}  # bare weights files: no state
@@ -80,9 +81,7 @@ def merge_run(run: str | Path, out: str | Path, step: Optional[int] = None, over
     merged_state = {k: v for k, v in state.items() if k not in MERGED_KEYS_DROPPED}
     merged_state["merged_from"] = {"run": str(run), "ranks": len(folders), "layout": state.get("layout"),
                                    "step_folders": [str(f) for f in folders[:2]] + (["…"] if len(folders) > 2 else [])}
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    write_checkpoint(out, weights, moments, merged_state)
+    write_checkpoint(out, weights, moments, merged_state)  # replaces an existing `out` in one rename
     return {"checkpoint": str(out), "step": state.get("step"), "ranks": len(folders), "how": how,
             "tensors": len(weights), "optimizer_tensors": len(moments) if moments is not None else 0}
 

@@ -312,7 +312,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         # semi-auto, where each rank checks only its own slice and all ranks must resume the same step)
         last_ckpt = intact_resume(last_ckpt, not par.semi_auto and last_ckpt != where, say)
         state = read_state(last_ckpt)
-        if par.semi_auto and "layout" in state and state["layout"] != layout_of(config, par):
+        # rank slices of another layout (or resumed without semi-auto): merge them, then load whole tensors
+        if "layout" in state and (not par.semi_auto or state["layout"] != layout_of(config, par)):
             if last_ckpt.parent.parent.parent.resolve() == out.resolve():
                 raise ConfigError("train.output_dir", f"{out} holds the run being resumed under another layout "
                                   f"({state['layout']}); its rank folders and strategy files would mix with the "
