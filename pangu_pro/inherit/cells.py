@@ -308,6 +308,20 @@ class MaskGradient(nn.Cell):
         return loss, grads[1], grads[2], grads[3]
 
 
+class WeightGradient(nn.Cell):
+    """(input_ids, head, neuron, hidden, layer) -> gradients of the LM loss with respect to the teacher's
+    weights (`params`), under the given masks (Taylor's sum_abs form)."""
+
+    def __init__(self, loss_net: nn.Cell, params):
+        super().__init__(auto_prefix=False)
+        self.forward = _LossOfMasks(loss_net)
+        self.params = ParameterTuple(params)
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, input_ids, head, neuron, hidden, layer):
+        return self.grad(self.forward, self.params)(input_ids, head, neuron, hidden, layer)
+
+
 class BlockSimilarity(nn.Cell):
     """input_ids [B, S] -> [L]: mean over tokens of 1 - cos(block input, block output) per layer
     (how much each block changes the residual stream; small means redundant)."""
