@@ -288,8 +288,11 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         kept = np.arange(plan.teacher.num_layers) if kept_layers is None else np.asarray(kept_layers)
         rows = {"heads": lambda u: u.heads[kept], "neurons": lambda u: u.neurons[kept],
                 "hidden": lambda u: u.hidden, "layers": lambda u: u.layers[1:-1]}
+        # heads and neurons per layer; the layer gates count as one row (their share pruned)
+        rows_sparsity = {t: (v if t in ("heads", "neurons") else [float(np.mean(v))])
+                         for t, v in learned.layer_sparsity.items()}
         report = convergence_report(learned.expected_size, count_parameters(plan.student).total,
-                                    learned.layer_sparsity, targets, [rows[t](learned.medians) for t in types],
+                                    rows_sparsity, targets, [rows[t](learned.medians) for t in types],
                                     ic.convergence_tolerance)
         for line in report.lines():
             say(line)
