@@ -204,3 +204,43 @@ def test_masks_past_the_target_leave_no_dead_unit():
     ids = rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32)
     np.testing.assert_allclose(student(Tensor(ids)).asnumpy(), masked_logits(teacher, TEACHER, ids, binary),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_taylor_forms_bound_each_other():
+    """sum_abs (sum of |w dL/dw| over everything a unit owns) >= abs_sum (|dL/dm| = |sum of w dL/dw| over the
+    weights the mask scales: a head's wo columns, a neuron's w2 column), by the triangle inequality."""
+    from pangu_pro.inherit.criteria import taylor_scores
+
+    teacher, _ = random_teacher(TEACHER, seed=7)
+    rng = np.random.default_rng(8)
+    batches = [rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32) for _ in range(2)]
+    abs_sum = taylor_scores(teacher, TEACHER, batches, form="abs_sum")
+    sum_abs = taylor_scores(teacher, TEACHER, batches, form="sum_abs")
+    for name in ("heads", "neurons"):
+        a, b = getattr(abs_sum, name), getattr(sum_abs, name)
+        assert (b >= a * (1 - 1e-4)).all(), name
+        assert (b > a * 1.01).any(), name
+
+
+def test_bfloat16_teacher_storage_computes_the_rounded_weights():
+    """The Ascend branch (frozen teacher, matmul weights stored in bf16) run on the CPU: the same logits as
+    an fp32 teacher whose matmul weights are rounded to bf16, and its state reads back as float32."""
+    import mindspore as ms
+    from mindspore import ops
+
+    from pangu_pro.inherit.run import store_teacher, teacher_state
+    from pangu_pro.model.layers import Linear
+
+    teacher, tensors = random_teacher(TEACHER, seed=9)
+    store_teacher(teacher, "bfloat16", say=lambda *_: None)
+    linear = {f"{name}.weight" for name, cell in teacher.cells_and_names() if isinstance(cell, Linear)}
+    assert linear and all(p.dtype == ms.bfloat16 for p in teacher.trainable_params() if p.name in linear)
+    rounded = {k: (ops.cast(ops.cast(Tensor(v), ms.bfloat16), ms.float32).asnumpy() if k in linear else v)
+               for k, v in tensors.items()}
+    reference = build_model(TEACHER)
+    load_state(reference, rounded)
+    state = teacher_state(teacher)
+    assert all(state[k].dtype == np.float32 and np.array_equal(state[k], rounded[k]) for k in rounded)
+    ids = Tensor(np.arange(9, dtype=np.int32)[None] % TEACHER.vocab_size)
+    np.testing.assert_allclose(teacher(ids).asnumpy(), reference(ids).asnumpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(rounded["model.layers.0.attention.wq.weight"], tensors["model.layers.0.attention.wq.weight"])

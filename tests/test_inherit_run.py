@@ -39,12 +39,12 @@ def setup(tmp_path_factory):
     writer.close()
     teacher = build_model(load_config_from(TEACHER, root / "teacher.yaml").model, seed=0)
     save_weights(teacher, root / "teacher.safetensors")
-    load_config_from(STUDENT, root / "student.yaml")
+    load_config_from(STUDENT, root / "student.yaml", train={"steps": 777, "warmup_steps": 7, "lr": 5e-4})
     return root
 
 
-def load_config_from(model: dict, path: Path):
-    path.write_text(yaml.safe_dump({"model": model}))
+def load_config_from(model: dict, path: Path, **sections):
+    path.write_text(yaml.safe_dump({"model": model, **sections}))
     return load_config(path)
 
 
@@ -71,6 +71,10 @@ def test_heuristic_criteria_write_a_loadable_student(setup, criterion):
     assert main(["inherit", str(path), "--no-progress"]) == 0
     out = setup / criterion
     cfg, model = student_of(out)
+    # the student's config.yaml is the target preset's, training schedule included, starting from the student
+    train = load_config(out / "student" / "config.yaml").train
+    assert (train.steps, train.warmup_steps, train.lr) == (777, 7, 5e-4)
+    assert Path(train.init_weights) == out / "student" / "model.safetensors"
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size) == (16, 3, 2, 24)
     assert cfg.aug_shortcut_dim == 4  # the teacher's bottleneck, whole
     summary = json.loads((out / "inherit.json").read_text())

@@ -26,7 +26,7 @@ class HardConcrete(nn.Cell):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         self.size = int(np.prod(self.shape))
-        init = float(log_alpha_for_keep_probability(init_keep))
+        init = float(np.clip(log_alpha_for_keep_probability(init_keep), -LOG_ALPHA_LIMIT, LOG_ALPHA_LIMIT))
         self.log_alpha = Parameter(Tensor(np.full(self.shape, init, np.float32)), name=f"masks.{name}.log_alpha")
         self.sigmoid = ops.Sigmoid()
 
@@ -66,7 +66,7 @@ class InheritMasks(nn.Cell):
     """
 
     def __init__(self, cfg: ModelConfig, learned: Sequence[str], layers: Optional[np.ndarray] = None,
-                 init_keep: float = 0.998):
+                 init_keep: float = 0.9979):
         super().__init__()
         self.learned = tuple(learned)
         self.num_layers = cfg.num_layers
@@ -306,6 +306,20 @@ class MaskGradient(nn.Cell):
         loss = self.forward(input_ids, head, neuron, hidden, layer)
         grads = self.grad(self.forward)(input_ids, head, neuron, hidden, layer)
         return loss, grads[1], grads[2], grads[3]
+
+
+class WeightGradient(nn.Cell):
+    """(input_ids, head, neuron, hidden, layer) -> gradients of the LM loss with respect to the teacher's
+    weights (`params`), under the given masks (Taylor's sum_abs form)."""
+
+    def __init__(self, loss_net: nn.Cell, params):
+        super().__init__(auto_prefix=False)
+        self.forward = _LossOfMasks(loss_net)
+        self.params = ParameterTuple(params)
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, input_ids, head, neuron, hidden, layer):
+        return self.grad(self.forward, self.params)(input_ids, head, neuron, hidden, layer)
 
 
 class BlockSimilarity(nn.Cell):

@@ -67,16 +67,24 @@ def random_scores(cfg: ModelConfig, seed: int) -> UnitArrays:
 
 
 def taylor_scores(network, cfg: ModelConfig, batches: Iterable[np.ndarray],
-                  layer_gates: Optional[np.ndarray] = None) -> UnitArrays:
-    """Sum over `batches` of |dL/dm| at masks of ones (a group's heads are summed before the |.|).
+                  layer_gates: Optional[np.ndarray] = None, form: str = "abs_sum") -> UnitArrays:
+    """First-order Taylor importance summed over `batches`, at masks of ones.
 
+    `abs_sum`: |dL/dm| = |sum over the unit's weights of w * dL/dw| (a group's heads summed before the
+    |.|: what removing the whole unit changes to first order); `sum_abs`: sum over the unit's weights
+    of |w * dL/dw| (the per-weight form, aggregated like `magnitude_scores`).
     `layer_gates` [L] (0/1): a fixed layer selection, so scores are taken in the model that remains."""
-    from mindspore import Tensor
+    import mindspore as ms
+    from mindspore import Tensor, ops
 
-    from pangu_pro.inherit.cells import MaskGradient
+    from pangu_pro.inherit.cells import MaskGradient, WeightGradient
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
 
-    grad = MaskGradient(PanGuPiWithLoss(network))
+    if form == "sum_abs":
+        params = network.trainable_params()
+        cell = WeightGradient(PanGuPiWithLoss(network), params)
+    else:
+        grad = MaskGradient(PanGuPiWithLoss(network))
     ones = UnitArrays.full(cfg, 1.0)
     head = Tensor(np.ones((cfg.num_layers, cfg.num_heads), np.float32))
     neuron = Tensor(ones.neurons.astype(np.float32))
@@ -86,6 +94,16 @@ def taylor_scores(network, cfg: ModelConfig, batches: Iterable[np.ndarray],
     scores = UnitArrays.full(cfg, 0.0)
     count = 0
     for ids in batches:
+        if form == "sum_abs":
+            grads = cell(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden, gates)
+            products = {p.name: ops.cast(p, ms.float32).asnumpy().astype(np.float64) * ops.cast(g, ms.float32).asnumpy()
+                        for p, g in zip(params, grads)}
+            part = magnitude_scores(products, cfg, 1)
+            scores.heads += part.heads
+            scores.neurons += part.neurons
+            scores.hidden += part.hidden
+            count += 1
+            continue
         _, g_head, g_neuron, g_hidden = grad(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden, gates)
         g_head = g_head.asnumpy().astype(np.float64).reshape(cfg.num_layers, cfg.kv_heads, groups).sum(-1)
         scores.heads += np.abs(g_head)

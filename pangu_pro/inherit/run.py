@@ -75,9 +75,17 @@ def store_teacher(teacher, dtype: str, say=print):
 
     for _, cell in teacher.cells_and_names():
         if isinstance(cell, Linear):
-            cell.weight.set_data(cell.weight.astype(ms.bfloat16))
+            cell.weight.set_dtype(ms.bfloat16)  # later set_data casts to it
     say("teacher matmul weights kept in bfloat16 (frozen)")
     return teacher
+
+
+def teacher_state(teacher) -> dict:
+    """Every teacher weight as a float32 numpy array (bfloat16 storage included)."""
+    import mindspore as ms
+    from mindspore import ops
+
+    return {p.name: ops.cast(p, ms.float32).asnumpy() for p in teacher.trainable_params()}
 
 
 def load_teacher(config: Config, plan: StudentPlan, device: str, say=print):
@@ -144,17 +152,15 @@ def choose_layers(method: str, plan: StudentPlan, teacher, batches) -> tuple[Opt
 def unit_scores(criterion: str, config: Config, plan: StudentPlan, teacher, kept_layers, batches):
     """(scores, values) for the non-learned criteria; values are ones (nothing to fold)."""
     from pangu_pro.inherit.criteria import magnitude_scores, random_scores, taylor_scores
-    from pangu_pro.model.weights import model_state
-
     cfg = teacher.config
     if criterion == "random":
         scores = random_scores(cfg, config.inherit.seed)
     elif criterion in ("l1", "l2"):
-        scores = magnitude_scores(model_state(teacher), cfg, 1 if criterion == "l1" else 2)
+        scores = magnitude_scores(teacher_state(teacher), cfg, 1 if criterion == "l1" else 2)
     elif criterion == "taylor":
         gates = np.zeros(cfg.num_layers)
         gates[kept_layers] = 1.0
-        scores = taylor_scores(teacher, cfg, batches, gates)
+        scores = taylor_scores(teacher, cfg, batches, gates, config.inherit.taylor_form)
     else:
         raise ValueError(f"unknown criterion {criterion!r}")
     return scores, UnitArrays.full(cfg, 1.0)
@@ -187,7 +193,7 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
     from pangu_pro.data.dataset import create_dataset
     from pangu_pro.inherit.materialize import head_mask_from_groups
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.weights import build_model, load_state, model_state
+    from pangu_pro.model.weights import build_model, load_state
     from pangu_pro.runtime import adapt_to_device
 
     ic = config.inherit
@@ -208,7 +214,7 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
         return float(np.mean([net(ids, None, *args).asnumpy() for ids in batches]))
 
     net = PanGuPiWithLoss(teacher)
-    original = model_state(teacher)
+    original = teacher_state(teacher)
     soft = masked(net, medians)
     load_state(teacher, folded)
     binary = masked(net, sel.binary_masks(plan.teacher))
@@ -242,7 +248,6 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
     from pangu_pro.inherit.materialize import materialize, select_units, write_student
     from pangu_pro.io import atomic_write_json
     from pangu_pro.model.params import count_parameters
-    from pangu_pro.model.weights import model_state
     from pangu_pro.runtime import init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
@@ -283,8 +288,11 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         kept = np.arange(plan.teacher.num_layers) if kept_layers is None else np.asarray(kept_layers)
         rows = {"heads": lambda u: u.heads[kept], "neurons": lambda u: u.neurons[kept],
                 "hidden": lambda u: u.hidden, "layers": lambda u: u.layers[1:-1]}
+        # heads and neurons per layer; the layer gates count as one row (their share pruned)
+        rows_sparsity = {t: (v if t in ("heads", "neurons") else [float(np.mean(v))])
+                         for t, v in learned.layer_sparsity.items()}
         report = convergence_report(learned.expected_size, count_parameters(plan.student).total,
-                                    learned.layer_sparsity, targets, [rows[t](learned.medians) for t in types],
+                                    rows_sparsity, targets, [rows[t](learned.medians) for t in types],
                                     ic.convergence_tolerance)
         for line in report.lines():
             say(line)
@@ -296,9 +304,9 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
     else:
         scores, values = unit_scores(ic.criterion, config, plan, teacher, kept_layers, batches)
     sel = select_units(plan, scores, kept_layers)  # 5
-    teacher_state = model_state(teacher)
+    state = teacher_state(teacher)
     fold = values if ic.fold_mask_values else UnitArrays.full(plan.teacher, 1.0)
-    tensors = materialize(teacher_state, plan, sel, fold)
+    tensors = materialize(state, plan, sel, fold)
     summary = {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
                "teacher_parameters": teacher_parameters,
                "student_parameters": count_parameters(plan.student).total,
@@ -312,7 +320,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         from pangu_pro.inherit.materialize import fold_values
 
         if learned is not None and config.data.train_files:
-            losses = heldout_losses(config, teacher, plan, sel, fold_values(teacher_state, plan.teacher, fold),
+            losses = heldout_losses(config, teacher, plan, sel, fold_values(state, plan.teacher, fold),
                                     learned.medians, tensors)
             summary["losses"] = losses
             say(f"loss on {losses['batches']} batches of {losses['data']}: masked teacher (masks as learned) "
