@@ -159,3 +159,10 @@ def test_run_multi_round_passes_overrides_through(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.glob("round_*")) == ["round_1", "round_2"]
     assert (out / "rounds_summary.md").is_file()
+
+
+def test_an_override_fills_a_section_left_null(tmp_path):
+    """A run's config.yaml writes absent optional sections as `multi_round: null`; overrides still reach them."""
+    path = tmp_path / "config.yaml"
+    path.write_text((ROOT / TINY).read_text() + "multi_round: null\n")
+    assert load_config(path, ["multi_round.rounds=3"]).multi_round.rounds == 3
