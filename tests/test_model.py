@@ -185,6 +185,22 @@ def test_greedy_generation_equals_full_forward_loop_with_left_padding(pangu, bat
     assert again == outputs and len(generator.steps[batch].compile_cache) == 2, "a second run reuses both"
 
 
+def test_sampled_generation_equals_sampling_full_forward_logits(small_model):
+    """The sampling path (logits to the host, token back in) draws what the same sampler draws from full
+    forwards with the same seed."""
+    model, _ = small_model
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    sampling = SamplingConfig(max_new_tokens=6, temperature=1.0, top_k=20, seed=3)
+    outputs = Generator(model, max_length=SMALL.seq_length).generate(prompts, sampling)
+    rng = np.random.default_rng(3)
+    seqs = [list(p) for p in prompts]
+    for _ in range(6):
+        logits = model(Tensor(seqs, ms.int32)).asnumpy()[:, -1]
+        for seq, token in zip(seqs, sample_next_tokens(logits, 1.0, 20, 1.0, rng)):
+            seq.append(int(token))
+    assert outputs == [seq[4:] for seq in seqs]
+
+
 def test_generation_stops_at_eos(small_model):
     model, _ = small_model
     generator = Generator(model, max_length=SMALL.seq_length)

@@ -1,7 +1,7 @@
 """`pangu-pro bench tokenizer`: counting throughput and compression quality (not a timed test).
 
 Measures, on the generated mixed corpus (`pangu_pro.tokenizer.sample_corpus`):
-- counting tokens/s over MindRecord shards: ours (bincount, worker processes) against a plain
+- counting tokens/s over MindRecord shards: ours (bincount, worker threads) against a plain
   per-token Python dict, end to end (shard reading included) and for the counting step alone;
 - on held-out text, for the merge-closure compression and the naive frequency cut at the same
   size: the rate of lines (whose original tokens all survived) segmented identically, the rate of
