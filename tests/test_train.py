@@ -80,6 +80,22 @@ def test_schedule_values_at_key_steps():
         lr_at(111, **kw)
 
 
+def test_warmup_as_a_fraction_of_the_run():
+    from pangu_pro.config import TrainConfig
+    from pangu_pro.configtools import ConfigError, from_mapping
+    from pangu_pro.train.schedule import lr_at, warmup_steps_of
+
+    assert warmup_steps_of(1000, warmup_fraction=0.03) == 30 and warmup_steps_of(50, warmup_fraction=0.03) == 2
+    assert warmup_steps_of(17, warmup_steps=5) == 5 and warmup_steps_of(10, warmup_fraction=1.0) == 10
+    # a short round with a fractional warm-up still decays: 3% of 40 steps is 1 step, the peak at step 1
+    assert lr_at(1, lr=1e-4, total_steps=40, warmup_steps=warmup_steps_of(40, warmup_fraction=0.03)) == 1e-4
+    assert from_mapping(TrainConfig, {"warmup_fraction": 0.05}).warmup_fraction == 0.05
+    for bad, match in (({"warmup_fraction": 1.5}, "warmup_fraction: must lie in"),
+                       ({"warmup_fraction": 0.1, "warmup_steps": 5}, "set either warmup_steps")):
+        with pytest.raises(ConfigError, match=match):
+            from_mapping(TrainConfig, bad)
+
+
 def test_lr_scaling_with_batch_size():
     from pangu_pro.train.schedule import scaled_lr
     from pangu_pro.train.trainer import base_learning_rate
