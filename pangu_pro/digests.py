@@ -121,7 +121,7 @@ def verify_folder(folder: str | Path, note: Callable[[str], None] | None = None)
 
 def checkpoint_folders(root: str | Path) -> Iterable[Path]:
     """Folders under `root` (itself included) that hold a checkpoint or digested files, sorted."""
-    from pangu_pro.model.weights import WEIGHTS_NAME
+    from pangu_pro.io import WEIGHTS_NAME
 
     root = Path(root)
     for folder in sorted({root, *(p for p in root.rglob("*") if p.is_dir())}):

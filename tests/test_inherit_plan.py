@@ -20,7 +20,7 @@ def test_7b_mask_plan_fits_a_64gb_device_by_a_hand_sum(name):
     H, F, V, c = 4096, 11008, 100883, 2
     layer_none = (2 * (4 * H + c * H) + 2 * c * 128) + (4 * (H + H) + 3 * c * H + c * H + 8 * 32) + (4 + 2) * c * F
     mask_none = c * H + c * F + 8 * H
-    head = 4 * H + c * H + 8 * V
+    head = 4 * H + c * H + 8 * V + 4 * V  # norm, head input, logits and softmax, fp32 logits gradient
     activations = 2048 * (29 * 4 * H + head + layer_none + mask_none)  # full recompute, micro batch 1
     assert plan.total == pytest.approx(weights + masks + activations, rel=1e-12)
     assert plan.total < 0.85 * 64 * GIB
@@ -30,7 +30,7 @@ def test_7b_mask_plan_fits_a_64gb_device_by_a_hand_sum(name):
 def test_plan_command_prints_the_inheritance_plan_and_refuses_what_does_not_fit(capsys):
     assert main(["plan", "configs/inherit_7b_to_1b_pro.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "teacher weights" in out and "activations" in out and "per device: 15.6" in out
+    assert "teacher weights" in out and "activations" in out and "per device: 16.39" in out
     assert "time on  8 NPUs" in out and "time on 64 NPUs" in out
     # training the teacher's fp32 weights at micro batch 4 without recompute: 161 GiB, refused
     assert main(["plan", "configs/inherit_7b_to_1b_pro.yaml", "--set", "inherit.lr_weights=1e-4",

@@ -135,8 +135,8 @@ def test_per_layer_constraint_frozen_teacher_checkpoints_and_convergence(setup, 
     assert summary["convergence"]["spread"]["neurons"]["target"] == pytest.approx(0.5)
     assert summary["losses"]["student"] == pytest.approx(summary["losses"]["masked_teacher_selected"], rel=1e-4)
     saved, _ = load_tensors(out / "masks" / "step_00000150" / "model.safetensors")
-    assert sorted(saved) == ["lagrangian.lambda1", "lagrangian.lambda2", "masks.heads.log_alpha",
-                             "masks.hidden.log_alpha", "masks.neurons.log_alpha"]
+    assert sorted(saved) == ["heads.log_alpha", "hidden.log_alpha", "lagrangian.lambda1", "lagrangian.lambda2",
+                             "neurons.log_alpha"]
     # a run that cannot converge (4 steps) is refused without --force, naming the way out
     short = write_inherit(setup, "short", criterion="learned", steps=4, checkpoint_every=4, lr_weights=0)
     assert main(["inherit", str(short), "--no-progress"]) == 2

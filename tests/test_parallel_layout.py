@@ -24,7 +24,9 @@ GQA = dataclasses.replace(MHA, num_kv_heads=2, siaf=False, tie_word_embeddings=T
 
 # primitives that take no strategy (Cast/Reshape follow their input), run only in cached decoding
 # (gather_rows) or on scalars (maximum), or belong to the inheritance masks' broadcast paths
-UNSHARDED = {"cast", "reshape", "gather_rows", "maximum", "mul_mask", "sum_masked", "div"}
+# (the KV-cache writes only run in generation, which is stand-alone)
+UNSHARDED = {"cast", "reshape", "gather_rows", "maximum", "mul_mask", "sum_masked", "div", "write_k_cache",
+             "write_v_cache"}
 
 
 def expected_layout(model_cfg: ModelConfig, d: int, m: int, sp: bool, vp: bool) -> dict[str, tuple]:

@@ -456,6 +456,7 @@ def test_cpu_peak_is_measured_once_per_machine_and_declared_peaks_win(tmp_path, 
     from pangu_pro.train import metrics
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(metrics.os, "getloadavg", lambda: (0.5, 0.0, 0.0))  # whatever the machine's real load
     calls = []
     monkeypatch.setattr(metrics, "matmul_peak", lambda: calls.append(1) or {"flops_per_s": 400e9})
     assert metrics.device_peak_flops("CPU", None) == 400e9

@@ -107,6 +107,10 @@ def transform_to_whole(files: list[Path], kind: str, strategy: Path, tmp: Path) 
     """Whole tensors from one safetensors file per rank (rank order), by `mindspore.transform_checkpoints`."""
     import mindspore as ms
 
+    from pangu_pro.digests import verify
+
+    for path in files:  # MindSpore reads the files itself: check each against its digest first
+        verify(path)
     src, dst = tmp / f"{kind}_ranks", tmp / f"{kind}_whole"
     for rank, path in enumerate(files):
         (src / f"rank_{rank}").mkdir(parents=True)

@@ -109,7 +109,7 @@ def record_cpu_peak(measured: dict) -> float:
     load = os.getloadavg()[0]
     if measured["flops_per_s"] > old.get("flops_per_s", 0.0):
         cache[key] = {**measured, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      "load_average": min(load, old.get("load_average", load))}
+                      "load_average": load}  # the load this value was measured under
     else:  # the higher value stays; the quietest load it was checked under is what counts
         cache[key] = {**old, "load_average": min(load, old.get("load_average", load))}
     path.parent.mkdir(parents=True, exist_ok=True)
