@@ -78,6 +78,8 @@ def _arg_default(action: argparse.Action) -> str:
         return f"`{default}`; bare: `{action.const}`" if default is not None else f"bare: `{action.const}`"
     if default is None or default is argparse.SUPPRESS or default == [] or action.nargs == 0:
         return "—"
+    if isinstance(default, (str, Path)) and str(default).startswith(f"{ROOT}/"):  # same doc in any checkout
+        default = Path(default).relative_to(ROOT)
     return f"`{default}`"
 
 
