@@ -154,7 +154,7 @@ def test_run_multi_round_passes_overrides_through(tmp_path):
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts/run_multi_round.sh"), str(config), "--", "multi_round.rounds=2",
          f"data.train_files=[{data}]", f"data.eval_files=[{data}]", "train.steps=2", "--no-progress",
-         "multi_round.round_steps=1", f"train.output_dir={out}"],
+         "multi_round.round_steps=1", "multi_round.score_unit_tokens=1", f"train.output_dir={out}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.glob("round_*")) == ["round_1", "round_2"]

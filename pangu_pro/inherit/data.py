@@ -7,7 +7,8 @@ vocabulary. Two checks, each error naming the data file and the file it disagree
 
 - the tokenizer: a preprocess folder's ``summary.json`` records the tokenizer's SHA-256 and size; it
   must be the compact tokenizer recorded in the map's ``.json`` (written beside the ``.npy`` by
-  `tokenizer compress`), not its source, and its size must be the vocabulary the model is fed;
+  `tokenizer compress`), not its source, and its size must be the vocabulary the model is fed
+  (without a map: at most that vocabulary, which may be padded);
 - the maximum id of up to `MAX_ID_SAMPLES` sequences spread evenly over the data (every folder or file)
   must be below that vocabulary.
 """
@@ -63,7 +64,11 @@ def check_data_vocabulary(files: Sequence[str], vocab_size: int, model_file: str
                                   f"{Path(vocab_map).with_suffix('.json')} maps the teacher to the compact "
                                   f"tokenizer {record.get('compact_tokenizer')} — preprocess the data with that "
                                   f"one", source)
-            if tok.get("vocab_size") is not None and int(tok["vocab_size"]) != vocab_size:
+            pieces = tok.get("vocab_size")
+            # with a map the compact tokenizer is exactly the vocabulary fed; without one the model's
+            # vocabulary may be larger (padded, or a teacher trained on this tokenizer), never smaller
+            if pieces is not None and (int(pieces) > vocab_size
+                                       or (vocab_map is not None and int(pieces) != vocab_size)):
                 raise ConfigError("data.train_files", f"{summary}: the data's tokenizer {made_with} has "
                                   f"{tok['vocab_size']} pieces, but {model_file} gives the model {vocab_size}",
                                   source)
