@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pangu_pro.bench.model import MEDIUM, REPO
+from pangu_pro.bench.model import MEDIUM, REPO, padded_recompute_ms
 from pangu_pro.config import ModelConfig
 from pangu_pro.io import atomic_write_json, atomic_write_text
 
@@ -126,20 +126,6 @@ def build_arms(cfg: ModelConfig, folder: Path, cache_length: int, seed: int = 0)
     save_weights(model, weights)
     export_to_hf(weights, cfg, folder / "hf", progress=False)
     return OursArm(model, cache_length), TransformersArm(folder / "hf", trust_remote_code=cfg.siaf or cfg.aug_shortcut)
-
-
-def padded_recompute_ms(model, prompt: np.ndarray, new_tokens: int) -> float:
-    """ms/token decoding by a full forward over the whole padded window per token (one graph)."""
-    from mindspore import Tensor
-
-    width = prompt.shape[1] + new_tokens
-    window = np.zeros((prompt.shape[0], width), np.int32)
-    window[:, :prompt.shape[1]] = prompt
-    model(Tensor(window)).asnumpy()  # compile
-    start = time.perf_counter()
-    for pos in range(prompt.shape[1], width):
-        window[:, pos] = model(Tensor(window)).asnumpy()[:, pos - 1].argmax(-1)
-    return 1e3 * (time.perf_counter() - start) / new_tokens
 
 
 def bench_shape(name: str, args: argparse.Namespace, bandwidth: float, log=print) -> dict:
