@@ -1,10 +1,11 @@
 """Token-id frequencies of a corpus: packed MindRecord shards, or raw text tokenized on the fly.
 
-Counting is vectorised: ids are gathered into chunks of about a million and counted with
-``np.bincount``. MindRecord shards are spread over worker threads (one file each): MindRecord's
-reader decodes in C++ and ``np.bincount`` is cheap, so threads scale where processes did not —
-a spawned process pays a MindSpore import (seconds) before it reads a byte, which made two workers
-five times slower than one on a 6M-token corpus (benchmarks/results/tokenizer.json before issue 16).
+Counting is vectorised: ids come in batches of rows and are counted with ``np.bincount``. MindRecord
+shards are read by MindSpore's own C++ dataset pipeline (``MindDataset`` + ``padded_batch``), several
+shards at once, so reading and batching run outside the GIL and a shard costs one Python step per
+few hundred rows. Python-level readers did not scale: a row-by-row ``FileReader`` loop is
+GIL-bound (two threads were slower than one), and spawned processes pay a MindSpore import each
+(benchmarks/results/tokenizer.json records the comparison).
 Raw text is encoded by SentencePiece's own thread pool. The result is an int64 array of length vocab, saved as
 ``.npy`` with a JSON sidecar naming the tokenizer (path and SHA-256) and the totals.
 """
@@ -22,7 +23,8 @@ import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
 
-CHUNK_TOKENS = 1 << 20
+BATCH_ROWS = 256  # rows per pipeline batch
+PAD_ID = np.iinfo(np.int32).min  # pads ragged batches; never a token id
 MINDRECORD_COLUMN = "input_ids"
 
 
@@ -45,53 +47,49 @@ def is_mindrecord(path: str | Path) -> bool:
     return Path(f"{path}.db").is_file()
 
 
-def iter_mindrecord_chunks(path: str | Path, chunk_tokens: int = CHUNK_TOKENS) -> Iterator[np.ndarray]:
-    """Concatenated `input_ids` of a MindRecord shard, about `chunk_tokens` ids at a time."""
-    from mindspore.mindrecord import FileReader
+def iter_mindrecord_batches(path: str | Path, workers: int = 1, rows: int = BATCH_ROWS) -> Iterator[np.ndarray]:
+    """The `input_ids` of one MindRecord shard, `rows` rows at a time, flat. MindSpore's pipeline reads
+    and batches with `workers` threads; rows of different lengths are padded with PAD_ID, which is
+    dropped here (no tokenizer gives the id -2**31)."""
+    import mindspore.dataset as ds
 
-    reader = FileReader(str(path), num_consumer=1, columns=[MINDRECORD_COLUMN])
-    try:
-        buffer: list[np.ndarray] = []
-        size = 0
-        for row in reader.get_next():
-            ids = np.asarray(row[MINDRECORD_COLUMN]).reshape(-1)
-            buffer.append(ids)
-            size += ids.size
-            if size >= chunk_tokens:
-                yield np.concatenate(buffer)
-                buffer, size = [], 0
-        if buffer:
-            yield np.concatenate(buffer)
-    finally:
-        reader.close()
+    data = ds.MindDataset([str(path)], columns_list=[MINDRECORD_COLUMN], num_parallel_workers=workers,
+                          shuffle=False)
+    data = data.padded_batch(rows, drop_remainder=False, num_parallel_workers=workers,
+                             pad_info={MINDRECORD_COLUMN: (None, PAD_ID)})
+    for (ids,) in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        flat = ids.reshape(-1)
+        if flat.size and flat.min() == PAD_ID:  # a ragged batch: padding to drop
+            flat = flat[flat != PAD_ID]
+        yield flat
 
 
 def count_mindrecord(paths: Sequence[str | Path], vocab_size: int, workers: Optional[int] = None,
                      show_progress: bool = True) -> np.ndarray:
-    """Counts over MindRecord shards, one worker thread per shard at a time (all cores by default),
-    progress in tokens."""
+    """Counts over MindRecord shards: `workers` shards at a time (all cores by default), each read by
+    its own pipeline of `workers` threads (the threads mostly wait in C++, so this oversubscription
+    measured faster than one thread per core); progress in tokens. An id outside the vocabulary
+    names its shard."""
     from pangu_pro.progress import progress_bar
 
     paths = [str(p) for p in paths]
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: MindRecord shard not found")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
-    bar = progress_bar(desc="counting", unit="tok", unit_scale=True, disable=not show_progress)
+    workers = max(1, workers or os.cpu_count() or 1)
     lock = threading.Lock()
 
-    def count_shard(path: str) -> np.ndarray:
-        counts = np.zeros(vocab_size, dtype=np.int64)
-        for chunk in iter_mindrecord_chunks(path):
-            counts += bincount_chunks([chunk], vocab_size, path)
-            with lock:
-                bar.update(chunk.size)
-        return counts
+    with progress_bar(desc="counting", unit="tok", unit_scale=True, disable=not show_progress) as bar:
+        def count_shard(path: str) -> np.ndarray:
+            counts = np.zeros(vocab_size, dtype=np.int64)
+            for ids in iter_mindrecord_batches(path, workers):
+                counts += bincount_chunks([ids], vocab_size, path)
+                with lock:
+                    bar.update(ids.size)
+            return counts
 
-    with ThreadPoolExecutor(workers) as pool:
-        counts = sum(pool.map(count_shard, paths), np.zeros(vocab_size, dtype=np.int64))
-    bar.close()
-    return counts
+        with ThreadPoolExecutor(min(workers, len(paths)) or 1) as pool:
+            return sum(pool.map(count_shard, paths), np.zeros(vocab_size, dtype=np.int64))
 
 
 def count_text(paths: Sequence[str | Path], model_path: str | Path, workers: Optional[int] = None,
