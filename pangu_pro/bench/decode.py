@@ -13,6 +13,11 @@ table only for the LM head when tied) plus the KV cache of the average context â
 copy bandwidth measured here (NumPy copy of 256 MiB, read + write bytes). Ours reads the whole
 static cache (`cache_length` rows), so its own bound is given too.
 
+The matmul floor separates the kernels from the rest: one graph holding only the weight matmuls of a
+decode step (every layer's q, k, v, o, gate, up, down chained as in a layer, then the LM head; one
+token per row), timed in MindSpore and, on the same weights, in PyTorch. Whatever our decode time has above MindSpore's floor is
+element-wise work and per-kernel launch cost.
+
 Last line: `speedup_vs_transformers: X.XXx` (batch 1, LLaMA shape; > 1 means we are faster).
 Results: benchmarks/results/decode.json and decode.md.
 """
@@ -70,6 +75,62 @@ def step_bytes(cfg: ModelConfig, batch: int, context: float) -> dict:
     weights = count.total - (0 if cfg.tie_word_embeddings else count.embedding)
     cache = 2 * cfg.num_layers * batch * cfg.kv_heads * cfg.head_dim * context
     return {"weights": 4 * weights, "cache": 4 * cache}
+
+
+def matmul_floor_ms(cfg: ModelConfig, batch: int, repeats: int = 20) -> dict:
+    """ms per decode step spent in the weight matmuls of attention, FFN and LM head alone, chained as
+    a LLaMA layer chains them (q + k + v -> o, gate * up -> down, residuals), MindSpore (one graph)
+    and PyTorch on the same weights. Needs kv_heads == num_heads (the 23M shape), so q, k, v add up."""
+    import torch
+    from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+    if cfg.kv_heads != cfg.num_heads:
+        raise ValueError("the matmul floor chains q + k + v, so it needs kv_heads == num_heads")
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    rng = np.random.default_rng(0)
+    shapes = [(d, d)] * 4 + [(f, d), (f, d), (d, f)]
+    layers = [[(0.02 * rng.standard_normal(shape)).astype(np.float32) for shape in shapes]
+              for _ in range(cfg.num_layers)]
+    head = (0.02 * rng.standard_normal((cfg.vocab_size, d))).astype(np.float32)
+    x = rng.standard_normal((batch, d)).astype(np.float32)
+
+    class Matmuls(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.weights = ParameterTuple([Parameter(Tensor(w), name=f"w{i}_{j}")
+                                           for i, layer in enumerate(layers) for j, w in enumerate(layer)])
+            self.head = Parameter(Tensor(head), name="head")
+            self.matmul = ops.MatMul(transpose_b=True)
+
+        def construct(self, x):
+            for i in range(len(self.weights) // 7):
+                q, k, v, o, gate, up, down = self.weights[7 * i:7 * i + 7]
+                x = x + self.matmul(self.matmul(x, q) + self.matmul(x, k) + self.matmul(x, v), o)
+                x = x + self.matmul(self.matmul(x, gate) * self.matmul(x, up), down)
+            return self.matmul(x, self.head)
+
+    def torch_chain(x):
+        for q, k, v, o, gate, up, down in torch_layers:
+            x = x + (x @ q.T + x @ k.T + x @ v.T) @ o.T
+            x = x + ((x @ gate.T) * (x @ up.T)) @ down.T
+        return x @ torch_head.T
+
+    cell, inputs = Matmuls(), Tensor(x)
+    torch_layers = [[torch.from_numpy(w) for w in layer] for layer in layers]
+    torch_head, torch_x = torch.from_numpy(head), torch.from_numpy(x)
+    expected = cell(inputs).asnumpy()
+    with torch.inference_mode():
+        np.testing.assert_allclose(torch_chain(torch_x).numpy(), expected, rtol=1e-3, atol=1e-3)
+
+    def theirs():
+        with torch.inference_mode():
+            torch_chain(torch_x)
+
+    times = {"mindspore": [], "torch": []}
+    for _ in range(repeats):
+        for name, fn in (("mindspore", lambda: cell(inputs).asnumpy()), ("torch", theirs)):
+            times[name].append(1e3 * _seconds(fn))
+    return {name: statistics.median(runs) for name, runs in times.items()} | {"matmuls": 7 * cfg.num_layers + 1}
 
 
 class OursArm:
@@ -166,6 +227,9 @@ def bench_shape(name: str, args: argparse.Namespace, bandwidth: float, log=print
                 f"({row['speedup_vs_transformers']:.2f}x), bound {row['bound_ms_per_token']:.2f} ms/token, "
                 f"tokens equal {row['tokens_equal_fraction']:.1%}")
             rows[f"batch{batch}"] = row
+            row["matmul_floor_ms"] = matmul_floor_ms(cfg, batch)
+            log(f"[bench decode] {name} batch {batch}: matmuls alone {row['matmul_floor_ms']['mindspore']:.2f} ms "
+                f"in MindSpore, {row['matmul_floor_ms']['torch']:.2f} ms in PyTorch")
         result = {"config": {"hidden": cfg.hidden_size, "layers": cfg.num_layers, "ffn": cfg.intermediate_size,
                              "vocab": cfg.vocab_size, "heads": cfg.num_heads, "siaf": siaf, "aug_shortcut": aug,
                              "cache_length": cache_length}, "rows": rows}
@@ -189,13 +253,16 @@ def render_markdown(results: dict) -> str:
              "alternated runs per arm (prefill included). Bound = bytes read per step (weights + KV cache of "
              "the average context) / copy bandwidth.", "",
              "| shape | batch | ours ms/token | transformers ms/token | speedup | ours tokens/s | "
-             "transformers tokens/s | bound ms/token | tokens equal |", "|---|---|---|---|---|---|---|---|---|"]
+             "transformers tokens/s | bound ms/token | matmuls alone, MindSpore / PyTorch ms | tokens equal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, shape in results["shapes"].items():
         for row in shape["rows"].values():
+            floor = row["matmul_floor_ms"]
             lines.append(f"| {name} | {row['batch']} | {row['ours']['ms_per_token']:.2f} | "
                          f"{row['transformers']['ms_per_token']:.2f} | {row['speedup_vs_transformers']:.2f}x | "
                          f"{row['ours']['tokens_per_s']:.0f} | {row['transformers']['tokens_per_s']:.0f} | "
-                         f"{row['bound_ms_per_token']:.2f} | {row['tokens_equal_fraction']:.0%} |")
+                         f"{row['bound_ms_per_token']:.2f} | {floor['mindspore']:.2f} / {floor['torch']:.2f} | "
+                         f"{row['tokens_equal_fraction']:.0%} |")
     recompute = results["shapes"].get("llama", {}).get("padded_recompute")
     if recompute:
         lines += ["", f"Padded recompute (batch 1, LLaMA, window {recompute['window']}): "
