@@ -156,6 +156,13 @@ def test_counts_sidecar_guards_tokenizer(work, tmp_path):
         load_counts(work["root"] / "counts.npy", tokenizer=work["ours"].model_path)
 
 
+def test_corrupt_counts_sidecar_names_the_file(tmp_path):
+    np.save(tmp_path / "c.npy", np.arange(4, dtype=np.int64))
+    (tmp_path / "c.json").write_text('{"tokenizer": ', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"c\.json: not valid JSON"):
+        load_counts(tmp_path / "c.npy")
+
+
 def test_hf_tokenizer_matches_sentencepiece(work, tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoTokenizer

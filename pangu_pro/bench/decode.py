@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per arm, batch and shape")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--recompute-tokens", type=int, default=64,
+    parser.add_argument("--recompute-tokens", type=int, default=256,
                         help="tokens decoded by full padded recompute (batch 1, LLaMA) for the cache speedup; 0 skips")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode"),
                         help="output path without extension (.json and .md are written)")

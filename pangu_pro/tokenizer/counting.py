@@ -11,7 +11,6 @@ Raw text is encoded by SentencePiece's own thread pool. The result is an int64 a
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
+from pangu_pro.io import atomic_path, atomic_write_json, file_sha256, read_json
 
 BATCH_ROWS = 256  # rows per pipeline batch
 PAD_ID = np.iinfo(np.int32).min  # pads ragged batches; never a token id
@@ -157,7 +156,7 @@ def load_counts(path: str | Path, tokenizer: Optional[str | Path] = None) -> Cou
     if counts.ndim != 1 or counts.dtype.kind not in "iu":
         raise ValueError(f"{path}: expected a 1-D integer array, got {counts.dtype} {counts.shape}")
     side = sidecar_path(path)
-    info = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+    info = read_json(side) if side.is_file() else {}
     if tokenizer is not None and info.get("tokenizer_sha256"):
         sha = file_sha256(tokenizer)
         if sha != info["tokenizer_sha256"]:
