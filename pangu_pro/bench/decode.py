@@ -77,7 +77,7 @@ def step_bytes(cfg: ModelConfig, batch: int, context: float) -> dict:
     return {"weights": 4 * weights, "cache": 4 * cache}
 
 
-def matmul_floor_ms(cfg: ModelConfig, batch: int, repeats: int = 20) -> dict:
+def matmul_floor_ms(cfg: ModelConfig, batch: int, blocks: int = 5, calls: int = 10) -> dict:
     """ms per decode step spent in the weight matmuls of attention, FFN and LM head alone, chained as
     a LLaMA layer chains them (q + k + v -> o, gate * up -> down, residuals), MindSpore (one graph)
     and PyTorch on the same weights. Needs kv_heads == num_heads (the 23M shape), so q, k, v add up."""
@@ -126,10 +126,12 @@ def matmul_floor_ms(cfg: ModelConfig, batch: int, repeats: int = 20) -> dict:
         with torch.inference_mode():
             torch_chain(torch_x)
 
+    # blocks of back-to-back calls, alternated: each framework's idle threads spin for a while after a
+    # call, which would slow the other one if single calls alternated
     times = {"mindspore": [], "torch": []}
-    for _ in range(repeats):
+    for _ in range(blocks):
         for name, fn in (("mindspore", lambda: cell(inputs).asnumpy()), ("torch", theirs)):
-            times[name].append(1e3 * _seconds(fn))
+            times[name].append(1e3 * _seconds(lambda: [fn() for _ in range(calls)]) / calls)
     return {name: statistics.median(runs) for name, runs in times.items()} | {"matmuls": 7 * cfg.num_layers + 1}
 
 
