@@ -109,18 +109,47 @@ def time_decoding(cfg: ModelConfig, batch: int, new_tokens: int, repeats: int = 
 
 
 def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_tokens: int) -> dict:
-    """Latency of SIAF and AugShortcut against plain LLaMA of the same shape (paper: +2.6% / +1.3%)."""
+    """Forward, train step and decode of SIAF and AugShortcut against plain LLaMA of the same shape
+    (paper: +2.6% / +1.3% decode latency). All four variants are built and compiled first, then timed
+    in alternation, `repeats` rounds, medians: the machine's drift hits every variant alike."""
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    from pangu_pro.model import PanGuPiForCausalLM, PanGuPiWithLoss
+    from pangu_pro.model.generation import Generator, SamplingConfig
+
     variants = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
-    rows = {}
+    ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32))
+    forward_ids = ids[:, :-1]
+    prompts = [[1, 2, 3, 4]]
+    runs = {}
     for name, (siaf, aug) in variants.items():
-        variant = dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug)
-        timing = time_forward_and_step(variant, batch, seq, repeats)
-        decode = time_decoding(variant, 1, new_tokens)
-        rows[name] = {"forward_s": timing["forward_s"], "decode_ms_per_token": decode["cached_ms_per_token"]}
+        ms.set_seed(0)
+        model = PanGuPiForCausalLM(dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug,
+                                                       seq_length=max(cfg.seq_length, new_tokens + 16)))
+        step = nn.TrainOneStepCell(PanGuPiWithLoss(model), nn.AdamWeightDecay(model.trainable_params(), 1e-4))
+        generator = Generator(model)
+        runs[name] = {
+            "forward_s": lambda model=model: model(forward_ids).asnumpy(),
+            "train_step_s": lambda step=step: step(ids).asnumpy(),
+            "decode_ms_per_token": lambda g=generator: g.generate(prompts, SamplingConfig(max_new_tokens=new_tokens)),
+        }
+        for fn in runs[name].values():
+            fn()  # compile
+    times = {name: {key: [] for key in fns} for name, fns in runs.items()}
+    for _ in range(repeats):
+        for name, fns in runs.items():
+            for key, fn in fns.items():
+                start = time.perf_counter()
+                fn()
+                seconds = time.perf_counter() - start
+                times[name][key].append(1e3 * seconds / new_tokens if key == "decode_ms_per_token" else seconds)
+    rows = {name: {key: statistics.median(values) for key, values in measured.items()}
+            for name, measured in times.items()}
     base = rows["llama"]
     for row in rows.values():
-        row["forward_overhead_pct"] = 100 * (row["forward_s"] / base["forward_s"] - 1)
-        row["decode_overhead_pct"] = 100 * (row["decode_ms_per_token"] / base["decode_ms_per_token"] - 1)
+        for key, label in (("forward_s", "forward"), ("train_step_s", "train_step"), ("decode_ms_per_token", "decode")):
+            row[f"{label}_overhead_pct"] = 100 * (row[key] / base[key] - 1)
     return rows
 
 
@@ -153,10 +182,13 @@ def render_markdown(results: dict) -> str:
     for name, row in results["speed"].items():
         lines.append(f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['batch']} × {row['seq']} | "
                      f"{row['forward_s'] * 1e3:.0f} ms | {row['train_step_s'] * 1e3:.0f} ms | {row['train_tokens_per_s']:.0f} |")
-    lines += ["", "PanGu-pi module overhead on the medium config (paper, V100 decode: SIAF +2.6%, AugShortcut +1.3%):", "",
-              "| variant | forward | overhead | decode ms/token | overhead |", "|---|---|---|---|---|"]
+    lines += ["", "PanGu-pi module overhead on the medium config, variants timed in alternation (paper, V100 decode: "
+              "SIAF +2.6%, AugShortcut +1.3%):", "",
+              "| variant | forward | overhead | train step | overhead | decode ms/token | overhead |",
+              "|---|---|---|---|---|---|---|"]
     for name, row in results["overhead"].items():
         lines.append(f"| {name} | {row['forward_s'] * 1e3:.1f} ms | {row['forward_overhead_pct']:+.1f}% | "
+                     f"{row['train_step_s'] * 1e3:.0f} ms | {row['train_step_overhead_pct']:+.1f}% | "
                      f"{row['decode_ms_per_token']:.2f} | {row['decode_overhead_pct']:+.1f}% |")
     if results.get("pro_overhead"):
         lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (variants run one after another):", "",
