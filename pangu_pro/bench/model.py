@@ -153,24 +153,35 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
     return rows
 
 
-def pro_forward_overhead(cfg: ModelConfig, seq: int, repeats: int) -> dict:
-    """Forward time (batch 1, `seq` tokens) of the 1B Pro shape per module variant. One ~4 GB model at a
-    time, so the variants run one after another (not interleaved): compare on a quiet machine."""
+def _pro_forward_seconds(cfg: ModelConfig, seq: int, repeats: int) -> float:
+    """Median forward seconds (batch 1, `seq` tokens) of a fresh model of `cfg`, in this process."""
     import mindspore as ms
     from mindspore import Tensor
 
     from pangu_pro.model import PanGuPiForCausalLM
+    from pangu_pro.runtime import init_mindspore
+
+    init_mindspore(seed=0)
+    ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, seq)).astype(np.int32))
+    ms.set_seed(0)
+    model = PanGuPiForCausalLM(cfg)
+    model.set_train(False)
+    return timed(lambda: model(ids).asnumpy(), repeats)[1]
+
+
+def pro_forward_overhead(cfg: ModelConfig, seq: int, repeats: int) -> dict:
+    """Forward time (batch 1, `seq` tokens) of the 1B Pro shape per module variant. Each variant runs in
+    a process of its own, one after another (a compiled ~4 GB model is not freed within a process: two
+    in one process ran out of 24 GB), so compare on a quiet machine."""
+    import multiprocessing
 
     variants = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
-    ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, seq)).astype(np.int32))
     rows = {}
+    context = multiprocessing.get_context("spawn")
     for name, (siaf, aug) in variants.items():
-        ms.set_seed(0)
-        model = PanGuPiForCausalLM(dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug))
-        model.set_train(False)
-        _, forward = timed(lambda: model(ids).asnumpy(), repeats)
-        rows[name] = {"forward_s": forward}
-        del model
+        with context.Pool(1) as pool:
+            variant = dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug)
+            rows[name] = {"forward_s": pool.apply(_pro_forward_seconds, (variant, seq, repeats))}
     for row in rows.values():
         row["forward_overhead_pct"] = 100 * (row["forward_s"] / rows["llama"]["forward_s"] - 1)
     return rows
