@@ -336,7 +336,7 @@ class BlockSimilarity(nn.Cell):
         t = input_ids.shape[1]
         x = model.embed_tokens(input_ids)
         cos, sin = model.rope_cos[:t], model.rope_sin[:t]
-        mask = model.causal_mask[:t, :t]
+        mask = model.mask_for(t)  # the compressed flash mask stays whole
         changes = []
         for i in range(len(model.layers)):
             y = model.layers[i](x, cos, sin, mask)

@@ -180,6 +180,13 @@ def causal_mask(seq_length: int, flash: bool) -> np.ndarray:
     return np.where(future, MASK_VALUE, 0.0).astype(np.float32)
 
 
+def mask_for_tokens(mask, t: int, compressed: bool):
+    """The causal mask attention gets for `t` tokens: under flash attention's sparse_mode 2 the compressed
+    2048 x 2048 mask whole, whatever `t` (the kernel reads it as a fixed pattern, so a slice would be a
+    wrong mask); otherwise its top-left [t, t] corner. Works on numpy arrays and tensors alike."""
+    return mask if compressed else mask[:t, :t]
+
+
 class PanGuPiModel(nn.Cell):
     """Token embedding, the decoder layers and the final norm: ids [B, T] -> hidden [B, T, d] (fp32)."""
 
@@ -203,11 +210,15 @@ class PanGuPiModel(nn.Cell):
         if hidden_mask is not None:
             x = x * hidden_mask
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        mask = self.causal_mask if self.compressed_mask else self.causal_mask[:t, :t]  # compressed: any t
+        mask = self.mask_for(t)
         for i in range(len(self.layers)):
             x = self.layers[i](x, cos, sin, mask, None, None, None, _row(head_mask, i), _row(neuron_mask, i),
                                hidden_mask, _row(layer_mask, i))
         return self.norm(x, hidden_mask)
+
+    def mask_for(self, t: int):
+        """The causal mask of `t` tokens (`mask_for_tokens`); every caller running the layers uses this."""
+        return mask_for_tokens(self.causal_mask, t, self.compressed_mask)
 
     def forward_cached(self, input_ids, positions, cache_index, mask, k_caches, v_caches):
         """Incremental forward: tokens at `positions` [T] (cache rows `cache_index`) attend to the caches."""
