@@ -200,7 +200,6 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
             noises = [Tensor(masks.noise(ic.seed, (step - 1) * accum + i + 1, par.rank)) for i in range(accum)]
             total, lm, s = step_cell(micro, Tensor(targets), noises, lr_m, lr_l, lr_w)
             sparsity = {name: float(v) for name, v in zip(types, s)}
-            bar.update(1)
             if step % ic.log_every == 0 or step == ic.steps:
                 keep, _ = keep_arrays(cfg, masks, kept)
                 size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size,
@@ -217,6 +216,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
                                 **{k[:6]: f"{v:.2f}" for k, v in sparsity.items()}, refresh=False)
                 if metrics is not None:
                     metrics.write(record)
+            bar.update(1)  # after the postfix: a printed line shows this step's values
             if lead and (step % ic.checkpoint_every == 0 or step == ic.steps):
                 # masks, lambdas and their optimizer state; the teacher's weights only if they train
                 state = {"step": step, "consumed_batches": step * accum, "world": par.world, "types": types,
