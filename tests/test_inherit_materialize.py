@@ -8,7 +8,7 @@ from mindspore import Tensor
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.configtools import ConfigError
-from pangu_pro.inherit.hardconcrete import UnitArrays
+from pangu_pro.inherit.hardconcrete import MASK_TYPES, UnitArrays
 from pangu_pro.inherit.materialize import fold_values, head_mask_from_groups, materialize, select_units
 from pangu_pro.inherit.plan import plan_student
 from pangu_pro.model.params import count_parameters
@@ -17,7 +17,7 @@ from pangu_pro.model.weights import build_model, load_state, model_state
 TEACHER = ModelConfig(vocab_size=48, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2,
                       intermediate_size=40, seq_length=16, aug_shortcut_ratio=8, siaf=True, aug_shortcut=True)
 TARGET = ModelConfig(vocab_size=30, hidden_size=16, num_layers=3, num_heads=2, num_kv_heads=1,
-                     intermediate_size=24, seq_length=16)
+                     intermediate_size=24, seq_length=16, aug_shortcut_ratio=8)  # bottleneck 2 of the teacher's 4
 NEW2OLD = np.concatenate([[0, 1, 2], np.arange(5, 32)])  # 30 ids, pad/bos/eos kept
 
 
@@ -35,7 +35,7 @@ def masked_logits(model, cfg, ids, masks: UnitArrays):
     groups = cfg.num_heads // cfg.kv_heads
     out = model(Tensor(ids), Tensor(head_mask_from_groups(masks.heads, groups).astype(np.float32)),
                 Tensor(masks.neurons.astype(np.float32)), Tensor(masks.hidden.astype(np.float32)),
-                Tensor(masks.layers.astype(np.float32)))
+                Tensor(masks.layers.astype(np.float32)), Tensor(masks.bottleneck.astype(np.float32)))
     return out.asnumpy()
 
 
@@ -67,6 +67,10 @@ def test_masked_teacher_equals_student(vocab_map):
     other = dataclasses.replace(sel, hidden=np.sort(np.setdiff1d(np.arange(32), sel.hidden)[:16]))
     assert not np.allclose(masked_logits(teacher, TEACHER, ids_old, other.binary_masks(TEACHER))[..., :5],
                            expected[..., :5], atol=1e-3)
+    # the bottleneck mask matters too: other kept bottleneck units, other logits
+    other = dataclasses.replace(sel, bottleneck=np.sort(np.stack([np.setdiff1d(np.arange(4), b) for b in sel.bottleneck])))
+    assert not np.allclose(masked_logits(teacher, TEACHER, ids_old, other.binary_masks(TEACHER))[..., :5],
+                           expected[..., :5], atol=1e-3)
 
 
 def test_masks_of_ones_leave_the_teacher_unchanged():
@@ -93,9 +97,24 @@ def test_every_student_layer_has_exactly_the_target_counts():
         assert out[f"model.layers.{i}.attention.wk.weight"].shape == (s.kv_heads * s.head_dim, s.hidden_size)
         assert out[f"model.layers.{i}.feed_forward.w2.weight"].shape == (s.hidden_size, s.intermediate_size)
         assert out[f"model.layers.{i}.feed_forward.siaf.scale"].shape == (2, s.intermediate_size)
-        assert out[f"model.layers.{i}.aug_shortcut.down.weight"].shape == (TEACHER.aug_shortcut_dim, s.hidden_size)
+        assert sel.bottleneck[i].size == 2 and len(set(sel.bottleneck[i])) == 2
+        assert out[f"model.layers.{i}.aug_shortcut.down.weight"].shape == (2, s.hidden_size)
+        assert out[f"model.layers.{i}.aug_shortcut.up.weight"].shape == (s.hidden_size, 2)
     assert sum(v.size for v in out.values()) == count_parameters(s).total
-    assert s.aug_shortcut_dim == TEACHER.aug_shortcut_dim  # bottleneck kept whole
+    assert s == TARGET  # the target's own config: ratio 8, bottleneck 2 of the teacher's 4
+
+
+def test_teacher_bottleneck_mode_keeps_it_whole():
+    """inherit.aug_bottleneck: teacher — the student keeps all 4 bottleneck units; its ratio becomes 16 / 4."""
+    plan = plan_student(TEACHER, TARGET, NEW2OLD, aug_bottleneck="teacher")
+    assert (plan.student.aug_shortcut_ratio, plan.student.aug_shortcut_dim) == (4, TEACHER.aug_shortcut_dim)
+    assert "bottleneck" not in plan.pruned_types()
+    _, tensors = random_teacher(TEACHER, seed=3)
+    sel = select_units(plan, UnitArrays.full(TEACHER, 1.0))
+    out = materialize(tensors, plan, sel)
+    assert sum(v.size for v in out.values()) == count_parameters(plan.student).total
+    assert plan_student(TEACHER, TARGET, NEW2OLD).pruned_types() == ["heads", "neurons", "hidden", "layers",
+                                                                    "bottleneck"]
 
 
 @pytest.mark.parametrize("change,field", [
@@ -108,6 +127,8 @@ def test_every_student_layer_has_exactly_the_target_counts():
     ({"siaf": False}, "model.siaf"),
     ({"hidden_size": 8, "num_heads": 1, "num_kv_heads": None, "aug_shortcut_ratio": 1}, "model.num_heads"),
     ({"vocab_size": 31}, "model.vocab_size"),
+    ({"aug_shortcut_ratio": 2}, "model.aug_shortcut_ratio"),  # bottleneck 8 > the teacher's 4
+    ({"aug_shortcut_ratio": 5}, "model.aug_shortcut_ratio"),  # 16 / 5
 ])
 def test_bad_targets_fail_naming_the_field(change, field):
     target = dataclasses.replace(TARGET, **change)
@@ -129,31 +150,34 @@ def test_mask_cells_compute_the_numpy_formulas():
     from pangu_pro.inherit import hardconcrete as hc
     from pangu_pro.inherit.cells import InheritMasks
 
-    masks = InheritMasks(TEACHER, ["heads", "neurons", "hidden", "layers"], init_keep=0.7)
+    names = MASK_TYPES
+    masks = InheritMasks(TEACHER, list(names), init_keep=0.7)
     rng = np.random.default_rng(5)
-    for cell in (masks.heads, masks.neurons, masks.hidden, masks.layers):
+    for cell in masks.cells_in_order():
         cell.log_alpha.set_data(Tensor(rng.uniform(-6, 6, cell.shape).astype(np.float32)))
     noise = masks.noise(seed=3, step=7)
     assert np.array_equal(noise, masks.noise(seed=3, step=7)) and not np.array_equal(noise, masks.noise(3, 8))
-    head, neuron, hidden, layer = (t.asnumpy() for t in masks(Tensor(noise)))
-    la = {name: getattr(masks, name).log_alpha.asnumpy() for name in ("heads", "neurons", "hidden", "layers")}
-    sizes = np.cumsum([0] + [la[n].size for n in ("heads", "neurons", "hidden", "layers")])
-    names = ("heads", "neurons", "hidden", "layers")
+    head, neuron, hidden, layer, bottleneck = (t.asnumpy() for t in masks(Tensor(noise)))
+    la = {name: getattr(masks, name).log_alpha.asnumpy() for name in names}
+    sizes = np.cumsum([0] + [la[n].size for n in names])
     u = {n: noise[sizes[i]:sizes[i + 1]].reshape(la[n].shape) for i, n in enumerate(names)}
     want_groups = hc.sample_mask(la["heads"], u["heads"])
     np.testing.assert_allclose(head, head_mask_from_groups(want_groups, 2), atol=1e-5)
     np.testing.assert_allclose(neuron, hc.sample_mask(la["neurons"], u["neurons"]), atol=1e-5)
     np.testing.assert_allclose(hidden, hc.sample_mask(la["hidden"], u["hidden"]), atol=1e-5)
     np.testing.assert_allclose(layer, np.concatenate([[1], hc.sample_mask(la["layers"], u["layers"]), [1]]), atol=1e-5)
+    np.testing.assert_allclose(bottleneck, hc.sample_mask(la["bottleneck"], u["bottleneck"]), atol=1e-5)
     assert 0 < (hidden == 0).sum() < hidden.size  # the sample is hard: some zeros, not all
-    head, neuron, hidden, layer = (t.asnumpy() for t in masks())  # noise-free
+    head, neuron, hidden, layer, bottleneck = (t.asnumpy() for t in masks())  # noise-free
     np.testing.assert_allclose(hidden, hc.deterministic_mask(la["hidden"]), atol=1e-5)
-    want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in ("heads", "neurons", "hidden", "layers")]
-    targets, l1, l2 = np.array([0.3, 0.5, 0.2, 0.4]), np.array([0.5, -1.0, 2.0, 0.1]), np.array([3.0, 1.0, 0.5, 2.0])
+    np.testing.assert_allclose(bottleneck, hc.deterministic_mask(la["bottleneck"]), atol=1e-5)
+    want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in names]
+    targets, l1 = np.array([0.3, 0.5, 0.2, 0.4, 0.5]), np.array([0.5, -1.0, 2.0, 0.1, 0.7])
+    l2 = np.array([3.0, 1.0, 0.5, 2.0, 1.5])
     penalty, means = masks.penalty(Tensor(targets, ms.float32), Tensor(l1, ms.float32), Tensor(l2, ms.float32))
     np.testing.assert_allclose(means.asnumpy(), want, atol=1e-5)
     want_penalty = sum(hc.layer_constraint(hc.keep_probability(la[n]), targets[i], l1[i], l2[i])
-                       for i, n in enumerate(("heads", "neurons", "hidden", "layers")))
+                       for i, n in enumerate(names))
     np.testing.assert_allclose(float(penalty.asnumpy()), want_penalty, rtol=1e-5)
     assert masks.noise(3, 7, rank=1).tolist() != noise.tolist()  # every rank draws its own masks
 
@@ -167,7 +191,7 @@ def test_soft_masks_restricted_to_the_selection_equal_the_folded_student():
     sel = select_units(plan, UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.random(a.shape)))
     values = UnitArrays.full(TEACHER, 0.0).map(lambda a: rng.uniform(0.2, 1.0, a.shape))
     binary = sel.binary_masks(TEACHER)
-    soft = UnitArrays(*(getattr(values, n) * getattr(binary, n) for n in ("heads", "neurons", "hidden", "layers")))
+    soft = UnitArrays(*(getattr(values, n) * getattr(binary, n) for n in MASK_TYPES))
     student = build_model(plan.student)
     load_state(student, materialize(tensors, plan, sel, values))
     ids = rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32)
@@ -191,7 +215,7 @@ def test_masks_past_the_target_leave_no_dead_unit():
     sel = select_units(plan, log_alpha)
     values = log_alpha.map(hc.fold_value)
     binary = sel.binary_masks(TEACHER)
-    for name in ("heads", "neurons", "hidden"):
+    for name in ("heads", "neurons", "hidden", "bottleneck"):
         kept = getattr(binary, name) > 0
         assert (getattr(values, name)[kept] > 0).all(), name
     student_tensors = materialize(tensors, plan, sel, values)
@@ -216,7 +240,7 @@ def test_taylor_forms_bound_each_other():
     batches = [rng.integers(0, TEACHER.vocab_size, (2, 9)).astype(np.int32) for _ in range(2)]
     abs_sum = taylor_scores(teacher, TEACHER, batches, form="abs_sum")
     sum_abs = taylor_scores(teacher, TEACHER, batches, form="sum_abs")
-    for name in ("heads", "neurons"):
+    for name in ("heads", "neurons", "bottleneck"):
         a, b = getattr(abs_sum, name), getattr(sum_abs, name)
         assert (b >= a * (1 - 1e-4)).all(), name
         assert (b > a * 1.01).any(), name

@@ -83,14 +83,19 @@ def test_expected_size_equals_student_count_at_deterministic_masks():
         keep.heads[layer, rng.choice(2, 1, replace=False)] = 1.0
         keep.neurons[layer, rng.choice(40, 24, replace=False)] = 1.0
     keep.hidden[rng.choice(32, 16, replace=False)] = 1.0
-    size = hc.expected_size(TEACHER, keep, aug_bottleneck=plan.aug_bottleneck)
+    keep.bottleneck[:, :] = 1.0  # the student's ratio 4 keeps all 4 of the teacher's units
+    size = hc.expected_size(TEACHER, keep)
     assert size == count_parameters(plan.student).total
     # with a smaller vocabulary and tied embeddings too
     tied_t = dataclasses.replace(TEACHER, tie_word_embeddings=True)
     tied_s = dataclasses.replace(STUDENT, tie_word_embeddings=True, vocab_size=20)
     plan = plan_student(tied_t, tied_s, np.concatenate([[0, 1, 2], np.arange(5, 22)]))
-    size = hc.expected_size(tied_t, keep, vocab_size=20, aug_bottleneck=plan.aug_bottleneck)
+    size = hc.expected_size(tied_t, keep, vocab_size=20)
     assert size == count_parameters(plan.student).total
+    # a shrunk bottleneck (the target's ratio 8: 2 of 4 units per layer)
+    plan = plan_student(TEACHER, dataclasses.replace(STUDENT, aug_shortcut_ratio=8))
+    keep.bottleneck[:, :2] = 0.0
+    assert hc.expected_size(TEACHER, keep) == count_parameters(plan.student).total
     # all ones: the teacher
     assert hc.expected_size(TEACHER, UnitArrays.full(TEACHER)) == count_parameters(TEACHER).total
 
@@ -126,11 +131,34 @@ def test_select_layers_keeps_first_and_last():
 
 
 def test_bench_helpers(tmp_path):
-    from pangu_pro.bench.inherit import BYTE_OFFSET, byte_rows, steps_to_reach
+    from pangu_pro.bench.inherit import BYTE_OFFSET, byte_rows, format_table, merge_results, paired_difference
 
     (tmp_path / "t.txt").write_text("ab\ncd\n", encoding="utf-8")
     rows = byte_rows(tmp_path / "t.txt", 2)
     assert rows.tolist() == [[ord("a") + BYTE_OFFSET, ord("b") + BYTE_OFFSET, 2],
                              [ord("c") + BYTE_OFFSET, ord("d") + BYTE_OFFSET, 2]]
-    curve = [(0, 5.0), (10, 3.0), (20, 2.5)]
-    assert steps_to_reach(curve, 3.0) == 10 and steps_to_reach(curve, 2.0) is None
+
+    def run(seed, l1, l2):
+        student = lambda k: {"loss_0": k, "loss_k": k, "derive_seconds": 1.0}  # noqa: E731
+        return {"seed": seed, "teacher_heldout_loss": 2.0,
+                "students": {"random init": student(5.0), "l1": student(l1), "l2": student(l2)}}
+
+    setup = {"teacher": "t", "student": "s", "data": "d", "teacher_steps": 1, "mask_steps": 2, "lr_mask": 0.1,
+             "data_budget_sequences": 8, "continue_steps": 3}
+    result = {"setup": setup, "teacher_parameters": 10, "student_parameters": 5, "seconds": 1.0,
+              "runs": [run(1, 3.0, 3.5), run(2, 3.1, 3.4)]}
+    merged = merge_results([result, {**result, "runs": [run(3, 2.9, 3.6)]}])
+    assert [r["seed"] for r in merged["runs"]] == [1, 2, 3]
+    with pytest.raises(ValueError, match="seed appears twice"):
+        merge_results([result, result])
+    with pytest.raises(ValueError, match="mask_steps"):
+        merge_results([result, {**result, "setup": {**setup, "mask_steps": 5}, "runs": [run(3, 1, 1)]}])
+    d = paired_difference(merged["runs"], "l1", "l2", "loss_k")  # -0.5, -0.3, -0.7: consistent
+    assert d["mean"] == pytest.approx(-0.5) and d["sd"] == pytest.approx(0.2) and d["significant"]
+    assert d["a_lower"] == 3
+    noisy = [run(1, 3.0, 3.5), run(2, 3.6, 3.1), run(3, 3.0, 3.2)]  # signs disagree
+    assert not paired_difference(noisy, "l1", "l2", "loss_k")["significant"]
+    text = format_table(merged)
+    assert "**-0.500 ± 0.200**" in text and "l1 − l2 -0.500" in text
+    assert "no difference exceeds seed noise" not in text.split("after 3 steps:")[-1]
+    assert "no difference exceeds seed noise" in format_table({**merged, "runs": noisy})

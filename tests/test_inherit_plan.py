@@ -16,7 +16,7 @@ def test_7b_mask_plan_fits_a_64gb_device_by_a_hand_sum(name):
     # PanGu-pi-7B: 29 layers, H 4096, 32 heads of 128, F 11008, V 100883, SIAF 2 terms, AugShortcut 128, bf16
     params = 6_727_240_704
     weights = 2 * params  # frozen, bf16
-    masks = 16 * (29 * (32 + 11008) + 4096 + 27)
+    masks = 16 * (29 * (32 + 11008 + 128) + 4096 + 27)  # groups, neurons, bottleneck units per layer; hidden; gates
     H, F, V, c = 4096, 11008, 100883, 2
     layer_none = (2 * (4 * H + c * H) + 2 * c * 128) + (4 * (H + H) + 3 * c * H + c * H + 8 * 32) + (4 + 2) * c * F
     mask_none = c * H + c * F + 8 * H

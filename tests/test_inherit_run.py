@@ -76,7 +76,12 @@ def test_heuristic_criteria_write_a_loadable_student(setup, criterion):
     assert (train.steps, train.warmup_steps, train.lr) == (777, 7, 5e-4)
     assert Path(train.init_weights) == out / "student" / "model.safetensors"
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size) == (16, 3, 2, 24)
-    assert cfg.aug_shortcut_dim == 4  # the teacher's bottleneck, whole
+    # the student's model section is the target preset's (AugShortcut bottleneck 2 of the teacher's 4 units),
+    # so the preset itself loads the student
+    preset = load_config(setup / "student.yaml").model
+    assert cfg == preset and cfg.aug_shortcut_dim == 2
+    build_model(preset, out / "student")
+    assert [len(b) for b in json.loads((out / "student" / "selection.json").read_text())["bottleneck"]] == [2, 2, 2]
     summary = json.loads((out / "inherit.json").read_text())
     assert summary["student_parameters"] == count_parameters(cfg).total
     assert summary["kept_layers"][0] == 0 and summary["kept_layers"][-1] == 3
@@ -94,7 +99,7 @@ def test_learned_masks_reach_targets_and_resume_exactly(setup, capsys):
     # the constraint pulled each type toward its target sparsity: heads 0.5, neurons 0.5, hidden 0.5, layers 0.5
     for name, s in summary["sparsity"].items():
         assert abs(s - 0.5) < 0.1, (name, s)
-    assert set(summary["sparsity"]) == {"heads", "neurons", "hidden", "layers"}
+    assert set(summary["sparsity"]) == {"heads", "neurons", "hidden", "layers", "bottleneck"}
     records = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(10, 121, 10))
     assert records[0]["target_heads"] < records[-1]["target_heads"] == pytest.approx(0.5)
@@ -116,27 +121,36 @@ def test_learned_masks_reach_targets_and_resume_exactly(setup, capsys):
     assert "already holds mask checkpoints" in capsys.readouterr().err
 
 
-def test_per_layer_constraint_frozen_teacher_checkpoints_and_convergence(setup, capsys):
-    """Target 50%: every layer's heads and neurons end within 0.1 of it (the constraint pulls each layer,
-    not the average); layer_sparsity is logged per layer; a frozen teacher is not checkpointed; the
-    convergence report is printed and an unconverged run is refused without --force."""
+def test_per_layer_constraint_frozen_teacher_checkpoints_and_convergence(setup, capsys, monkeypatch):
+    """Target 50%: every layer's heads, neurons and bottleneck units end within 0.1 of it (the constraint
+    pulls each layer, not the average); layer_sparsity is logged per layer; a frozen teacher is not
+    checkpointed; the convergence report is printed and an unconverged run is refused without --force;
+    every progress line shows the values of its own step."""
+    import re
+
     path = write_inherit(setup, "perlayer", criterion="learned", layer_selection="cosine", steps=150,
                          checkpoint_every=150, lr_weights=0, lr_mask=0.3, lr_lambda=2.0, log_every=10)
-    assert main(["inherit", str(path), "--no-progress", "--force"]) == 0
+    monkeypatch.setenv("PANGU_PRO_PROGRESS", "lines")
+    assert main(["inherit", str(path), "--force"]) == 0
     out = setup / "perlayer"
-    last = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()][-1]
-    assert set(last["layer_sparsity"]) == {"heads", "neurons", "hidden"}
+    records = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()]
+    printed = capsys.readouterr()
+    shown = {int(m.group(1)): m.group(2) for m in re.finditer(r"masks (\d+)/150 step \S+ \| loss ([0-9.]+)",
+                                                               printed.out + printed.err)}
+    assert len(shown) == 15 and shown == {r["step"]: f"{r['loss']:.3f}" for r in records}
+    assert "mask convergence" in printed.out + printed.err
+    last = records[-1]
+    assert set(last["layer_sparsity"]) == {"heads", "neurons", "hidden", "bottleneck"}
     assert len(last["layer_sparsity"]["neurons"]) == 3  # the kept layers
     for name, values in last["layer_sparsity"].items():
         for s in values:
             assert abs(s - 0.5) < 0.1, (name, values)
-    assert "mask convergence" in capsys.readouterr().out
     summary = json.loads((out / "inherit.json").read_text())
     assert summary["convergence"]["spread"]["neurons"]["target"] == pytest.approx(0.5)
     assert summary["losses"]["student"] == pytest.approx(summary["losses"]["masked_teacher_selected"], rel=1e-4)
     saved, _ = load_tensors(out / "masks" / "step_00000150" / "model.safetensors")
-    assert sorted(saved) == ["heads.log_alpha", "hidden.log_alpha", "lagrangian.lambda1", "lagrangian.lambda2",
-                             "neurons.log_alpha"]
+    assert sorted(saved) == ["bottleneck.log_alpha", "heads.log_alpha", "hidden.log_alpha", "lagrangian.lambda1",
+                             "lagrangian.lambda2", "neurons.log_alpha"]
     # a run that cannot converge (4 steps) is refused without --force, naming the way out
     short = write_inherit(setup, "short", criterion="learned", steps=4, checkpoint_every=4, lr_weights=0)
     assert main(["inherit", str(short), "--no-progress"]) == 2
@@ -161,7 +175,7 @@ def test_bad_target_fails_before_compute_naming_the_field(setup, capsys):
     assert "data.train_files" in capsys.readouterr().err
     ok = write_inherit(setup, "ok")
     assert main(["inherit", str(ok), "--check"]) == 0
-    assert "aug_shortcut_ratio 4" in capsys.readouterr().out
+    assert "aug_shortcut_ratio 8" in capsys.readouterr().out  # the target's: bottleneck 2 of the teacher's 4
 
 
 def test_inherit_config_sections(setup):
@@ -174,21 +188,30 @@ def test_inherit_config_sections(setup):
         load_inherit_config(write_inherit(setup, "cfg"), ["inherit.lr_lambda=-1"])
 
 
-@pytest.mark.parametrize("name,hidden,ratio", [("1b_pro", 1792, 14), ("1_5b_pro", 2048, 16)])
-def test_real_inheritance_configs_plan(name, hidden, ratio):
-    """The 7B -> 1B / 1.5B Pro configs pass every check given a 48k id map (no compute)."""
+@pytest.mark.parametrize("name", ["1b_pro", "1_5b_pro"])
+def test_real_inheritance_configs_give_the_preset_student(name):
+    """The 7B -> 1B / 1.5B Pro configs pass every check given a 48k id map (no compute), and the student's
+    model config is the preset's model section (AugShortcut bottleneck shrunk to ratio 32), so
+    configs/pangu_1b_pro.yaml / pangu_1_5b_pro.yaml load the student directly."""
+    import dataclasses
+
+    from pangu_pro.inherit.materialize import student_config
     from pangu_pro.inherit.plan import plan_student
 
     config = load_inherit_config(f"configs/inherit_7b_to_{name}.yaml")
     assert config.model.hidden_size == 4096 and config.inherit.criterion == "learned"
-    target = load_config(config.inherit.target_config).model
+    assert config.inherit.aug_bottleneck == "preset"
+    preset = load_config(f"configs/pangu_{name}.yaml")
+    assert Path(config.inherit.target_config).resolve() == Path(f"configs/pangu_{name}.yaml").resolve()
     new2old = np.arange(48000) * 2  # keeps ids 0 (pad) and 2 (eos) but not 1 (bos)
     from pangu_pro.configtools import ConfigError
     with pytest.raises(ConfigError, match="bos_token_id"):
-        plan_student(config.model, target, new2old)
-    plan = plan_student(config.model, target, np.arange(48000))
-    s = plan.student
-    assert (s.hidden_size, s.aug_shortcut_ratio, s.aug_shortcut_dim, s.head_dim) == (hidden, ratio, 128, 128)
-    assert plan.pruned_types() == ["heads", "neurons", "hidden", "layers"]
-    extra = 2 * s.num_layers * hidden * (128 - hidden // 32)  # the whole 128-wide AugShortcut bottleneck
-    assert count_parameters(s).total == count_parameters(target).total + extra
+        plan_student(config.model, preset.model, new2old)
+    plan = plan_student(config.model, preset.model, np.arange(48000), aug_bottleneck=config.inherit.aug_bottleneck)
+    assert plan.student == preset.model
+    assert (plan.student.aug_shortcut_ratio, plan.student.aug_shortcut_dim) == (32, preset.model.hidden_size // 32)
+    assert plan.pruned_types() == ["heads", "neurons", "hidden", "layers", "bottleneck"]
+    written = student_config(plan, config.inherit.target_config, Path("student/model.safetensors"))
+    assert written.model == preset.model and written.train == dataclasses.replace(
+        preset.train, init_weights="student/model.safetensors")
+    assert count_parameters(plan.student).total == count_parameters(preset.model).total

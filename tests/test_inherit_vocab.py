@@ -11,7 +11,7 @@ from mindspore import Tensor
 
 from pangu_pro.cli import main
 from pangu_pro.config import load_config
-from pangu_pro.inherit.hardconcrete import UnitArrays
+from pangu_pro.inherit.hardconcrete import MASK_TYPES, UnitArrays
 from pangu_pro.inherit.materialize import fold_values, head_mask_from_groups
 from pangu_pro.model.weights import build_model, load_state, model_state, save_weights
 
@@ -115,15 +115,16 @@ def test_compact_vocabulary_end_to_end(setup):
     np.testing.assert_allclose(summary["layer_scores"], expected, rtol=1e-5, atol=1e-6)
     # the student on compact ids == the teacher (mask values folded, the selection's 0/1 masks) on teacher ids
     masks = np.load(out / "masks_final.npz")
-    values = UnitArrays(*(masks[f"values_{k}"] for k in ("heads", "neurons", "hidden", "layers")))
-    keep = UnitArrays(*(masks[f"selected_{k}"] for k in ("heads", "neurons", "hidden", "layers")))
+    values = UnitArrays(*(masks[f"values_{k}"] for k in MASK_TYPES))
+    keep = UnitArrays(*(masks[f"selected_{k}"] for k in MASK_TYPES))
     load_state(teacher, fold_values(model_state(teacher), teacher_cfg, values))
     ids = np.asarray(batches[0][:, :16], np.int32)
     groups = teacher_cfg.num_heads // teacher_cfg.kv_heads
     t_logits = teacher(Tensor(NEW2OLD[ids].astype(np.int32)),
                        Tensor(head_mask_from_groups(keep.heads, groups).astype(np.float32)),
                        Tensor(keep.neurons.astype(np.float32)), Tensor(keep.hidden.astype(np.float32)),
-                       Tensor(keep.layers.astype(np.float32))).asnumpy()[..., NEW2OLD]
+                       Tensor(keep.layers.astype(np.float32)),
+                       Tensor(keep.bottleneck.astype(np.float32))).asnumpy()[..., NEW2OLD]
     s_cfg = load_config(out / "student" / "config.yaml").model
     assert s_cfg.vocab_size == 40
     student = build_model(s_cfg, out / "student")

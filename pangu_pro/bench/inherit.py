@@ -1,24 +1,31 @@
 """`pangu-pro bench inherit`: which inheritance criterion gives the best student (paper-notes §5)?
 
 On the built-in corpus (`pangu_pro.data.corpus`, standard-library prose) with a byte-level vocabulary
-(259 ids: pad, bos, eos, 256 bytes; no tokenizer training, so the benchmark stays within minutes):
+(259 ids: pad, bos, eos, 256 bytes; no tokenizer training, so the benchmark stays within minutes),
+for every seed of `--seeds`:
 
   1. pretrain a small teacher (8 layers x 128, GQA 4/2 heads, SIAF and AugShortcut on) with the
-     trainer (`pangu_pro.train.trainer.train`);
+     trainer (`pangu_pro.train.trainer.train`); the seed sets its initialisation and the data order;
   2. derive same-shape students (6 layers x 64, 2 heads, ffn 176) with `pangu-pro inherit`'s pipeline
      (`run_inherit`): random selection, L1, L2, Taylor and learned hard-concrete masks, layers by
-     cosine; plus a randomly initialised student ("random init", no inheritance);
+     cosine; plus a randomly initialised student ("random init", no inheritance). **Equal data
+     budgets**: every criterion that reads data sees the same `--mask-steps` x `--batch-size`
+     sequences (Taylor scores and the cosine layer scores of every criterion use that many
+     calibration sequences; learned masks train that many steps of one batch); L1, L2 and random use
+     no data by construction. The learned masks must pass `pangu_pro.inherit.convergence` (recorded);
   3. continue pretraining every student with the trainer's AdamW / TrainStep / schedule on the same
-     batches for K steps; held-out loss at 0 and every K/10 steps;
-  4. report held-out loss after 0 and K steps, and the steps each student needs to reach (a) the
-     loss the random-init student ends at, (b) the loss the worst inherited student ends at.
+     batches for K steps; held-out loss at 0, K/2 and K steps.
 
-Writes benchmarks/results/inherit.json and inherit.md.
+Reported over seeds: held-out loss after 0 and K steps (mean ± sample standard deviation) and the
+paired differences between criteria (same seed and teacher), each marked when it exceeds seed noise
+(two-sided paired t-test at 5%). Writes OUT/inherit.json and OUT/inherit.md; finished seeds are kept
+in WORK/seed_N/result.json and skipped on a re-run; `--render JSON [JSON ...]` redraws the table from
+results files, merging runs of other seeds.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -35,12 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus-mb", type=float, default=1.0, help="built-in corpus size")
     parser.add_argument("--seq", type=int, default=64, help="tokens per sample")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--teacher-steps", type=int, default=400)
-    parser.add_argument("--mask-steps", type=int, default=150, help="learned-mask steps (teacher weights frozen)")
-    parser.add_argument("--steps", type=int, default=150, help="continued-pretraining steps K per student")
+    parser.add_argument("--teacher-steps", type=int, default=150)
+    parser.add_argument("--mask-steps", type=int, default=80,
+                        help="learned-mask steps (teacher weights frozen); also the data budget of every criterion: "
+                        "MASK_STEPS x BATCH_SIZE sequences")
+    parser.add_argument("--lr-mask", type=float, default=0.3, help="learning rate of the mask logits")
+    parser.add_argument("--steps", type=int, default=40, help="continued-pretraining steps K per student")
     parser.add_argument("--eval-batches", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="seeds (each: teacher initialisation, data order, mask noise, random selection)")
+    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA,
+                        help="inheritance criteria to compare (default all)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                        help="only redraw the table from results files (several: runs of other seeds, merged)")
 
 
 def byte_rows(path: Path, seq: int) -> np.ndarray:
@@ -87,7 +102,7 @@ def held_out_loss(model, heldout: Path, batch_size: int) -> float:
 
 
 def continue_pretraining(model, rows: np.ndarray, heldout: Path, args, lr: float) -> list[tuple[int, float]]:
-    """K steps of AdamW on `rows` in order; held-out loss at step 0 and every K/8 steps."""
+    """K steps of AdamW on `rows` in order; held-out loss at step 0, K/2 and K."""
     from mindspore import Tensor
 
     from pangu_pro.config import TrainConfig
@@ -99,7 +114,7 @@ def continue_pretraining(model, rows: np.ndarray, heldout: Path, args, lr: float
     tc = TrainConfig(batch_size=args.batch_size, lr=lr, warmup_steps=max(1, args.steps // 20), steps=args.steps,
                      weight_decay=0.1, grad_clip=1.0)
     step_fn = TrainStep(PanGuPiWithLoss(model), build_optimizer(model.trainable_params(), tc), grad_clip=tc.grad_clip)
-    every = max(1, args.steps // 10)
+    every = max(1, args.steps // 2)
     curve = [(0, held_out_loss(model, heldout, args.batch_size))]
     for step in range(1, args.steps + 1):
         start = ((step - 1) * args.batch_size) % (len(rows) - args.batch_size)
@@ -111,165 +126,245 @@ def continue_pretraining(model, rows: np.ndarray, heldout: Path, args, lr: float
     return curve
 
 
-def steps_to_reach(curve: list[tuple[int, float]], target: float):
-    for step, loss in curve:
-        if loss <= target + 1e-9:
-            return step
-    return None
+def student_name(criterion: str) -> str:
+    return "random selection" if criterion == "random" else criterion
 
 
-def format_table(result: dict) -> str:
-    k = result["setup"]["continue_steps"]
-    lines = [
-        "# Parameter inheritance: which criterion gives the best student?",
-        "",
-        f"Teacher: {result['setup']['teacher']} ({result['teacher']['parameters']:,} parameters), "
-        f"pretrained {result['setup']['teacher_steps']} steps, held-out loss {result['teacher']['heldout_loss']:.3f}. "
-        f"Student: {result['setup']['student']} ({result['student_parameters']:,} parameters). "
-        f"Data: {result['setup']['data']}.",
-        "",
-        f"| student | held-out loss at 0 | after {k} steps | steps to {result['reach_target']:.3f} "
-        f"(random init at {k}) | steps to {result['reach_target_inherited']:.3f} (worst inherited at {k}) "
-        f"| derive time (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, row in result["students"].items():
-        reach, tight = row["steps_to_reach"], row["steps_to_reach_inherited"]
-        lines.append(f"| {name} | {row['loss_0']:.3f} | {row['loss_k']:.3f} | "
-                     f"{'—' if reach is None else reach} | {'—' if tight is None else tight} | "
-                     f"{row['derive_seconds']:.1f} |")
-    inherited = {n: r for n, r in result["students"].items() if n != "random init"}
-    best0 = min(inherited, key=lambda n: inherited[n]["loss_0"])
-    bestk = min(inherited, key=lambda n: inherited[n]["loss_k"])
-    scratch = result["students"]["random init"]
-    lines += ["", f"Observed: every inherited student starts far below random init ({scratch['loss_0']:.3f}) and "
-              f"ends below it ({scratch['loss_k']:.3f} after {k} steps). Lowest loss at step 0: {best0} "
-              f"({inherited[best0]['loss_0']:.3f}); lowest after {k} steps: {bestk} "
-              f"({inherited[bestk]['loss_k']:.3f}). The paper's order (learned >= Taylor > L2 > L1 >> random) is "
-              f"expected after long continued pretraining; this run is short, on a tiny model, with one seed.",
-              "", result["notes"], ""]
-    return "\n".join(lines)
+def run_seed(args, seed: int, corpus: Path, work: Path) -> dict:
+    """Teacher, students and continued pretraining of one seed; the result is kept in WORK/result.json."""
+    import shutil
 
+    import mindspore as ms
+    import yaml
 
-def run(args) -> int:
-    from pangu_pro.config import config_from_dict
-    from pangu_pro.data.corpus import build_builtin_corpus
+    from pangu_pro.config import config_from_dict, load_config
     from pangu_pro.inherit.config import InheritConfig, InheritRunConfig
     from pangu_pro.inherit.run import run_inherit
-    from pangu_pro.io import atomic_write_json, atomic_write_text
-    from pangu_pro.model.params import count_parameters
+    from pangu_pro.io import atomic_write_json, read_json
     from pangu_pro.model.weights import build_model
-    from pangu_pro.runtime import init_mindspore
     from pangu_pro.train.trainer import train
 
-    began = time.perf_counter()
-    init_mindspore(args.seed)
-    work = Path(args.work)
+    done = work / "result.json"
+    if done.is_file():
+        print(f"seed {seed}: kept result {done}", flush=True)
+        return read_json(done)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = work / "corpus"
-    if not (corpus / "manifest.json").is_file():
-        build_builtin_corpus(corpus, args.corpus_mb, progress=False)
+    ms.set_seed(seed)
     rows = byte_rows(corpus / "train.txt", args.seq)
     heldout_rows = byte_rows(corpus / "heldout.txt", args.seq)[: args.eval_batches * args.batch_size]
-    rng = np.random.default_rng(args.seed)
-    rows = rows[rng.permutation(len(rows))]
+    rows = rows[np.random.default_rng(seed).permutation(len(rows))]
     data = write_shards(rows, work / "data")
     heldout = write_shards(heldout_rows, work / "heldout")
-    print(f"data: {len(rows)} train rows, {len(heldout_rows)} held-out rows of {args.seq + 1} byte ids", flush=True)
 
     # 1. teacher
     teacher_dir = work / "teacher"
-    teacher_raw = {"model": teacher_model(args.seq), "data": {"train_files": [str(data)], "seed": args.seed},
+    teacher_raw = {"model": teacher_model(args.seq), "data": {"train_files": [str(data)], "seed": seed},
                    "train": {"batch_size": args.batch_size, "lr": 2e-3, "warmup_steps": args.teacher_steps // 20,
-                             "steps": args.teacher_steps, "output_dir": str(teacher_dir), "log_every": 50}}
+                             "steps": args.teacher_steps, "output_dir": str(teacher_dir), "log_every": 50,
+                             "seed": seed}}
     teacher_cfg = config_from_dict(teacher_raw, "bench teacher")
     ckpt = teacher_dir / "checkpoints" / f"step_{args.teacher_steps:08d}"
     t0 = time.perf_counter()
     if not (ckpt / "state.json").is_file():
-        import shutil
         shutil.rmtree(teacher_dir, ignore_errors=True)
         train(teacher_cfg, progress=False, announce=lambda *_: None)
     teacher_seconds = time.perf_counter() - t0
-    teacher = build_model(teacher_cfg.model, ckpt)
-    teacher_loss = held_out_loss(teacher, heldout, args.batch_size)
-    print(f"teacher: {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss {teacher_loss:.3f}",
-          flush=True)
+    teacher_loss = held_out_loss(build_model(teacher_cfg.model, ckpt), heldout, args.batch_size)
+    print(f"seed {seed}: teacher {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss "
+          f"{teacher_loss:.3f}", flush=True)
 
-    # 2. students
+    # 2. students, every data-reading criterion on the same number of sequences
     target_path = work / "student.yaml"
-    import yaml
     target_path.write_text(yaml.safe_dump({"model": student_model(args.seq)}))
-    students = {}
-    derive_seconds = {}
-    student_cfg = None
-    for criterion in CRITERIA:
+    derived = {}
+    for criterion in args.criteria:
         out = work / f"inherit_{criterion}"
         inherit = InheritConfig(target_config=str(target_path), teacher_checkpoint=str(ckpt), criterion=criterion,
-                                layer_selection="cosine", calibration_batches=4, steps=args.mask_steps,
-                                batch_size=args.batch_size, lr_mask=0.1, lr_lambda=1.0, lr_weights=0.0,
-                                log_every=max(1, args.mask_steps // 4), checkpoint_every=args.mask_steps,
-                                seed=args.seed, output_dir=str(out))
-        config = InheritRunConfig.of(teacher_cfg, inherit)
-        import shutil
+                                layer_selection="cosine", calibration_batches=args.mask_steps,
+                                steps=args.mask_steps, batch_size=args.batch_size, lr_mask=args.lr_mask,
+                                lr_lambda=1.0, lr_weights=0.0, log_every=max(1, args.mask_steps // 10),
+                                checkpoint_every=args.mask_steps, seed=seed, output_dir=str(out))
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        # force: the report records whether the masks converged (summary["convergence"]) instead of stopping
-        summary = run_inherit(config, progress=False, announce=lambda *_: None, force=True)
-        derive_seconds[criterion] = time.perf_counter() - t0
-        from pangu_pro.config import load_config
+        # force: the convergence report is recorded (and shown in the table) instead of stopping the benchmark
+        summary = run_inherit(InheritRunConfig.of(teacher_cfg, inherit), progress=False, announce=lambda *_: None,
+                              force=True)
+        seconds = time.perf_counter() - t0
         student_cfg = load_config(out / "student" / "config.yaml").model
-        students[criterion] = (build_model(student_cfg, out / "student"), summary)
-        print(f"derived {criterion}: layers {summary['kept_layers']} in {derive_seconds[criterion]:.0f} s", flush=True)
-    scratch = build_model(student_cfg, seed=args.seed)
+        derived[criterion] = (build_model(student_cfg, out / "student"), summary, seconds)
+        print(f"seed {seed}: derived {criterion}: layers {summary['kept_layers']} in {seconds:.0f} s"
+              + (f", converged {summary['convergence']['converged']}" if "convergence" in summary else ""),
+              flush=True)
+    order = [("random init", build_model(student_cfg, seed=seed), None, 0.0)] + [
+        (student_name(c), m, s, sec) for c, (m, s, sec) in derived.items()]
 
     # 3. continued pretraining (rows after the teacher's share, the same order for every student)
     start = min(args.teacher_steps * args.batch_size, len(rows) - args.steps * args.batch_size - 1)
     cont_rows = rows[max(0, start):]
-    lr = 1e-3
-    results = {}
-    order = [("random init", scratch, None)] + [
-        (f"{c} (inherited)" if c != "random" else "random selection (inherited)", m, s)
-        for c, (m, s) in students.items()]
-    for name, model, summary in order:
+    students = {}
+    for name, model, summary, seconds in order:
         t0 = time.perf_counter()
-        curve = continue_pretraining(model, cont_rows, heldout, args, lr)
-        key = "random init" if summary is None else summary["criterion"]
-        results[name] = {"criterion": key, "curve": curve, "loss_0": curve[0][1], "loss_k": curve[-1][1],
-                         "derive_seconds": 0.0 if summary is None else derive_seconds[key],
-                         "train_seconds": time.perf_counter() - t0,
-                         "kept_layers": None if summary is None else summary["kept_layers"]}
-        print(f"{name}: held-out {curve[0][1]:.3f} -> {curve[-1][1]:.3f}", flush=True)
-    target = results["random init"]["loss_k"]
-    tight = max(row["loss_k"] for name, row in results.items() if name != "random init")
-    for row in results.values():
-        row["steps_to_reach"] = steps_to_reach(row["curve"], target)
-        row["steps_to_reach_inherited"] = steps_to_reach(row["curve"], tight)
-    learned = students["learned"][1]
-    result = {
-        "benchmark": "inherit",
-        "setup": {"teacher": "8 layers x 128, 4 heads / 2 kv, ffn 352, SIAF + AugShortcut",
-                  "student": "6 layers x 64, 2 heads / 1 kv, ffn 176 (AugShortcut bottleneck 8 kept)",
-                  "data": f"built-in corpus ({args.corpus_mb} MB of stdlib prose), byte-level ids, "
-                          f"seq {args.seq}, batch {args.batch_size}",
-                  "teacher_steps": args.teacher_steps, "mask_steps": args.mask_steps,
-                  "continue_steps": args.steps, "continue_lr": lr, "seed": args.seed},
-        "teacher": {"parameters": count_parameters(teacher_cfg.model).total, "heldout_loss": teacher_loss,
-                    "train_seconds": teacher_seconds},
-        "student_parameters": count_parameters(student_cfg).total,
-        "learned_masks": {"expected_size": learned.get("expected_size"), "sparsity": learned.get("sparsity")},
-        "reach_target": target,
-        "reach_target_inherited": tight,
-        "students": results,
-        "seconds": time.perf_counter() - began,
-        "notes": ("Layers by cosine (first and last kept) for every inherited student. Learned masks train "
-                  f"{args.mask_steps} steps with the teacher's weights frozen (lr_weights 0), so every "
-                  "student's weights see the same number of updates; their mask values are folded into "
-                  "the weights. One seed; differences of a few hundredths are within run-to-run noise."),
-    }
-    print(format_table(result))
+        curve = continue_pretraining(model, cont_rows, heldout, args, CONTINUE_LR)
+        students[name] = {"curve": curve, "loss_0": curve[0][1], "loss_k": curve[-1][1], "derive_seconds": seconds,
+                          "train_seconds": time.perf_counter() - t0,
+                          "kept_layers": None if summary is None else summary["kept_layers"]}
+        if summary is not None and "convergence" in summary:
+            students[name].update(convergence=summary["convergence"], sparsity=summary["sparsity"],
+                                  losses=summary.get("losses"))
+        print(f"seed {seed}: {name}: held-out {curve[0][1]:.3f} -> {curve[-1][1]:.3f}", flush=True)
+    result = {"seed": seed, "teacher_heldout_loss": teacher_loss, "teacher_seconds": teacher_seconds,
+              "train_rows": len(rows), "students": students}
+    atomic_write_json(done, result)
+    return result
+
+
+CONTINUE_LR = 1e-3
+
+
+def setup_of(args) -> dict:
+    return {"teacher": "8 layers x 128, 4 heads / 2 kv, ffn 352, SIAF + AugShortcut (bottleneck 8)",
+            "student": "6 layers x 64, 2 heads / 1 kv, ffn 176, AugShortcut bottleneck 8 (the teacher's, kept)",
+            "data": f"built-in corpus ({args.corpus_mb} MB of stdlib prose), byte-level ids, seq {args.seq}, "
+                    f"batch {args.batch_size}",
+            "teacher_steps": args.teacher_steps, "mask_steps": args.mask_steps, "lr_mask": args.lr_mask,
+            "data_budget_sequences": args.mask_steps * args.batch_size, "continue_steps": args.steps,
+            "continue_lr": CONTINUE_LR, "eval_batches": args.eval_batches, "criteria": list(args.criteria)}
+
+
+def merge_results(results: list[dict]) -> dict:
+    """Results of several runs with the same set-up (other seeds) as one."""
+    merged = json.loads(json.dumps(results[0]))
+    for other in results[1:]:
+        differ = sorted(k for k in other["setup"] if other["setup"][k] != merged["setup"].get(k))
+        if differ:
+            raise ValueError(f"cannot merge results of different set-ups (they differ in {differ})")
+        merged["runs"] += other["runs"]
+        merged["seconds"] = max(merged["seconds"], other["seconds"])
+    seeds = [r["seed"] for r in merged["runs"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed appears twice in the merged results: {seeds}")
+    return merged
+
+
+def mean_sd(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def paired_difference(runs: list[dict], a: str, b: str, key: str) -> dict:
+    """a − b of `key` per seed: mean, sd, and whether it exceeds seed noise (two-sided paired t-test, 5%)."""
+    from scipy import stats
+
+    diffs = np.array([r["students"][a][key] - r["students"][b][key] for r in runs], np.float64)
+    mean, sd = mean_sd(diffs)
+    n = diffs.size
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n > 1 and sd > 0 else float("nan")
+    return {"mean": mean, "sd": sd, "n": n, "p": p, "significant": bool(n > 1 and p < 0.05),
+            "a_lower": int(np.sum(diffs < 0))}
+
+
+def format_table(result: dict) -> str:
+    setup, runs = result["setup"], result["runs"]
+    k, n = setup["continue_steps"], len(runs)
+    names = list(runs[0]["students"])
+    inherited = [x for x in names if x != "random init"]
+    seeds = [r["seed"] for r in runs]
+    lines = [
+        "# Parameter inheritance: which criterion gives the best student?",
+        "",
+        f"Teacher: {setup['teacher']} ({result['teacher_parameters']:,} parameters), pretrained "
+        f"{setup['teacher_steps']} steps, held-out loss "
+        "{:.3f} ± {:.3f}. ".format(*mean_sd([r["teacher_heldout_loss"] for r in runs]))
+        + f"Student: {setup['student']} ({result['student_parameters']:,} parameters). Data: {setup['data']}. "
+        f"Seeds {seeds}: each its own teacher, data order, mask noise and random selection.",
+        "",
+        f"Equal data budgets: Taylor, the learned masks and the cosine layer scores (every inherited student) "
+        f"each see {setup['data_budget_sequences']} sequences ({setup['mask_steps']} batches of "
+        f"{setup['data_budget_sequences'] // setup['mask_steps']}); L1, L2 and random selection read no data. "
+        f"Learned masks: {setup['mask_steps']} steps, lr {setup['lr_mask']}, teacher frozen, values folded.",
+        "",
+        f"| student | held-out loss at 0 | after {k} steps | derive time (s) |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        cells = [mean_sd([r["students"][name][key] for r in runs]) for key in ("loss_0", "loss_k", "derive_seconds")]
+        lines.append(f"| {name} | {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.3f} ± {cells[1][1]:.3f} | "
+                     f"{cells[2][0]:.1f} |")
+    learned = [r["students"]["learned"] for r in runs if "learned" in r["students"]]
+    if learned:
+        conv = [s["convergence"] for s in learned]
+        lines += ["", "Learned masks, convergence report per seed (tolerance {:g}): ".format(conv[0]["tolerance"])
+                  + "; ".join(f"seed {r['seed']}: {'converged' if c['converged'] else 'NOT converged'}, size gap "
+                              f"{c['size_gap']:+.2%}, decided {c['decided']:.1%}, "
+                              + ", ".join(f"{t} per layer {v['min']:.3f}..{v['max']:.3f} (target {v['target']:.3f})"
+                                          for t, v in c["spread"].items())
+                              for r, c in zip(runs, conv)) + "."]
+        gaps = [s["losses"] for s in learned if s.get("losses")]
+        if gaps:
+            lines.append("Masked teacher (soft masks as learned) vs student at step 0: "
+                         + "; ".join(f"{g['masked_teacher_soft']:.3f} vs {g['student']:.3f}" for g in gaps) + ".")
+    lines += ["", f"Paired differences over {n} seeds (row − column criterion, same seed and teacher; negative: "
+              f"the row is lower). **Bold**: exceeds seed noise (two-sided paired t-test, p < 0.05).", ""]
+    significant = {}
+    for key, label in (("loss_0", "at step 0"), ("loss_k", f"after {k} steps")):
+        lines += [f"Held-out loss {label}:", "", "| | " + " | ".join(inherited[1:]) + " |",
+                  "|---|" + "---|" * (len(inherited) - 1)]
+        for i, a in enumerate(inherited[:-1]):
+            cells = []
+            for j, b in enumerate(inherited[1:], start=1):
+                if j <= i:
+                    cells.append("")
+                    continue
+                d = paired_difference(runs, a, b, key)
+                text = f"{d['mean']:+.3f} ± {d['sd']:.3f}"
+                if d["significant"]:
+                    significant.setdefault(key, []).append(f"{a} − {b} {d['mean']:+.3f}")
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        lines.append("")
+    scratch = [paired_difference(runs, x, "random init", "loss_k") for x in inherited]
+    lines.append("Against random init after {} steps: ".format(k) + "; ".join(
+        f"{x} {d['mean']:+.3f} ± {d['sd']:.3f}{' (exceeds noise)' if d['significant'] else ''}"
+        for x, d in zip(inherited, scratch)) + ".")
+    for key, label in (("loss_0", "at step 0"), ("loss_k", f"after {k} steps")):
+        found = significant.get(key)
+        lines.append(f"Between inherited criteria {label}: "
+                     + ("differences exceeding seed noise: " + "; ".join(found) + "; the other pairs: no difference "
+                        "at this scale." if found else "no difference exceeds seed noise at this scale."))
+    lines += ["", f"Wall time {result['seconds']:.0f} s for {n} seeds on a shared 2-core machine at nice 19.", ""]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from pangu_pro.data.corpus import build_builtin_corpus
+    from pangu_pro.config import config_from_dict
+    from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
+    from pangu_pro.model.params import count_parameters
+    from pangu_pro.runtime import init_mindspore
+
+    out = Path(args.out)
+    if args.render:
+        result = merge_results([read_json(p) for p in args.render])
+    else:
+        began = time.perf_counter()
+        init_mindspore(args.seeds[0])
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        corpus = work / "corpus"
+        if not (corpus / "manifest.json").is_file():
+            build_builtin_corpus(corpus, args.corpus_mb, progress=False)
+        runs = [run_seed(args, seed, corpus, work / f"seed_{seed}") for seed in args.seeds]
+        teacher = config_from_dict({"model": teacher_model(args.seq)}, "bench teacher").model
+        student = config_from_dict({"model": student_model(args.seq)}, "bench student").model
+        result = {"benchmark": "inherit", "setup": setup_of(args),
+                  "teacher_parameters": count_parameters(teacher).total,
+                  "student_parameters": count_parameters(student).total, "runs": runs,
+                  "seconds": time.perf_counter() - began}
+    text = format_table(result)
+    print(text)
     if not args.no_write:
-        out = Path(args.out)
         atomic_write_json(out / "inherit.json", result)
-        atomic_write_text(out / "inherit.md", format_table(result))
+        atomic_write_text(out / "inherit.md", text)
         print(f"wrote {out / 'inherit.json'} and {out / 'inherit.md'} ({result['seconds']:.0f} s)")
     return 0

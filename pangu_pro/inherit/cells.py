@@ -54,12 +54,12 @@ def _scatter_matrix(rows: np.ndarray, total: int) -> Tensor:
 
 
 class InheritMasks(nn.Cell):
-    """The network's masks (head [L, H], neuron [L, F], hidden [d], layer gates [L]) from learned
-    hard-concrete masks and fixed parts.
+    """The network's masks (head [L, H], neuron [L, F], hidden [d], layer gates [L], AugShortcut
+    bottleneck [L, B]) from learned hard-concrete masks and fixed parts.
 
-    `learned`: the mask types to learn, a subset of heads / neurons / hidden / layers. `layers`: the
-    teacher layers kept by a fixed layer selection (their gates are 1, the others 0; heads and neurons
-    are learned for those layers only). With "layers" learned, the first and last gates stay 1 and the
+    `learned`: the mask types to learn, a subset of heads / neurons / hidden / layers / bottleneck. `layers`:
+    the teacher layers kept by a fixed layer selection (their gates are 1, the others 0; heads, neurons
+    and bottleneck units are learned for those layers only). With "layers" learned, the first and last gates stay 1 and the
     intermediate ones are learned. `penalty()` gives the size constraint and the expected sparsity of each learned type, in
     the order of `learned`. ``masks(noise)`` samples with `noise` [noise_size] uniform in (0, 1) (see
     `noise`), ``masks()`` gives the noise-free masks.
@@ -75,6 +75,7 @@ class InheritMasks(nn.Cell):
         self.learn_neurons = "neurons" in self.learned
         self.learn_hidden = "hidden" in self.learned
         self.learn_layers = "layers" in self.learned
+        self.learn_bottleneck = "bottleneck" in self.learned
         if self.learn_layers and layers is not None:
             raise ValueError("layers are either learned or fixed, not both")
         kept = np.arange(cfg.num_layers) if layers is None else np.asarray(layers)
@@ -89,7 +90,9 @@ class InheritMasks(nn.Cell):
                         if self.learn_neurons else None)
         self.hidden = HardConcrete("hidden", (cfg.hidden_size,), init_keep) if self.learn_hidden else None
         self.layers = (HardConcrete("layers", (cfg.num_layers - 2,), init_keep) if self.learn_layers else None)
-        cells = [c for c in (self.heads, self.neurons, self.hidden, self.layers) if c is not None]
+        self.bottleneck = (HardConcrete("bottleneck", (n, cfg.aug_shortcut_dim), init_keep)
+                           if self.learn_bottleneck else None)
+        cells = [c for c in self.cells_in_order() if c is not None]  # noise layout: new types go last
         self.noise_size = sum(c.size for c in cells)
         offsets = np.cumsum([0] + [c.size for c in cells]).tolist()
         self.slices = {id(c): (offsets[i], offsets[i + 1]) for i, c in enumerate(cells)}
@@ -97,10 +100,15 @@ class InheritMasks(nn.Cell):
         self.neuron_slice = self._slice(self.neurons)
         self.hidden_slice = self._slice(self.hidden)
         self.layer_slice = self._slice(self.layers)
+        self.bottleneck_slice = self._slice(self.bottleneck)
         self.ones_head = Tensor(np.ones((cfg.num_layers, cfg.num_heads), np.float32))
         self.ones_neuron = Tensor(np.ones((cfg.num_layers, cfg.intermediate_size), np.float32))
         self.one = Tensor(np.ones((1,), np.float32))
         self.matmul = ops.MatMul()
+
+    def cells_in_order(self):
+        """The mask cells in `hardconcrete.MASK_TYPES` order (None where not learned)."""
+        return (self.heads, self.neurons, self.hidden, self.layers, self.bottleneck)
 
     def _slice(self, cell):
         return self.slices[id(cell)] if cell is not None else (0, 0)
@@ -134,15 +142,19 @@ class InheritMasks(nn.Cell):
             layer = self.fixed_gates
         else:
             layer = None
-        return head, neuron, hidden, layer
+        bottleneck = None
+        if self.learn_bottleneck:
+            u = None if noise is None else noise[self.bottleneck_slice[0]:self.bottleneck_slice[1]]
+            bottleneck = self.matmul(self.place, self.bottleneck(u))  # [L, B]
+        return head, neuron, hidden, layer, bottleneck
 
     def penalty(self, targets, lambda1, lambda2):
         """(sum over learned types of the mean over rows of lambda1 (s_r - t) + lambda2 (s_r - t)^2,
-        mean sparsity per type [T]): heads and neurons have a row per layer, each pulled to the target
-        on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
+        mean sparsity per type [T]): heads, neurons and bottleneck units have a row per layer, each pulled
+        to the target on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
         total = 0.0
         means = []
-        for i, cell in enumerate((self.heads, self.neurons, self.hidden, self.layers)):
+        for cell in self.cells_in_order():
             if cell is None:
                 continue
             j = len(means)
@@ -154,7 +166,7 @@ class InheritMasks(nn.Cell):
         return total, ops.stack(means)
 
     def mask_parameters(self) -> list[Parameter]:
-        return [c.log_alpha for c in (self.heads, self.neurons, self.hidden, self.layers) if c is not None]
+        return [c.log_alpha for c in self.cells_in_order() if c is not None]
 
 
 class MaskedTeacherLoss(nn.Cell):
@@ -170,8 +182,8 @@ class MaskedTeacherLoss(nn.Cell):
         self.lambda2 = Parameter(Tensor(np.zeros(n, np.float32)), name="lagrangian.lambda2")
 
     def construct(self, input_ids, targets, noise):
-        head, neuron, hidden, layer = self.masks(noise)
-        lm = self.loss_net(input_ids, None, head, neuron, hidden, layer)
+        head, neuron, hidden, layer, bottleneck = self.masks(noise)
+        lm = self.loss_net(input_ids, None, head, neuron, hidden, layer, bottleneck)
         penalty, s = self.masks.penalty(targets, self.lambda1, self.lambda2)
         return lm + penalty, lm, s
 
@@ -288,12 +300,13 @@ class _LossOfMasks(nn.Cell):
         super().__init__(auto_prefix=False)
         self.loss_net = loss_net
 
-    def construct(self, input_ids, head, neuron, hidden, layer):
-        return self.loss_net(input_ids, None, head, neuron, hidden, layer)
+    def construct(self, input_ids, head, neuron, hidden, layer, bottleneck):
+        return self.loss_net(input_ids, None, head, neuron, hidden, layer, bottleneck)
 
 
 class MaskGradient(nn.Cell):
-    """(input_ids, head [L, H], neuron [L, F], hidden [d], layer [L]) -> (loss, dL/dhead, dL/dneuron, dL/dhidden).
+    """(input_ids, head [L, H], neuron [L, F], hidden [d], layer [L], bottleneck [L, B]) -> (loss, dL/dhead,
+    dL/dneuron, dL/dhidden, dL/dbottleneck).
 
     At masks of ones, dL/dm of a unit equals the sum over its weights of w * dL/dw (first-order Taylor)."""
 
@@ -302,15 +315,15 @@ class MaskGradient(nn.Cell):
         self.forward = _LossOfMasks(loss_net)
         self.grad = ops.GradOperation(get_all=True)
 
-    def construct(self, input_ids, head, neuron, hidden, layer):
-        loss = self.forward(input_ids, head, neuron, hidden, layer)
-        grads = self.grad(self.forward)(input_ids, head, neuron, hidden, layer)
-        return loss, grads[1], grads[2], grads[3]
+    def construct(self, input_ids, head, neuron, hidden, layer, bottleneck):
+        loss = self.forward(input_ids, head, neuron, hidden, layer, bottleneck)
+        grads = self.grad(self.forward)(input_ids, head, neuron, hidden, layer, bottleneck)
+        return loss, grads[1], grads[2], grads[3], grads[5]
 
 
 class WeightGradient(nn.Cell):
-    """(input_ids, head, neuron, hidden, layer) -> gradients of the LM loss with respect to the teacher's
-    weights (`params`), under the given masks (Taylor's sum_abs form)."""
+    """(input_ids, head, neuron, hidden, layer, bottleneck) -> gradients of the LM loss with respect to the
+    teacher's weights (`params`), under the given masks (Taylor's sum_abs form)."""
 
     def __init__(self, loss_net: nn.Cell, params):
         super().__init__(auto_prefix=False)
@@ -318,8 +331,8 @@ class WeightGradient(nn.Cell):
         self.params = ParameterTuple(params)
         self.grad = ops.GradOperation(get_by_list=True)
 
-    def construct(self, input_ids, head, neuron, hidden, layer):
-        return self.grad(self.forward, self.params)(input_ids, head, neuron, hidden, layer)
+    def construct(self, input_ids, head, neuron, hidden, layer, bottleneck):
+        return self.grad(self.forward, self.params)(input_ids, head, neuron, hidden, layer, bottleneck)
 
 
 class BlockSimilarity(nn.Cell):
@@ -336,7 +349,7 @@ class BlockSimilarity(nn.Cell):
         t = input_ids.shape[1]
         x = model.embed_tokens(input_ids)
         cos, sin = model.rope_cos[:t], model.rope_sin[:t]
-        mask = model.causal_mask[:t, :t]
+        mask = model.mask_for(t)  # the compressed flash mask stays whole
         changes = []
         for i in range(len(model.layers)):
             y = model.layers[i](x, cos, sin, mask)

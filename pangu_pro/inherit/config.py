@@ -11,6 +11,7 @@ derive::
       vocab_map: runs/tok/compact.new2old.npy      # optional: new id -> teacher id
       criterion: learned                           # random | l1 | l2 | taylor | learned
       layer_selection: cosine                      # cosine | learned | uniform
+      aug_bottleneck: preset                       # preset | teacher (AugShortcut bottleneck width)
       steps: 3200                                  # mask-learning steps (criterion learned)
       batch_size: 1                                # per micro batch and rank
       grad_accum_steps: 4
@@ -44,6 +45,7 @@ class InheritConfig:
     vocab_map: Optional[str] = None  # new2old .npy (or .json) of a compressed tokenizer
     criterion: Criterion = "learned"  # importance of heads, neurons and channels (docs/inherit.md)
     layer_selection: LayerSelection = "cosine"  # which layers the student keeps (docs/inherit.md)
+    aug_bottleneck: Literal["preset", "teacher"] = "preset"  # preset: the target's width, units by criterion; teacher: all
     calibration_batches: int = 8  # batches scored by taylor and cosine
     steps: int = 100  # mask-learning steps
     batch_size: int = 4  # sequences per micro batch and data-parallel rank

@@ -1,15 +1,17 @@
 """Importance criteria behind one interface: ``unit_scores(criterion, ...) -> UnitArrays``.
 
-Scores are in the teacher's unit shapes (groups [L, KV], neurons [L, F], hidden [d], layers [L]);
-higher means more important. `materialize.select_units` keeps the top-k per layer.
+Scores are in the teacher's unit shapes (groups [L, KV], neurons [L, F], hidden [d], layers [L],
+AugShortcut bottleneck units [L, B]); higher means more important. `materialize.select_units` keeps the top-k per layer.
 
 - random: uniform noise (seeded): the "random init" of the paper's table keeps arbitrary units;
 - l1 / l2: weight magnitude of everything a unit owns (a group: its rows of wq, wk, wv and columns of
-  wo; a neuron: its rows of w1, w3 and column of w2; a hidden channel: its column of the embedding,
-  the head and every layer's input projections, and its row of every output projection);
+  wo; a neuron: its rows of w1, w3 and column of w2; a bottleneck unit: its row of the AugShortcut's
+  down and column of its up projection; a hidden channel: its column of the embedding, the head and
+  every layer's input projections, and its row of every output projection);
 - taylor: first-order Taylor, |dL/dm| at masks of ones summed over calibration batches, where dL/dm
   of a unit is the sum over its weights of w * dL/dw (computed as the gradient of the mask inputs);
-- learned: hard-concrete masks trained on data (`pangu_pro.inherit.learn`), scored by log_alpha.
+- learned: hard-concrete masks trained on data (`pangu_pro.inherit.learn`), scored by log_alpha (the
+  bottleneck units too: a mask per unit like the FFN neurons').
 
 Layer scores (`layer_scores`): cosine = mean 1 - cos(block input, block output) on calibration data
 (small: the block hardly changes the residual stream); uniform = evenly spaced layers.
@@ -50,6 +52,8 @@ def magnitude_scores(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, order:
         scores.heads[i] = q + k + v + o
         scores.neurons[i] = (power(w("feed_forward.w1")).sum(1) + power(w("feed_forward.w3")).sum(1)
                              + power(w("feed_forward.w2")).sum(0))
+        if cfg.aug_shortcut:
+            scores.bottleneck[i] = power(w("aug_shortcut.down")).sum(1) + power(w("aug_shortcut.up")).sum(0)
         for name in INPUT_PROJECTIONS:
             if w(name) is not None:
                 hidden += power(w(name)).sum(0)
@@ -90,25 +94,31 @@ def taylor_scores(network, cfg: ModelConfig, batches: Iterable[np.ndarray],
     neuron = Tensor(ones.neurons.astype(np.float32))
     hidden = Tensor(ones.hidden.astype(np.float32))
     gates = Tensor((np.ones(cfg.num_layers) if layer_gates is None else layer_gates).astype(np.float32))
+    # without AugShortcut the layers ignore the bottleneck mask: a [L, 1] placeholder keeps one graph
+    bottleneck = Tensor(np.ones((cfg.num_layers, max(ones.bottleneck.shape[1], 1)), np.float32))
     groups = cfg.num_heads // cfg.kv_heads
     scores = UnitArrays.full(cfg, 0.0)
     count = 0
     for ids in batches:
         if form == "sum_abs":
-            grads = cell(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden, gates)
+            grads = cell(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden, gates, bottleneck)
             products = {p.name: ops.cast(p, ms.float32).asnumpy().astype(np.float64) * ops.cast(g, ms.float32).asnumpy()
                         for p, g in zip(params, grads)}
             part = magnitude_scores(products, cfg, 1)
             scores.heads += part.heads
             scores.neurons += part.neurons
             scores.hidden += part.hidden
+            scores.bottleneck += part.bottleneck
             count += 1
             continue
-        _, g_head, g_neuron, g_hidden = grad(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden, gates)
+        _, g_head, g_neuron, g_hidden, g_bottleneck = grad(Tensor(np.asarray(ids, np.int32)), head, neuron, hidden,
+                                                           gates, bottleneck)
         g_head = g_head.asnumpy().astype(np.float64).reshape(cfg.num_layers, cfg.kv_heads, groups).sum(-1)
         scores.heads += np.abs(g_head)
         scores.neurons += np.abs(g_neuron.asnumpy())
         scores.hidden += np.abs(g_hidden.asnumpy())
+        if cfg.aug_shortcut:
+            scores.bottleneck += np.abs(g_bottleneck.asnumpy())
         count += 1
     if count == 0:
         raise ValueError("taylor: no calibration batches")

@@ -14,13 +14,13 @@ vocabulary. Two checks, each error naming the data file and the file it disagree
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from pangu_pro.configtools import ConfigError
+from pangu_pro.io import read_json
 
 MAX_ID_SAMPLES = 512
 
@@ -32,7 +32,7 @@ def _map_record(vocab_map: Optional[str]) -> Optional[dict]:
     record = Path(vocab_map).with_suffix(".json")
     if not record.is_file():
         return None
-    return json.loads(record.read_text(encoding="utf-8"))
+    return read_json(record)
 
 
 def _max_id(path: str) -> int:
@@ -55,7 +55,7 @@ def check_data_vocabulary(files: Sequence[str], vocab_size: int, model_file: str
         path = Path(raw)
         summary = path / "summary.json" if path.is_dir() else None
         if summary is not None and summary.is_file():
-            tok = json.loads(summary.read_text(encoding="utf-8")).get("tokenizer") or {}
+            tok = read_json(summary).get("tokenizer") or {}
             made_with = f"{tok.get('path', '?')} (sha256 {str(tok.get('sha256', '?'))[:12]}…)"
             if record is not None and tok.get("sha256") not in (None, record.get("compact_sha256")):
                 which = ("the teacher's full tokenizer" if tok.get("sha256") == record.get("source_sha256")

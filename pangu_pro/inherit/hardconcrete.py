@@ -133,13 +133,15 @@ class UnitArrays:
 
     heads [L, KV]: one entry per key/value group (a GQA group prunes whole: its key/value head and
     its `num_heads / kv_heads` query heads); neurons [L, F]; hidden [d] (shared by every layer, the
-    embedding and the head); layers [L]. Used for keep probabilities, importance scores and mask values.
+    embedding and the head); layers [L]; bottleneck [L, B]: the AugShortcut's bottleneck units (B = 0
+    without AugShortcut). Used for keep probabilities, importance scores and mask values.
     """
 
     heads: np.ndarray
     neurons: np.ndarray
     hidden: np.ndarray
     layers: np.ndarray
+    bottleneck: np.ndarray
 
     @classmethod
     def full(cls, cfg, value: float = 1.0) -> "UnitArrays":
@@ -147,22 +149,26 @@ class UnitArrays:
         return cls(heads=np.full((cfg.num_layers, cfg.kv_heads), value, np.float64),
                    neurons=np.full((cfg.num_layers, cfg.intermediate_size), value, np.float64),
                    hidden=np.full((cfg.hidden_size,), value, np.float64),
-                   layers=np.full((cfg.num_layers,), value, np.float64))
+                   layers=np.full((cfg.num_layers,), value, np.float64),
+                   bottleneck=np.full((cfg.num_layers, bottleneck_width(cfg)), value, np.float64))
 
     def map(self, fn) -> "UnitArrays":
         return UnitArrays(*(fn(getattr(self, name)) for name in MASK_TYPES))
 
 
-MASK_TYPES = ("heads", "neurons", "hidden", "layers")
+MASK_TYPES = ("heads", "neurons", "hidden", "layers", "bottleneck")
 
 
-def expected_size(cfg, keep: UnitArrays, vocab_size: Optional[int] = None,
-                  aug_bottleneck: Optional[int] = None) -> float:
+def bottleneck_width(cfg) -> int:
+    """The AugShortcut's bottleneck units per layer (0 without AugShortcut)."""
+    return cfg.aug_shortcut_dim if cfg.aug_shortcut else 0
+
+
+def expected_size(cfg, keep: UnitArrays, vocab_size: Optional[int] = None) -> float:
     """Expected parameter count of the pruned model given independent keep probabilities `keep`.
 
-    `cfg` is the teacher's ModelConfig; `vocab_size` the student's vocabulary (default the teacher's);
-    `aug_bottleneck` the AugShortcut width (kept whole; default the teacher's). With 0/1
-    probabilities this is exactly `count_parameters` of the materialised student.
+    `cfg` is the teacher's ModelConfig; `vocab_size` the student's vocabulary (default the teacher's).
+    With 0/1 probabilities this is exactly `count_parameters` of the materialised student.
     """
     vocab = cfg.vocab_size if vocab_size is None else vocab_size
     groups = cfg.num_heads // cfg.kv_heads
@@ -178,8 +184,7 @@ def expected_size(cfg, keep: UnitArrays, vocab_size: Optional[int] = None,
     if cfg.siaf:
         per_layer = per_layer + 2 * cfg.siaf_terms * f
     if cfg.aug_shortcut:
-        bottleneck = cfg.aug_shortcut_dim if aug_bottleneck is None else aug_bottleneck
-        per_layer = per_layer + 2 * bottleneck * d
+        per_layer = per_layer + 2 * np.sum(keep.bottleneck, axis=1) * d  # down rows, up columns
     return float(total + np.sum(np.asarray(keep.layers) * per_layer))
 
 

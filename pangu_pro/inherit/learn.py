@@ -3,8 +3,8 @@
     learn_masks(config, plan, teacher, layers, par, resume)
 
 Per step: `grad_accum_steps` micro batches, each with its own sampled masks (noise drawn from (seed,
-step, rank)) -> masked-teacher LM loss + size constraint (per layer for heads and neurons, penalties
-averaged) -> averaged gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
+step, rank)) -> masked-teacher LM loss + size constraint (per layer for heads, neurons and AugShortcut
+bottleneck units, penalties averaged) -> averaged gradients -> AdamW on log_alpha (inherit.lr_mask), plain steps on the lambdas with negated gradients
 (inherit.lr_lambda, ascent), AdamW on the teacher's weights (inherit.lr_weights, clipped; none if 0)
 -> log_alpha clamped to [-4.6, 4.6]. The target sparsity ramps over the first `warmup_fraction` of the
 steps. A frozen teacher (lr_weights 0) has no gradients, no optimizer state and is not checkpointed;
@@ -28,6 +28,7 @@ from pangu_pro.inherit.hardconcrete import UnitArrays
 from pangu_pro.inherit.plan import StudentPlan
 
 MASKS_DIR = "masks"
+PER_LAYER_TYPES = ("heads", "neurons", "bottleneck")  # a row per layer, each constrained to the target
 
 
 class OptimizerGroup:
@@ -59,10 +60,9 @@ def learned_types(plan: StudentPlan, layer_selection: str) -> list[str]:
 def final_targets(plan: StudentPlan, types: list[str]) -> np.ndarray:
     """Final target sparsity per learned type (layers: of the intermediate layers only)."""
     t, s = plan.teacher, plan.student
-    values = {"heads": 1 - s.kv_heads / t.kv_heads,
-              "neurons": 1 - s.intermediate_size / t.intermediate_size,
-              "hidden": 1 - s.hidden_size / t.hidden_size,
-              "layers": 1 - (s.num_layers - 2) / max(t.num_layers - 2, 1)}
+    values = {name: float(getattr(plan.targets(), name)) for name in types}
+    if "layers" in values:
+        values["layers"] = 1 - (s.num_layers - 2) / max(t.num_layers - 2, 1)
     return np.array([values[name] for name in types], np.float64)
 
 
@@ -77,11 +77,13 @@ def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitAr
         keep.heads[:] = 0.0
         keep.heads[kept_layers] = hc.keep_probability(la)
         scores.heads[kept_layers] = la
-    if masks.neurons is not None:
-        la = masks.neurons.log_alpha.asnumpy()
-        keep.neurons[:] = 0.0
-        keep.neurons[kept_layers] = hc.keep_probability(la)
-        scores.neurons[kept_layers] = la
+    for name in ("neurons", "bottleneck"):
+        cell = getattr(masks, name)
+        if cell is not None:
+            la = cell.log_alpha.asnumpy()
+            getattr(keep, name)[:] = 0.0
+            getattr(keep, name)[kept_layers] = hc.keep_probability(la)
+            getattr(scores, name)[kept_layers] = la
     if masks.hidden is not None:
         scores.hidden = masks.hidden.log_alpha.asnumpy().astype(np.float64)
         keep.hidden = hc.keep_probability(scores.hidden)
@@ -93,11 +95,11 @@ def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitAr
 
 
 def layer_sparsity(keep: UnitArrays, kept: np.ndarray, types: list[str]) -> dict[str, list[float]]:
-    """Expected fraction pruned per layer of the learned types: heads and neurons per kept teacher layer,
-    hidden channels as one entry, layer gates per intermediate layer (1 - keep probability)."""
+    """Expected fraction pruned per layer of the learned types: heads, neurons and bottleneck units per kept
+    teacher layer, hidden channels as one entry, layer gates per intermediate layer (1 - keep probability)."""
     out = {}
     for name in types:
-        if name in ("heads", "neurons"):
+        if name in PER_LAYER_TYPES:
             out[name] = hc.row_sparsity(getattr(keep, name)[kept]).tolist()
         elif name == "hidden":
             out[name] = hc.row_sparsity(keep.hidden).tolist()
@@ -133,6 +135,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     from pangu_pro.progress import progress_bar
 
     from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
+    from pangu_pro.inherit.run import agree
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import apply_recompute
     from pangu_pro.train.checkpoint import (checkpoint_name, clean_partial, latest_checkpoint, load_checkpoint,
@@ -164,22 +167,33 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
 
     out = Path(ic.output_dir)
     ckpt_root = out / MASKS_DIR
-    start = 0
-    if resume is not None:
-        path = resolve_resume(ckpt_root if resume == "auto" else resume)
-        state = load_checkpoint(path, loss, group)
-        if state.get("world", 1) != par.world:
-            raise ValueError(f"{path}: written by {state.get('world')} ranks, resumed with {par.world}")
-        start = int(state["step"])
-        announce(f"resuming mask learning from {path} at step {start}")
-    elif lead and latest_checkpoint(ckpt_root) is not None:
-        raise ValueError(f"{ckpt_root} already holds mask checkpoints: pass --resume to continue, or choose "
-                         f"another inherit.output_dir")
-    if lead:
-        clean_partial(ckpt_root)
-    metrics = MetricsLog(out / "masks.jsonl", fresh=resume is None) if lead else None
-    if metrics is not None and resume is not None:
-        metrics.truncate_after(start)
+
+    def prepare():
+        """(first step, metrics log); some checks and writes run on rank 0 only."""
+        start = 0
+        if resume is not None:
+            path = resolve_resume(ckpt_root if resume == "auto" else resume)
+            state = load_checkpoint(path, loss, group)
+            if state.get("world", 1) != par.world:
+                raise ValueError(f"{path}: written by {state.get('world')} ranks, resumed with {par.world}")
+            start = int(state["step"])
+            announce(f"resuming mask learning from {path} at step {start}")
+        elif lead and latest_checkpoint(ckpt_root) is not None:
+            raise ValueError(f"{ckpt_root} already holds mask checkpoints: pass --resume to continue, or choose "
+                             f"another inherit.output_dir")
+        if lead:
+            clean_partial(ckpt_root)
+        metrics = MetricsLog(out / "masks.jsonl", fresh=resume is None) if lead else None
+        if metrics is not None and resume is not None:
+            metrics.truncate_after(start)
+        return start, metrics
+
+    start, metrics, error = 0, None, None
+    try:
+        start, metrics = prepare()
+    except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
+        error = err
+    agree(par, error)  # before the first collective of the steps: no rank waits there for a failed one
 
     accum = ic.grad_accum_steps
     data_config = dataclasses.replace(config, train=dataclasses.replace(
@@ -200,11 +214,9 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
             noises = [Tensor(masks.noise(ic.seed, (step - 1) * accum + i + 1, par.rank)) for i in range(accum)]
             total, lm, s = step_cell(micro, Tensor(targets), noises, lr_m, lr_l, lr_w)
             sparsity = {name: float(v) for name, v in zip(types, s)}
-            bar.update(1)
             if step % ic.log_every == 0 or step == ic.steps:
                 keep, _ = keep_arrays(cfg, masks, kept)
-                size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size,
-                                        aug_bottleneck=plan.aug_bottleneck)
+                size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size)
                 lambdas = loss.lambda1.asnumpy(), loss.lambda2.asnumpy()
                 record = {"type": "masks", "step": step, "loss": lm, "total": total, "expected_size": size,
                           **{f"sparsity_{k}": v for k, v in sparsity.items()},
@@ -217,6 +229,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
                                 **{k[:6]: f"{v:.2f}" for k, v in sparsity.items()}, refresh=False)
                 if metrics is not None:
                     metrics.write(record)
+            bar.update(1)  # after the postfix: a printed line shows this step's values
             if lead and (step % ic.checkpoint_every == 0 or step == ic.steps):
                 # masks, lambdas and their optimizer state; the teacher's weights only if they train
                 state = {"step": step, "consumed_batches": step * accum, "world": par.world, "types": types,
@@ -243,13 +256,13 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     if "layers" in types:
         values.layers[[0, -1]] = 1.0
         medians.layers[[0, -1]] = 1.0
-    for name in ("heads", "neurons"):  # layers a fixed selection dropped
+    for name in PER_LAYER_TYPES:  # layers a fixed selection dropped
         if name in types:
             dropped = np.setdiff1d(np.arange(cfg.num_layers), kept)
             getattr(medians, name)[dropped] = 0.0
-    size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size, aug_bottleneck=plan.aug_bottleneck)
+    size = hc.expected_size(cfg, keep, vocab_size=plan.student.vocab_size)
     over = {"heads": keep.heads[kept], "neurons": keep.neurons[kept], "hidden": keep.hidden,
-            "layers": keep.layers[1:-1]}  # as the constraint counts them
+            "layers": keep.layers[1:-1], "bottleneck": keep.bottleneck[kept]}  # as the constraint counts them
     sparsity = {name: hc.expected_sparsity(over[name]) for name in types}
     return LearnedMasks(scores=scores, values=values, medians=medians, keep=keep, expected_size=size,
                         sparsity=sparsity, layer_sparsity=layer_sparsity(keep, kept, types), steps=ic.steps,

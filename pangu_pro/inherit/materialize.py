@@ -1,13 +1,14 @@
 """From scores and mask values to a student checkpoint.
 
 1. `select_units`: deterministic top-k per layer, so every student layer has exactly the target
-   number of heads (whole key/value groups) and FFN neurons; the hidden channels are one top-k shared
+   number of heads (whole key/value groups), FFN neurons and AugShortcut bottleneck units; the hidden channels are one top-k shared
    by every layer, the embedding and the head; the layers come from the layer selection.
 2. `fold_values`: the kept units' mask values are multiplied into the weights that write them
-   (head -> its columns of wo, neuron -> its column of w2, hidden channel -> the embedding column and
+   (head -> its columns of wo, neuron -> its column of w2, bottleneck unit -> its column of the
+   AugShortcut's up projection, hidden channel -> the embedding column and
    the rows of wo, w2 and the AugShortcut's up projection, layer gate -> that layer's residual writers).
 3. `slice_tensors`: the kept rows and columns become the student's weights (SIAF follows the neurons,
-   the AugShortcut follows the hidden channels and keeps its bottleneck, the vocabulary follows `new2old`).
+   the AugShortcut follows the hidden channels and its kept bottleneck units, the vocabulary `new2old`).
 
 A teacher run with the folded weights and the binary masks of the selection computes the same logits
 as the student (tests/test_inherit_materialize.py).
@@ -21,7 +22,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from pangu_pro.config import ModelConfig
-from pangu_pro.inherit.hardconcrete import UnitArrays, select_layers, top_k
+from pangu_pro.inherit.hardconcrete import UnitArrays, bottleneck_width, select_layers, top_k
 from pangu_pro.inherit.plan import StudentPlan
 
 EMBED = "model.embed_tokens.weight"
@@ -37,6 +38,7 @@ class Selection:
     groups: np.ndarray  # [L_s, KV_s] key/value groups kept in each student layer
     neurons: np.ndarray  # [L_s, F_s]
     hidden: np.ndarray  # [d_s]
+    bottleneck: np.ndarray  # [L_s, B_s] AugShortcut bottleneck units ([L_s, 0] without AugShortcut)
     new2old: Optional[np.ndarray] = None  # [V_s] or None
 
     def binary_masks(self, teacher: ModelConfig) -> UnitArrays:
@@ -46,12 +48,14 @@ class Selection:
         for row, layer in enumerate(self.layers):
             masks.heads[layer, self.groups[row]] = 1.0
             masks.neurons[layer, self.neurons[row]] = 1.0
+            masks.bottleneck[layer, self.bottleneck[row]] = 1.0
         masks.hidden[self.hidden] = 1.0
         return masks
 
     def as_json(self) -> dict:
         return {"layers": self.layers.tolist(), "groups": self.groups.tolist(),
                 "neurons_per_layer": int(self.neurons.shape[1]), "hidden": int(self.hidden.size),
+                "bottleneck": self.bottleneck.tolist(),
                 "vocab": None if self.new2old is None else int(self.new2old.size)}
 
 
@@ -72,6 +76,7 @@ def select_units(plan: StudentPlan, scores: UnitArrays, layers: Optional[np.ndar
                      groups=top_k(np.asarray(scores.heads)[layers], s.kv_heads),
                      neurons=top_k(np.asarray(scores.neurons)[layers], s.intermediate_size),
                      hidden=top_k(scores.hidden, s.hidden_size),
+                     bottleneck=top_k(np.asarray(scores.bottleneck)[layers], bottleneck_width(s)),
                      new2old=plan.new2old)
 
 
@@ -94,7 +99,7 @@ def fold_values(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, values: Uni
         out[w2] = (out[w2] * rows[:, None] * np.asarray(values.neurons[i])[None, :]).astype(np.float32)
         up = _layer(i, "aug_shortcut.up.weight")
         if up in out:
-            out[up] = (out[up] * rows[:, None]).astype(np.float32)
+            out[up] = (out[up] * rows[:, None] * np.asarray(values.bottleneck[i])[None, :]).astype(np.float32)
     return out
 
 
@@ -144,8 +149,9 @@ def slice_tensors(tensors: Mapping[str, np.ndarray], plan: StudentPlan, sel: Sel
             put("feed_forward.siaf.scale", take(name("feed_forward.siaf.scale"), None, neurons))
             put("feed_forward.siaf.bias", take(name("feed_forward.siaf.bias"), None, neurons))
         if t.aug_shortcut:
-            put("aug_shortcut.down.weight", take(name("aug_shortcut.down.weight"), None, hidden))
-            put("aug_shortcut.up.weight", take(name("aug_shortcut.up.weight"), hidden))
+            units = sel.bottleneck[new]
+            put("aug_shortcut.down.weight", take(name("aug_shortcut.down.weight"), units, hidden))
+            put("aug_shortcut.up.weight", take(name("aug_shortcut.up.weight"), hidden, units))
     return out
 
 

@@ -5,9 +5,11 @@ kind every layer keeps, or raises a ConfigError naming the target's field at fau
 than the teacher, a head count that does not keep whole query groups, a head_dim mismatch, a PanGu-pi
 switch the teacher does not have, a vocabulary that needs (or does not fit) the id map.
 
-The AugShortcut bottleneck is inherited whole, so the student's `aug_shortcut_ratio` becomes
-``student hidden / teacher bottleneck`` (14 for 1B Pro from the 7B teacher: 1792 / 128); the target
-must allow it.
+The AugShortcut bottleneck (`inherit.aug_bottleneck`): `preset` (default) gives the student the target
+preset's bottleneck (hidden / aug_shortcut_ratio: 56 for 1B Pro, of the 7B teacher's 128), its units
+chosen per layer by the run's criterion like FFN neurons, so the student's config is the preset's;
+`teacher` inherits the teacher's whole bottleneck and the student's `aug_shortcut_ratio` becomes
+``student hidden / teacher bottleneck`` (14 for 1B Pro: 1792 / 128).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from pangu_pro.config import ModelConfig
 from pangu_pro.configtools import ConfigError
-from pangu_pro.inherit.hardconcrete import UnitArrays
+from pangu_pro.inherit.hardconcrete import UnitArrays, bottleneck_width
 
 
 @dataclass(frozen=True)
@@ -33,24 +35,21 @@ class StudentPlan:
         """Query heads per key/value head (the same in teacher and student)."""
         return self.teacher.num_heads // self.teacher.kv_heads
 
-    @property
-    def aug_bottleneck(self) -> int:
-        return self.teacher.aug_shortcut_dim
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Mask type -> (student units, teacher units): per layer for heads (key/value groups), neurons
+        and bottleneck units; in all for hidden channels and layers."""
+        t, s = self.teacher, self.student
+        return {"heads": (s.kv_heads, t.kv_heads), "neurons": (s.intermediate_size, t.intermediate_size),
+                "hidden": (s.hidden_size, t.hidden_size), "layers": (s.num_layers, t.num_layers),
+                "bottleneck": (bottleneck_width(s), bottleneck_width(t))}
 
     def targets(self) -> UnitArrays:
         """Target sparsity per mask type (fraction of the teacher's units that go)."""
-        t, s = self.teacher, self.student
-        return UnitArrays(heads=np.float64(1 - s.kv_heads / t.kv_heads),
-                          neurons=np.float64(1 - s.intermediate_size / t.intermediate_size),
-                          hidden=np.float64(1 - s.hidden_size / t.hidden_size),
-                          layers=np.float64(1 - s.num_layers / t.num_layers))
+        return UnitArrays(**{name: np.float64(1 - a / b if b else 0.0) for name, (a, b) in self.counts().items()})
 
     def pruned_types(self) -> list[str]:
-        """Mask types whose count shrinks (the others need no mask)."""
-        t, s = self.teacher, self.student
-        pairs = {"heads": (s.kv_heads, t.kv_heads), "neurons": (s.intermediate_size, t.intermediate_size),
-                 "hidden": (s.hidden_size, t.hidden_size), "layers": (s.num_layers, t.num_layers)}
-        return [name for name, (a, b) in pairs.items() if a < b]
+        """Mask types whose count shrinks (the others need no mask), in `MASK_TYPES` order."""
+        return [name for name, (a, b) in self.counts().items() if a < b]
 
 
 def _fail(field: str, message: str, source: str) -> ConfigError:
@@ -58,8 +57,11 @@ def _fail(field: str, message: str, source: str) -> ConfigError:
 
 
 def plan_student(teacher: ModelConfig, target: ModelConfig, new2old: Optional[np.ndarray] = None,
-                 source: str = "target config") -> StudentPlan:
-    """Check `target` against `teacher` and return the student's config (errors name the field)."""
+                 source: str = "target config", aug_bottleneck: str = "preset") -> StudentPlan:
+    """Check `target` against `teacher` and return the student's config (errors name the field).
+
+    `aug_bottleneck`: "preset" keeps the target's AugShortcut bottleneck (pruned from the teacher's),
+    "teacher" inherits the teacher's whole (module doc)."""
     for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
         if getattr(target, name) > getattr(teacher, name):
             raise _fail(name, f"student {name} {getattr(target, name)} is wider than the teacher's "
@@ -86,12 +88,22 @@ def plan_student(teacher: ModelConfig, target: ModelConfig, new2old: Optional[np
     if target.siaf and target.siaf_terms != teacher.siaf_terms:
         raise _fail("siaf_terms", f"student {target.siaf_terms}, teacher {teacher.siaf_terms}", source)
     changes = {}
-    if teacher.aug_shortcut:
+    if teacher.aug_shortcut and aug_bottleneck == "teacher":
         bottleneck = teacher.aug_shortcut_dim
         if target.hidden_size % bottleneck:
-            raise _fail("hidden_size", f"the AugShortcut bottleneck ({bottleneck}) is inherited whole, so the "
-                        f"student hidden size {target.hidden_size} must be a multiple of it", source)
+            raise _fail("hidden_size", f"the AugShortcut bottleneck ({bottleneck}) is inherited whole "
+                        f"(inherit.aug_bottleneck: teacher), so the student hidden size {target.hidden_size} must "
+                        f"be a multiple of it", source)
         changes["aug_shortcut_ratio"] = target.hidden_size // bottleneck
+    elif teacher.aug_shortcut:
+        if target.hidden_size % target.aug_shortcut_ratio:
+            raise _fail("aug_shortcut_ratio", f"hidden_size {target.hidden_size} is not divisible by "
+                        f"aug_shortcut_ratio {target.aug_shortcut_ratio}", source)
+        if target.aug_shortcut_dim > teacher.aug_shortcut_dim:
+            raise _fail("aug_shortcut_ratio", f"the student's AugShortcut bottleneck {target.hidden_size} / "
+                        f"{target.aug_shortcut_ratio} = {target.aug_shortcut_dim} is wider than the teacher's "
+                        f"{teacher.aug_shortcut_dim}: raise the ratio, or set inherit.aug_bottleneck: teacher "
+                        f"(the teacher's whole bottleneck)", source)
     if new2old is None:
         if target.vocab_size != teacher.vocab_size:
             raise _fail("vocab_size", f"student vocabulary {target.vocab_size} differs from the teacher's "
@@ -157,8 +169,10 @@ class MaskPlan:
 
 
 def mask_unit_count(m: ModelConfig) -> int:
-    """Hard-concrete units at most: key/value groups and neurons per layer, hidden channels, layer gates."""
-    return m.num_layers * (m.kv_heads + m.intermediate_size) + m.hidden_size + max(m.num_layers - 2, 0)
+    """Hard-concrete units at most: key/value groups, neurons and bottleneck units per layer, hidden
+    channels, layer gates."""
+    return (m.num_layers * (m.kv_heads + m.intermediate_size + bottleneck_width(m)) + m.hidden_size
+            + max(m.num_layers - 2, 0))
 
 
 def teacher_bytes_per_parameter(config) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from pangu_pro.config import Config, load_config
 from pangu_pro.configtools import ConfigError
-from pangu_pro.inherit.hardconcrete import UnitArrays, select_layers
+from pangu_pro.inherit.hardconcrete import MASK_TYPES, UnitArrays, select_layers
 from pangu_pro.inherit.plan import StudentPlan, plan_student, teacher_dtype
 
 STUDENT_DIR = "student"
@@ -42,7 +42,7 @@ def check(config: Config) -> StudentPlan:
         if not Path(ic.vocab_map).is_file():
             raise ConfigError("inherit.vocab_map", f"{ic.vocab_map}: file not found", config.source or None)
         new2old = load_new2old(ic.vocab_map)
-    plan = plan_student(config.model, target, new2old, source=ic.target_config)
+    plan = plan_student(config.model, target, new2old, source=ic.target_config, aug_bottleneck=ic.aug_bottleneck)
     if ic.layer_selection == "learned" and ic.criterion != "learned":
         raise ConfigError("inherit.layer_selection", "learned layer masks need criterion: learned",
                           config.source or None)
@@ -210,7 +210,8 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
     def masked(net, masks: UnitArrays):
         args = (Tensor(head_mask_from_groups(masks.heads, groups).astype(np.float32)),
                 Tensor(masks.neurons.astype(np.float32)), Tensor(masks.hidden.astype(np.float32)),
-                Tensor(masks.layers.astype(np.float32)))
+                Tensor(masks.layers.astype(np.float32)),
+                Tensor(masks.bottleneck.astype(np.float32)) if cfg.aug_shortcut else None)
         return float(np.mean([net(ids, None, *args).asnumpy() for ids in batches]))
 
     net = PanGuPiWithLoss(teacher)
@@ -234,7 +235,7 @@ def save_final_masks(path: Path, scores: UnitArrays, values: UnitArrays, selecte
 
     arrays = {f"{kind}_{name}": np.asarray(getattr(u, name)) for kind, u in
               (("scores", scores), ("values", values), ("selected", selected))
-              for name in ("heads", "neurons", "hidden", "layers")}
+              for name in MASK_TYPES}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -279,7 +280,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
     learned = report = None
     if ic.criterion == "learned":  # 4
         from pangu_pro.inherit.convergence import convergence_report
-        from pangu_pro.inherit.learn import final_targets, learn_masks
+        from pangu_pro.inherit.learn import PER_LAYER_TYPES, final_targets, learn_masks
 
         learned = learn_masks(config, plan, teacher, kept_layers, par, resume, progress, say)
         scores, values = learned.scores, learned.values
@@ -287,9 +288,10 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         targets = dict(zip(types, final_targets(plan, types)))
         kept = np.arange(plan.teacher.num_layers) if kept_layers is None else np.asarray(kept_layers)
         rows = {"heads": lambda u: u.heads[kept], "neurons": lambda u: u.neurons[kept],
-                "hidden": lambda u: u.hidden, "layers": lambda u: u.layers[1:-1]}
-        # heads and neurons per layer; the layer gates count as one row (their share pruned)
-        rows_sparsity = {t: (v if t in ("heads", "neurons") else [float(np.mean(v))])
+                "hidden": lambda u: u.hidden, "layers": lambda u: u.layers[1:-1],
+                "bottleneck": lambda u: u.bottleneck[kept]}
+        # heads, neurons and bottleneck units per layer; the layer gates count as one row (their share pruned)
+        rows_sparsity = {t: (v if t in PER_LAYER_TYPES else [float(np.mean(v))])
                          for t, v in learned.layer_sparsity.items()}
         report = convergence_report(learned.expected_size, count_parameters(plan.student).total,
                                     rows_sparsity, targets, [rows[t](learned.medians) for t in types],

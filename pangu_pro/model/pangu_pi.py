@@ -152,6 +152,14 @@ class DecoderLayer(nn.Cell):
         self.add_ffn = ops.Add()
         self.mul_mask = ops.Mul()  # inheritance masks only
 
+    def shortcut(self, h, bottleneck_mask):
+        """The AugShortcut's output; `bottleneck_mask` [B] (inheritance) scales its bottleneck units."""
+        if bottleneck_mask is None:
+            return self.aug_shortcut(h)
+        sc = self.aug_shortcut
+        inner = sc.gelu(sc.down(h))
+        return sc.up(self.mul_mask(inner, self.cast(bottleneck_mask, inner.dtype)))
+
     def gate_branch(self, y, hidden_mask, layer_gate):
         """A residual branch's output under the inheritance masks: hidden [d] and layer gate []."""
         if hidden_mask is not None:
@@ -161,11 +169,11 @@ class DecoderLayer(nn.Cell):
         return y
 
     def construct(self, x, cos, sin, mask, k_cache=None, v_cache=None, cache_index=None,
-                  head_mask=None, neuron_mask=None, hidden_mask=None, layer_gate=None):
+                  head_mask=None, neuron_mask=None, hidden_mask=None, layer_gate=None, bottleneck_mask=None):
         h = self.attention_norm(x, hidden_mask)
         mixed = self.cast(self.attention(h, cos, sin, mask, k_cache, v_cache, cache_index, head_mask), ms.float32)
         if self.use_aug_shortcut:
-            mixed = self.add_shortcut(mixed, self.cast(self.aug_shortcut(h), ms.float32))
+            mixed = self.add_shortcut(mixed, self.cast(self.shortcut(h, bottleneck_mask), ms.float32))
         x = self.add_attention(x, self.gate_branch(mixed, hidden_mask, layer_gate))
         ffn = self.cast(self.feed_forward(self.ffn_norm(x, hidden_mask), neuron_mask), ms.float32)
         return self.add_ffn(x, self.gate_branch(ffn, hidden_mask, layer_gate))
@@ -178,6 +186,13 @@ def causal_mask(seq_length: int, flash: bool) -> np.ndarray:
         return flash_causal_mask(seq_length)
     future = np.triu(np.ones((seq_length, seq_length), dtype=bool), k=1)
     return np.where(future, MASK_VALUE, 0.0).astype(np.float32)
+
+
+def mask_for_tokens(mask, t: int, compressed: bool):
+    """The causal mask attention gets for `t` tokens: under flash attention's sparse_mode 2 the compressed
+    2048 x 2048 mask whole, whatever `t` (the kernel reads it as a fixed pattern, so a slice would be a
+    wrong mask); otherwise its top-left [t, t] corner. Works on numpy arrays and tensors alike."""
+    return mask if compressed else mask[:t, :t]
 
 
 class PanGuPiModel(nn.Cell):
@@ -196,18 +211,24 @@ class PanGuPiModel(nn.Cell):
         self.compressed_mask = cfg.use_flash_attention and flash_sparse_mode(cfg.seq_length) == 2
         self.gather_rows = ops.Gather()
 
-    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None):
-        """Optional inheritance masks: head_mask [L, H], neuron_mask [L, F], hidden_mask [d], layer_mask [L]."""
+    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None,
+                  bottleneck_mask=None):
+        """Optional inheritance masks: head_mask [L, H], neuron_mask [L, F], hidden_mask [d], layer_mask [L],
+        bottleneck_mask [L, B] (the AugShortcut's bottleneck units)."""
         t = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         if hidden_mask is not None:
             x = x * hidden_mask
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
-        mask = self.causal_mask if self.compressed_mask else self.causal_mask[:t, :t]  # compressed: any t
+        mask = self.mask_for(t)
         for i in range(len(self.layers)):
             x = self.layers[i](x, cos, sin, mask, None, None, None, _row(head_mask, i), _row(neuron_mask, i),
-                               hidden_mask, _row(layer_mask, i))
+                               hidden_mask, _row(layer_mask, i), _row(bottleneck_mask, i))
         return self.norm(x, hidden_mask)
+
+    def mask_for(self, t: int):
+        """The causal mask of `t` tokens (`mask_for_tokens`); every caller running the layers uses this."""
+        return mask_for_tokens(self.causal_mask, t, self.compressed_mask)
 
     def forward_cached(self, input_ids, positions, cache_index, mask, k_caches, v_caches):
         """Incremental forward: tokens at `positions` [T] (cache rows `cache_index`) attend to the caches."""
@@ -265,8 +286,9 @@ class PanGuPiForCausalLM(nn.Cell):
             logits = self.lm_head(hidden)
         return self.cast(logits, ms.float32)
 
-    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None):
-        return self.head(self.model(input_ids, head_mask, neuron_mask, hidden_mask, layer_mask))
+    def construct(self, input_ids, head_mask=None, neuron_mask=None, hidden_mask=None, layer_mask=None,
+                  bottleneck_mask=None):
+        return self.head(self.model(input_ids, head_mask, neuron_mask, hidden_mask, layer_mask, bottleneck_mask))
 
 
 class PanGuPiWithLoss(nn.Cell):
@@ -288,7 +310,7 @@ class PanGuPiWithLoss(nn.Cell):
         self.maximum = ops.Maximum()
 
     def token_losses(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
-                     layer_mask=None):
+                     layer_mask=None, bottleneck_mask=None):
         """(negative log-likelihood [B, S], counted-position weights [B, S]), both fp32."""
         tokens = input_ids[:, :-1]
         labels = input_ids[:, 1:]
@@ -296,13 +318,15 @@ class PanGuPiWithLoss(nn.Cell):
         if loss_mask is not None:
             valid = valid * self.cast(loss_mask[:, 1:], ms.float32)
         labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
-        log_probs = self.log_softmax(self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask))
+        log_probs = self.log_softmax(self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask,
+                                                  bottleneck_mask))
         picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
         return -picked * valid, valid
 
     def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
-                  layer_mask=None):
-        nll, valid = self.token_losses(input_ids, loss_mask, head_mask, neuron_mask, hidden_mask, layer_mask)
+                  layer_mask=None, bottleneck_mask=None):
+        nll, valid = self.token_losses(input_ids, loss_mask, head_mask, neuron_mask, hidden_mask, layer_mask,
+                                       bottleneck_mask)
         return self.reduce_sum(nll) / self.maximum(self.reduce_sum(valid), 1.0)
 
 
