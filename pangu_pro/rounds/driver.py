@@ -40,7 +40,7 @@ import numpy as np
 
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
 from pangu_pro.rounds.config import OFFICIAL_ROUND_LR, OFFICIAL_ROUND_MIN_LR_RATIO, OFFICIAL_ROUND_WARMUP_FRACTION
 from pangu_pro.rounds.sampling import num_units, unit_size
 
@@ -127,7 +127,7 @@ class RoundsState:
     def __init__(self, path: Path, fingerprint: str):
         self.path = path
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
             if data.get("fingerprint") != fingerprint:
                 raise ValueError(f"{path}: this multi-round run was started with a different config; use "
                                  f"another train.output_dir, or delete the folder to start over")
@@ -243,7 +243,7 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                 resume = latest_checkpoint(train_out / CHECKPOINTS) is not None
                 runner.train(cfg_path, resume, rdir / "logs_train")
                 ckpt = final_checkpoint(train_out, cfg.train.steps)
-                ckpt_state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+                ckpt_state = read_json(ckpt / "state.json")
                 info = {"checkpoint": str(ckpt), "steps": cfg.train.steps, "final_train_loss": ckpt_state.get("loss"),
                         "index_file": cfg.data.index_file}
             elif stage == "eval":
