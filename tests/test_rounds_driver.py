@@ -186,3 +186,52 @@ def test_two_rounds_end_to_end(data, tmp_path):
                (tmp_path / "run" / "round_2" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["type"] == "train"] == [1, 2]
     assert Path(rows[1]["checkpoint"]).name == "step_00000002"
+
+
+class SlicedRunner(FakeRunner):
+    """The trainer under semi-auto parallel: every rank of a pp 2 x mp 2 x ZeRO layout saves only its
+    slices (checkpoints/rank_<r>/step_N) beside its strategy file, as `write_sliced_run` emulates."""
+
+    def __init__(self, model_cfg):
+        super().__init__()
+        self.model_cfg, self.full = model_cfg, {}
+
+    def train(self, config_path, resume, log_dir):
+        from pangu_pro.config import load_config
+        from tests.test_parallel_ckpt import write_sliced_run
+
+        cfg = load_config(config_path)
+        self.calls.append(("train", str(config_path), resume, cfg.train.init_weights))
+        self.full[cfg.train.output_dir] = write_sliced_run(Path(cfg.train.output_dir), self.model_cfg,
+                                                           step=cfg.train.steps)
+
+    def score(self, config_path, checkpoint, out, unit_samples, flush_every, log_dir):
+        self.calls.append(("score", str(checkpoint)))
+        losses = np.linspace(1.0, 3.0, sampling.num_units(N, unit_samples))
+        save_scores(out, losses, np.repeat(losses, unit_samples)[:N], unit_samples, {})
+
+
+def test_semi_auto_rounds_score_and_continue_from_the_merged_weights(data, tmp_path, semi_auto):
+    """Under semi-auto parallel no rank holds the whole model: the driver merges the ranks' slices
+    (MindSpore's transform_checkpoints) once per round into checkpoints/merged/step_N, and scoring,
+    held-out evaluation and the next round's init_weights all load exactly the full tensors."""
+    from pangu_pro.io import load_tensors
+
+    config = config_from_dict({**to_mapping(rounds_config(data, tmp_path / "run")),
+                               "parallel": {"data_parallel": 2, "model_parallel": 2, "pipeline_stage": 2,
+                                            "micro_batch_num": 2, "optimizer_shard": True}}, "test")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, aug_shortcut=False))
+    runner = SlicedRunner(config.model)
+    driver.run_rounds(config, runner=runner, announce=lambda *_: None)
+    r1 = tmp_path / "run" / "round_1" / "train"
+    merged = r1 / "checkpoints" / "merged" / "step_00000006"
+    assert [c[0] for c in runner.calls] == ["train", "eval", "score", "train", "eval"]
+    assert runner.calls[1][1] == runner.calls[2][1] == str(merged)  # eval and score read the merged weights
+    assert runner.calls[3][3] == str(merged)  # round 2 starts from them
+    weights, _ = load_tensors(merged / "model.safetensors")
+    full = runner.full[str(r1)]
+    assert sorted(weights) == sorted(n for n in full if not n.startswith(("adam_", "adam_step")))
+    assert all(np.array_equal(weights[n], full[n]) for n in weights)
+    r2_final = tmp_path / "run" / "round_2" / "train" / "checkpoints" / "merged" / "step_00000003"
+    assert json.loads((tmp_path / "run" / driver.STATE_NAME).read_text())["rounds"]["2"]["train"]["checkpoint"] \
+        == str(r2_final)

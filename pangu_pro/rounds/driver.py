@@ -91,8 +91,8 @@ def round_config(config: Config, k: int, root: Path) -> Config:
     if k > 1:
         steps = round_steps(config, k)
         previous = Path(round_config(config, k - 1, root).train.output_dir)
-        train = dataclasses.replace(train, steps=steps, **round_schedule(config, steps),
-                                    init_weights=str(previous / "checkpoints" / f"step_{round_steps(config, k - 1):08d}"))
+        weights = whole_checkpoint_path(previous, round_steps(config, k - 1), semi_auto_layout(config))
+        train = dataclasses.replace(train, steps=steps, **round_schedule(config, steps), init_weights=str(weights))
         data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
     mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
     return config_from_dict(mapping, f"{config.source} (round {k})")
@@ -185,9 +185,37 @@ class StageRunner:
         return perplexity(config, checkpoint, config.data.eval_files)
 
 
-def final_checkpoint(train_out: Path, steps: int) -> Path:
-    from pangu_pro.train.checkpoint import CHECKPOINTS, list_checkpoints
+def semi_auto_layout(config: Config) -> bool:
+    """Whether `config` trains under semi-auto parallel, where each rank saves only its slices."""
+    from pangu_pro.train.trainer import needs_semi_auto
 
+    return needs_semi_auto(config.parallel)
+
+
+def whole_checkpoint_path(train_out: Path, steps: int, semi_auto: bool) -> Path:
+    """Where the whole-tensor checkpoint of a round's last step is: checkpoints/step_N (data parallel:
+    rank 0 saves whole tensors), or checkpoints/merged/step_N (semi-auto: merged from the ranks' slices
+    by `final_checkpoint`, the folder the trainer's own re-layout merge uses)."""
+    from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name
+
+    return train_out / CHECKPOINTS / ("merged" if semi_auto else "") / checkpoint_name(steps)
+
+
+def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Path:
+    """The whole-tensor checkpoint of a finished round at step `steps`, which scoring, held-out
+    evaluation and the next round's `train.init_weights` load (whole tensors: a semi-auto compile slices
+    them). Under semi-auto parallel each rank saved only its slices (checkpoints/rank_<r>/step_N, with
+    the strategy files): they are merged once on the CPU (`convert.merge.merge_run`, MindSpore's
+    transform_checkpoints) into `whole_checkpoint_path`; a re-run reuses the merged folder."""
+    from pangu_pro.train.checkpoint import CHECKPOINTS, STATE_NAME, list_checkpoints
+
+    if semi_auto:
+        merged = whole_checkpoint_path(train_out, steps, True)
+        if not (merged / STATE_NAME).is_file():  # written last: a complete merge
+            from pangu_pro.convert.merge import merge_run
+
+            merge_run(train_out, merged, step=steps, overwrite=merged.exists())
+        return merged
     found = dict(list_checkpoints(train_out / CHECKPOINTS))
     if steps not in found:
         raise RuntimeError(f"{train_out}: training ended without a checkpoint at step {steps} "
@@ -240,9 +268,11 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                 if k > 1:
                     selection = Path(cfg.data.index_file)
                     check_fits(np.load(selection), state.done(k - 1, "select")["samples_total"], str(selection))
-                resume = latest_checkpoint(train_out / CHECKPOINTS) is not None
+                # data parallel: checkpoints/step_N; semi-auto: each rank's checkpoints/rank_<r>/step_N
+                resume = any(latest_checkpoint(d) is not None
+                             for d in [train_out / CHECKPOINTS, *(train_out / CHECKPOINTS).glob("rank_*")])
                 runner.train(cfg_path, resume, rdir / "logs_train")
-                ckpt = final_checkpoint(train_out, cfg.train.steps)
+                ckpt = final_checkpoint(train_out, cfg.train.steps, semi_auto_layout(cfg))
                 ckpt_state = read_json(ckpt / "state.json")
                 info = {"checkpoint": str(ckpt), "steps": cfg.train.steps, "final_train_loss": ckpt_state.get("loss"),
                         "index_file": cfg.data.index_file}
