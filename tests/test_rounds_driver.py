@@ -173,8 +173,14 @@ def test_multi_round_section_round_trips(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rounds_end_to_end(data, tmp_path):
-    """The real trainer and scorer, in process: 2 rounds of a tiny model."""
+def test_two_rounds_end_to_end(data, tmp_path, monkeypatch):
+    """The real trainer and scorer, in process: 2 rounds of a tiny model. Held-out evaluation builds
+    one network for both rounds, and each round's loss is that of its own weights."""
+    from pangu_pro.train import evaluate
+
+    built = []
+    monkeypatch.setattr(evaluate.CheckpointEvaluator, "__init__",
+                        lambda self, cfg, init=evaluate.CheckpointEvaluator.__init__: built.append(1) or init(self, cfg))
     config = rounds_config(data, tmp_path / "run", round_steps=2)
     # one epoch at most: the loader's SubsetSampler refuses more indices than the data holds
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4, warmup_steps=1))
@@ -182,6 +188,9 @@ def test_two_rounds_end_to_end(data, tmp_path):
     rows = summary["rounds"]
     assert [r["steps"] for r in rows] == [4, 2]
     assert all(np.isfinite(r["heldout_loss"]) for r in rows) and np.isfinite(rows[0]["mean_score"])
+    assert len(built) == 1 and rows[0]["heldout_loss"] != rows[1]["heldout_loss"]
+    fresh = evaluate.perplexity(config, rows[1]["checkpoint"], config.data.eval_files)  # its own network
+    assert rows[1]["heldout_loss"] == pytest.approx(fresh["loss"], rel=1e-6)
     metrics = [json.loads(line) for line in
                (tmp_path / "run" / "round_2" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["type"] == "train"] == [1, 2]

@@ -152,6 +152,7 @@ class StageRunner:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers, self.master_port, self.progress = workers, master_port, progress
+        self._evaluator = None
 
     def run(self, argv: list[str], log_dir: Path) -> None:
         argv = [*argv, *([] if self.progress else ["--no-progress"])]
@@ -180,9 +181,13 @@ class StageRunner:
                   "--unit-samples", str(unit_samples), "--flush-every", str(flush_every)], log_dir)
 
     def evaluate(self, config: Config, checkpoint: Path) -> dict:
-        from pangu_pro.train.evaluate import perplexity
+        """Held-out loss on data.eval_files, in this process; one network for every round (rounds
+        share the model), so it compiles once per run."""
+        from pangu_pro.train.evaluate import CheckpointEvaluator
 
-        return perplexity(config, checkpoint, config.data.eval_files)
+        if self._evaluator is None or self._evaluator.model_cfg != config.model:
+            self._evaluator = CheckpointEvaluator(config.model)
+        return self._evaluator(checkpoint, config.data.eval_files, config.train.batch_size)
 
 
 def semi_auto_layout(config: Config) -> bool:
