@@ -449,7 +449,8 @@ def render(results: dict, figure: bool = True) -> str:
                   mean_std([r["round1_mean_score"] for r in one])[0],
                   mean_std([r["mean_score_selected"] for r in results["arms"]["hard_50"]])[0],
                   mean_std([r["mean_score_selected"] for r in results["arms"]["uniform_50"]])[0]),
-              f"Wall time {results['seconds']:.0f} s in all, on a shared 2-core machine (nice 19)."]
+              f"Wall time {results['seconds']:.0f} s summed over the processes that wrote these results (a resumed "
+              "run counts only its own part), on a shared 2-core machine at nice 19."]
     if figure:
         lines += ["", "![forgetting and held-out loss per part](multi_round.png)"]
     return "\n".join(lines) + "\n"
