@@ -116,7 +116,7 @@ score_case() {
   else
     PORT=$((PORT + 1))
     msrun --worker_num="$workers" --local_worker_num="$workers" --master_port="$PORT" --log_dir="$OUT/$name/logs" \
-      --join=True "$PYTHON" -m pangu_pro.cli "${args[@]}" >"$OUT/$name.log" 2>&1 || status=$?
+      --join=True python -m pangu_pro.cli "${args[@]}" >"$OUT/$name.log" 2>&1 || status=$?  # msrun runs "python"
   fi
   if [[ "$status" != 0 ]]; then
     echo "FAIL $name: scoring failed (exit $status); last lines of $OUT/$name.log:"
