@@ -17,6 +17,16 @@ tolerances (bf16 on the NPU; reduction orders differ between layouts):
 - updated weights: max |w - w_ref| over max |w_ref - w_init| <= 5e-2, i.e. relative to how far the
   reference moved (a layout that drops or doubles an update fails)
 
+Multi-round scoring (`pangu-pro score`, docs/multi_round.md) is checked the same way: the script
+scores the single-device run's final checkpoint on one device and under a parallel layout (semi-auto
+dp 2 x mp 4 on the NPUs; data parallel over 2 workers with --cpu), then
+
+    python -m pangu_pro.parallel_check scores REFERENCE.npz RESULT.npz --name NAME   (PASS/FAIL)
+
+compares every unit's and every sample's score (relative difference <= 2e-2, as the loss), after
+checking both files cover the same samples in the same units (a layout that scores rows of another
+unit, or a rank's rows twice, fails on the samples even when the unit means agree).
+
 `data` writes the synthetic corpus, `init` the initial weights, `logits` checks an HF export against
 our model on the merged checkpoint.
 """
@@ -32,6 +42,7 @@ from typing import Optional
 import numpy as np
 
 TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2}
+SCORE_TOLERANCE = 2e-2  # relative, per unit and per sample: scores are losses
 
 
 # ---------------------------------------------------------------- results and their comparison (pure)
@@ -89,6 +100,38 @@ def compare(reference: dict, result: dict, tolerances: Optional[dict] = None) ->
                 verdict.problems.append(f"weights off by {worst:.2e} of the update > {tol['weights']:.0e}")
     verdict.passed = not verdict.problems
     return verdict
+
+
+def compare_scores(reference: dict, result: dict, name: str, tolerance: float = SCORE_TOLERANCE) -> Verdict:
+    """Scores of one checkpoint under a layout (`result`) against one device's (`reference`), both as
+    `rounds.scoring.load_scores` reads them: same unit size and samples, then the worst relative
+    difference of the unit scores and of the sample scores, each within `tolerance`."""
+    verdict = Verdict(name, True)
+    for key in ("unit_size", "num_samples"):
+        if reference[key] != result[key]:
+            verdict.problems.append(f"{key} {result[key]}, expected {reference[key]}")
+    if not verdict.problems:
+        for key, what in (("unit_loss", "unit"), ("sample_loss", "sample")):
+            ref, got = np.asarray(reference[key], np.float64), np.asarray(result[key], np.float64)
+            if ref.shape != got.shape:
+                verdict.problems.append(f"{got.size} {what} scores, expected {ref.size}")
+                continue
+            diff = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-12)
+            diff[~np.isfinite(got)] = np.inf
+            worst = int(np.argmax(diff))
+            verdict.differences[f"{what}s"] = float(diff[worst])
+            if diff[worst] > tolerance:
+                verdict.problems.append(f"{what} {worst} scored {got[worst]:.4f}, one device {ref[worst]:.4f} "
+                                        f"(off by {diff[worst]:.2e} > {tolerance:.0e}; "
+                                        f"{int((diff > tolerance).sum())} {what}s off)")
+    verdict.passed = not verdict.problems
+    return verdict
+
+
+def compare_score_files(reference_path: str | Path, result_path: str | Path, name: str) -> Verdict:
+    from pangu_pro.rounds.scoring import load_scores
+
+    return compare_scores(load_scores(reference_path), load_scores(result_path), name)
 
 
 def _weights(source) -> dict:
@@ -238,6 +281,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = commands.add_parser("compare")
     p.add_argument("reference")
     p.add_argument("results", nargs="+")
+    p = commands.add_parser("scores")
+    p.add_argument("reference")
+    p.add_argument("result")
+    p.add_argument("--name", required=True)
     p = commands.add_parser("logits")
     p.add_argument("config")
     p.add_argument("checkpoint")
@@ -255,6 +302,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for verdict in verdicts:
             print(verdict.line())
         return 0 if all(v.passed for v in verdicts) else 1
+    elif args.command == "scores":
+        verdict = compare_score_files(args.reference, args.result, args.name)
+        print(verdict.line())
+        return 0 if verdict.passed else 1
     else:
         verdict = logits_check(args.config, args.checkpoint, args.hf_dir)
         print(verdict.line())

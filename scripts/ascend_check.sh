@@ -5,12 +5,14 @@
 # (dp8; dp2 x mp4; dp2 x pp2 x mp2 with micro batches; ZeRO; sequence parallel; gradient accumulation;
 # micro_batch_interleave_num 2) from the same initial weights and data, through the real launcher and
 # trainer, and compares loss, global gradient norm and updated weights with the single-device run:
-# PASS/FAIL per layout with the differences (pangu_pro/parallel_check.py). Then it merges the pipeline
-# run's per-rank checkpoints, exports them to Hugging Face format and checks the logits.
+# PASS/FAIL per layout with the differences (pangu_pro/parallel_check.py). Multi-round scoring: the
+# single-device run's checkpoint is scored on one device and under semi-auto dp2 x mp4, unit and sample
+# scores compared. Then it merges the pipeline run's per-rank checkpoints, exports them to Hugging Face
+# format and checks the logits.
 # --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers (tests the script itself).
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 OUT=output/ascend_check; CPU=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -100,6 +102,44 @@ if [[ -f "$OUT/single.json" && ${#RESULTS[@]} -gt 0 ]]; then
     FAILED=$((FAILED + $(grep -c '^FAIL' "$OUT/compare.txt")))
 elif [[ ! -f "$OUT/single.json" ]]; then
   echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
+fi
+
+# score_case NAME WORKERS OVERRIDE...: `pangu-pro score` of the single-device run's final checkpoint
+# (units of one global batch), then its unit and sample scores against one device's (scores_single).
+score_case() {
+  local name="$1" workers="$2"; shift 2
+  local status=0 args=(score "$CONFIG" "data.train_files=[$OUT/data.mindrecord]" "train.output_dir=$OUT/$name" "$@"
+                       --checkpoint "$SCORED" --out "$OUT/$name.npz" --unit-samples "$UNIT" --no-progress)
+  echo "-- $name: $workers worker(s) $*" >&2
+  if [[ "$workers" == 1 ]]; then
+    "$PYTHON" -m pangu_pro.cli "${args[@]}" >"$OUT/$name.log" 2>&1 || status=$?
+  else
+    PORT=$((PORT + 1))
+    msrun --worker_num="$workers" --local_worker_num="$workers" --master_port="$PORT" --log_dir="$OUT/$name/logs" \
+      --join=True python -m pangu_pro.cli "${args[@]}" >"$OUT/$name.log" 2>&1 || status=$?  # msrun runs "python"
+  fi
+  if [[ "$status" != 0 ]]; then
+    echo "FAIL $name: scoring failed (exit $status); last lines of $OUT/$name.log:"
+    tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'; FAILED=$((FAILED + 1))
+  elif [[ "$name" != scores_single ]]; then
+    "$PYTHON" -m pangu_pro.parallel_check scores "$OUT/scores_single.npz" "$OUT/$name.npz" --name "$name" ||
+      FAILED=$((FAILED + 1))
+  fi
+}
+
+SCORED=$(ls -d "$OUT"/single/checkpoints/step_* 2>/dev/null | tail -n 1)
+if [[ -z "$SCORED" ]]; then
+  echo "FAIL scores: the single-device run left no checkpoint to score"; FAILED=$((FAILED + 1))
+elif [[ "$PANGU_PRO_DEVICE" == ascend ]]; then  # one global batch of 8 per unit
+  UNIT=8
+  score_case scores_single 1 train.batch_size=8
+  if [[ -f "$OUT/scores_single.npz" ]]; then
+    score_case scores_dp2_mp4 8 parallel.data_parallel=2 parallel.model_parallel=4 train.batch_size=4
+  fi
+else
+  UNIT=4
+  score_case scores_single 1 train.batch_size=4
+  if [[ -f "$OUT/scores_single.npz" ]]; then score_case scores_dp2 2 parallel.data_parallel=2 train.batch_size=2; fi
 fi
 
 # save -> merge -> export -> logits, from the run directory as a user would

@@ -34,7 +34,7 @@ def run_check(out: Path, *flags: str) -> subprocess.CompletedProcess:
 def test_ascend_check_passes(tmp_path):
     done = run_check(tmp_path / "check")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    for name in ASCEND_LAYOUTS:
+    for name in (*ASCEND_LAYOUTS, "scores_dp2_mp4"):
         assert re.search(rf"^PASS {name} ", done.stdout, re.M), f"{name}: {done.stdout[-4000:]}"
     assert "PASS hf logits" in done.stdout
 
@@ -49,13 +49,13 @@ def test_ascend_check_refuses_without_an_npu(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ascend_check_plumbing_on_the_cpu(tmp_path):
-    """--cpu: one device, dp 2 and dp 2 with accumulation through the real launcher; then merge, export
-    and logits. All PASS: data parallel on the CPU is exact up to reduction order."""
+    """--cpu: one device, dp 2 and dp 2 with accumulation through the real launcher; the single run's
+    checkpoint scored on one device and by 2 data-parallel scorers; then merge, export and logits. All PASS: data parallel on the CPU is exact up to reduction order."""
     done = run_check(tmp_path / "check", "--cpu")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert [line.split()[:2] for line in lines] == [["PASS", "dp2"], ["PASS", "dp2_accumulation"],
-                                                   ["PASS", "hf"]], done.stdout
+                                                   ["PASS", "scores_dp2"], ["PASS", "hf"]], done.stdout
     assert done.stdout.rstrip().endswith("ascend_check: all PASS")
 
 

@@ -51,3 +51,50 @@ def test_the_command_prints_pass_fail_and_exits_non_zero_on_a_failure(results, c
     assert main(["compare", str(results["single"]), str(results["dp8"]), str(results["loss_off"])]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["PASS", "FAIL"]
+
+
+def write_scores(path, unit_loss, sample_loss, unit_size=4):
+    from pangu_pro.rounds.scoring import save_scores
+
+    save_scores(path, np.asarray(unit_loss, np.float64), np.asarray(sample_loss, np.float64), unit_size, {})
+    return path
+
+
+def test_scores_under_a_layout_pass_within_tolerance_and_each_defect_fails(tmp_path):
+    """The self-check's scoring case: one device's scores against a layout's. Rows of one unit
+    swapped with another unit's, a short file or a NaN fail, naming the unit or sample."""
+    from pangu_pro.parallel_check import compare_score_files
+
+    samples = 4.0 + 0.25 * np.arange(10)  # 10 samples in units of 4: the last unit is short
+    units = np.array([samples[0:4].mean(), samples[4:8].mean(), samples[8:].mean()])
+    ref = write_scores(tmp_path / "single.npz", units, samples)
+    close = write_scores(tmp_path / "close.npz", units * 1.003, samples * 0.997)
+    swapped = samples.copy()
+    swapped[[3, 4]] = swapped[[4, 3]]  # unit means move a little, the samples a lot
+    rows = write_scores(tmp_path / "rows.npz", units, swapped)
+    nan = samples.copy()
+    nan[7] = np.nan
+    bad = write_scores(tmp_path / "nan.npz", units, nan)
+    short = write_scores(tmp_path / "short.npz", units[:2], samples[:8])
+
+    verdict = compare_score_files(ref, close, "scores_dp2_mp4")
+    assert verdict.passed and verdict.line().startswith("PASS scores_dp2_mp4")
+    assert verdict.differences["units"] == pytest.approx(3e-3, rel=1e-6)
+    verdict = compare_score_files(ref, rows, "rows")
+    assert not verdict.passed and verdict.problems == [  # unit scores kept: only the samples show it
+        "sample 3 scored 5.0000, one device 4.7500 (off by 5.26e-02 > 2e-02; 2 samples off)"]
+    verdict = compare_score_files(ref, bad, "nan")
+    assert not verdict.passed and verdict.problems[0].startswith("sample 7 scored nan")
+    verdict = compare_score_files(ref, short, "short")
+    assert not verdict.passed and verdict.problems == ["num_samples 8, expected 10"]
+
+
+def test_the_scores_command_exits_non_zero_on_a_failure(tmp_path, capsys):
+    samples = 4.0 + RNG.random(8)
+    units = np.array([samples[:4].mean(), samples[4:].mean()])
+    ref = write_scores(tmp_path / "single.npz", units, samples)
+    off = write_scores(tmp_path / "off.npz", units * 1.05, samples)
+    assert main(["scores", str(ref), str(ref), "--name", "same"]) == 0
+    assert main(["scores", str(ref), str(off), "--name", "off"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("PASS same") and lines[1].startswith("FAIL off") and "unit 0 scored" in lines[1]

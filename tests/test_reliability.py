@@ -262,3 +262,28 @@ def test_tokenizer_vocabulary_too_small_says_the_minimum(tmp_path, capsys):
     needed = re.search(r"vocab size 262 is too small for this corpus: it needs at least (\d+) pieces", err)
     assert needed and f"pass --vocab-size {needed.group(1)} or more" in err and "Traceback" not in err
     assert main(args + ["--vocab-size", needed.group(1)]) == 0
+
+
+@pytest.mark.parametrize("reader", ["rounds_state", "map_info", "new2old_json", "eval_task"])
+def test_damaged_json_files_are_named(tmp_path, reader):
+    """Every JSON file these modules read goes through io.read_json, so bad JSON names the file and line."""
+    bad = tmp_path / "damaged.json"
+    bad.write_text('{"a": 1,\n "b": }', encoding="utf-8")
+    match = f"{bad}: not valid JSON \\(line 2 column"
+    with pytest.raises(ValueError, match=match):
+        if reader == "rounds_state":
+            from pangu_pro.rounds.driver import RoundsState
+
+            RoundsState(bad, "fingerprint")
+        elif reader == "map_info":
+            from pangu_pro.tokenizer.compress import load_map_info
+
+            load_map_info(bad)
+        elif reader == "new2old_json":
+            from pangu_pro.tokenizer.compress import load_new2old
+
+            load_new2old(bad)
+        else:
+            from pangu_pro.eval.tasks import read_json
+
+            read_json(bad, "a JSON object")

@@ -173,8 +173,14 @@ def test_multi_round_section_round_trips(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_rounds_end_to_end(data, tmp_path):
-    """The real trainer and scorer, in process: 2 rounds of a tiny model."""
+def test_two_rounds_end_to_end(data, tmp_path, monkeypatch):
+    """The real trainer and scorer, in process: 2 rounds of a tiny model. Held-out evaluation builds
+    one network for both rounds, and each round's loss is that of its own weights."""
+    from pangu_pro.train import evaluate
+
+    built = []
+    monkeypatch.setattr(evaluate.CheckpointEvaluator, "__init__",
+                        lambda self, cfg, init=evaluate.CheckpointEvaluator.__init__: built.append(1) or init(self, cfg))
     config = rounds_config(data, tmp_path / "run", round_steps=2)
     # one epoch at most: the loader's SubsetSampler refuses more indices than the data holds
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4, warmup_steps=1))
@@ -182,7 +188,59 @@ def test_two_rounds_end_to_end(data, tmp_path):
     rows = summary["rounds"]
     assert [r["steps"] for r in rows] == [4, 2]
     assert all(np.isfinite(r["heldout_loss"]) for r in rows) and np.isfinite(rows[0]["mean_score"])
+    assert len(built) == 1 and rows[0]["heldout_loss"] != rows[1]["heldout_loss"]
+    fresh = evaluate.perplexity(config, rows[1]["checkpoint"], config.data.eval_files)  # its own network
+    assert rows[1]["heldout_loss"] == pytest.approx(fresh["loss"], rel=1e-6)
     metrics = [json.loads(line) for line in
                (tmp_path / "run" / "round_2" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["type"] == "train"] == [1, 2]
     assert Path(rows[1]["checkpoint"]).name == "step_00000002"
+
+
+class SlicedRunner(FakeRunner):
+    """The trainer under semi-auto parallel: every rank of a pp 2 x mp 2 x ZeRO layout saves only its
+    slices (checkpoints/rank_<r>/step_N) beside its strategy file, as `write_sliced_run` emulates."""
+
+    def __init__(self, model_cfg):
+        super().__init__()
+        self.model_cfg, self.full = model_cfg, {}
+
+    def train(self, config_path, resume, log_dir):
+        from pangu_pro.config import load_config
+        from tests.test_parallel_ckpt import write_sliced_run
+
+        cfg = load_config(config_path)
+        self.calls.append(("train", str(config_path), resume, cfg.train.init_weights))
+        self.full[cfg.train.output_dir] = write_sliced_run(Path(cfg.train.output_dir), self.model_cfg,
+                                                           step=cfg.train.steps)
+
+    def score(self, config_path, checkpoint, out, unit_samples, flush_every, log_dir):
+        self.calls.append(("score", str(checkpoint)))
+        losses = np.linspace(1.0, 3.0, sampling.num_units(N, unit_samples))
+        save_scores(out, losses, np.repeat(losses, unit_samples)[:N], unit_samples, {})
+
+
+def test_semi_auto_rounds_score_and_continue_from_the_merged_weights(data, tmp_path, semi_auto):
+    """Under semi-auto parallel no rank holds the whole model: the driver merges the ranks' slices
+    (MindSpore's transform_checkpoints) once per round into checkpoints/merged/step_N, and scoring,
+    held-out evaluation and the next round's init_weights all load exactly the full tensors."""
+    from pangu_pro.io import load_tensors
+
+    config = config_from_dict({**to_mapping(rounds_config(data, tmp_path / "run")),
+                               "parallel": {"data_parallel": 2, "model_parallel": 2, "pipeline_stage": 2,
+                                            "micro_batch_num": 2, "optimizer_shard": True}}, "test")
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, aug_shortcut=False))
+    runner = SlicedRunner(config.model)
+    driver.run_rounds(config, runner=runner, announce=lambda *_: None)
+    r1 = tmp_path / "run" / "round_1" / "train"
+    merged = r1 / "checkpoints" / "merged" / "step_00000006"
+    assert [c[0] for c in runner.calls] == ["train", "eval", "score", "train", "eval"]
+    assert runner.calls[1][1] == runner.calls[2][1] == str(merged)  # eval and score read the merged weights
+    assert runner.calls[3][3] == str(merged)  # round 2 starts from them
+    weights, _ = load_tensors(merged / "model.safetensors")
+    full = runner.full[str(r1)]
+    assert sorted(weights) == sorted(n for n in full if not n.startswith(("adam_", "adam_step")))
+    assert all(np.array_equal(weights[n], full[n]) for n in weights)
+    r2_final = tmp_path / "run" / "round_2" / "train" / "checkpoints" / "merged" / "step_00000003"
+    assert json.loads((tmp_path / "run" / driver.STATE_NAME).read_text())["rounds"]["2"]["train"]["checkpoint"] \
+        == str(r2_final)

@@ -450,6 +450,37 @@ def test_perplexity_of_a_checkpoint(full_run, data):
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
 
 
+def test_evaluation_compiles_one_shape_and_masks_the_padding(full_run, data):
+    """12 held-out samples in batches of 5: the short last batch runs padded to 5 rows with a loss mask
+    (one compiled graph for the pass), and the padding does not count."""
+    from mindspore import Tensor
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+    from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
+
+    config, out, _ = full_run
+    net = PanGuPiWithLoss(build_model(config.model, weights=out / "checkpoints" / "step_00000006"))
+    shapes = []
+
+    class Spy:
+        def set_train(self, mode):
+            net.set_train(mode)
+
+        def __call__(self, *args):
+            shapes.append([tuple(a.shape) for a in args])
+            return net(*args)
+
+    result = evaluate_loss(Spy(), eval_dataset([data["eval"]], 5))
+    width = data["eval_rows"].shape[1]
+    assert shapes == [[(5, width), (5, width)]] * 3 and result["samples"] == 12
+    padded = np.concatenate([data["eval_rows"][10:], np.repeat(data["eval_rows"][10:11], 3, 0)])
+    unpadded = float(net(Tensor(data["eval_rows"][10:])).asnumpy())
+    assert float(net(Tensor(padded)).asnumpy()) != pytest.approx(unpadded, rel=1e-4)  # padding would count
+    full = [float(net(Tensor(data["eval_rows"][i:i + 5])).asnumpy()) for i in (0, 5)]
+    assert result["loss"] == pytest.approx((5 * full[0] + 5 * full[1] + 2 * unpadded) / 12, rel=1e-6)
+
+
 # ---------------------------------------------------------------- FLOPs, plot, config
 
 def test_cpu_peak_is_measured_once_per_machine_and_declared_peaks_win(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from pangu_pro.io import read_json as read_json_file
+
 LETTERS = ("A", "B", "C", "D")
 
 
@@ -256,9 +258,9 @@ def read_json(path: Path, layout: str):
     if not path.is_file():
         raise _missing(path, layout)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not a JSON file ({err.msg}). Expected: {layout}") from None
+        return read_json_file(path)
+    except ValueError as err:  # names the file and the line
+        raise ValueError(f"{err}. Expected: {layout}") from None
 
 
 # ----------------------------------------------------------------------------------------------

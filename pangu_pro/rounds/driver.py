@@ -40,7 +40,7 @@ import numpy as np
 
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
 from pangu_pro.rounds.config import OFFICIAL_ROUND_LR, OFFICIAL_ROUND_MIN_LR_RATIO, OFFICIAL_ROUND_WARMUP_FRACTION
 from pangu_pro.rounds.sampling import num_units, unit_size
 
@@ -91,8 +91,8 @@ def round_config(config: Config, k: int, root: Path) -> Config:
     if k > 1:
         steps = round_steps(config, k)
         previous = Path(round_config(config, k - 1, root).train.output_dir)
-        train = dataclasses.replace(train, steps=steps, **round_schedule(config, steps),
-                                    init_weights=str(previous / "checkpoints" / f"step_{round_steps(config, k - 1):08d}"))
+        weights = whole_checkpoint_path(previous, round_steps(config, k - 1), semi_auto_layout(config))
+        train = dataclasses.replace(train, steps=steps, **round_schedule(config, steps), init_weights=str(weights))
         data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
     mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
     return config_from_dict(mapping, f"{config.source} (round {k})")
@@ -127,7 +127,7 @@ class RoundsState:
     def __init__(self, path: Path, fingerprint: str):
         self.path = path
         if path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path)
             if data.get("fingerprint") != fingerprint:
                 raise ValueError(f"{path}: this multi-round run was started with a different config; use "
                                  f"another train.output_dir, or delete the folder to start over")
@@ -152,6 +152,7 @@ class StageRunner:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers, self.master_port, self.progress = workers, master_port, progress
+        self._evaluator = None
 
     def run(self, argv: list[str], log_dir: Path) -> None:
         argv = [*argv, *([] if self.progress else ["--no-progress"])]
@@ -180,14 +181,46 @@ class StageRunner:
                   "--unit-samples", str(unit_samples), "--flush-every", str(flush_every)], log_dir)
 
     def evaluate(self, config: Config, checkpoint: Path) -> dict:
-        from pangu_pro.train.evaluate import perplexity
+        """Held-out loss on data.eval_files, in this process; one network for every round (rounds
+        share the model), so it compiles once per run."""
+        from pangu_pro.train.evaluate import CheckpointEvaluator
 
-        return perplexity(config, checkpoint, config.data.eval_files)
+        if self._evaluator is None or self._evaluator.model_cfg != config.model:
+            self._evaluator = CheckpointEvaluator(config.model)
+        return self._evaluator(checkpoint, config.data.eval_files, config.train.batch_size)
 
 
-def final_checkpoint(train_out: Path, steps: int) -> Path:
-    from pangu_pro.train.checkpoint import CHECKPOINTS, list_checkpoints
+def semi_auto_layout(config: Config) -> bool:
+    """Whether `config` trains under semi-auto parallel, where each rank saves only its slices."""
+    from pangu_pro.train.trainer import needs_semi_auto
 
+    return needs_semi_auto(config.parallel)
+
+
+def whole_checkpoint_path(train_out: Path, steps: int, semi_auto: bool) -> Path:
+    """Where the whole-tensor checkpoint of a round's last step is: checkpoints/step_N (data parallel:
+    rank 0 saves whole tensors), or checkpoints/merged/step_N (semi-auto: merged from the ranks' slices
+    by `final_checkpoint`, the folder the trainer's own re-layout merge uses)."""
+    from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name
+
+    return train_out / CHECKPOINTS / ("merged" if semi_auto else "") / checkpoint_name(steps)
+
+
+def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Path:
+    """The whole-tensor checkpoint of a finished round at step `steps`, which scoring, held-out
+    evaluation and the next round's `train.init_weights` load (whole tensors: a semi-auto compile slices
+    them). Under semi-auto parallel each rank saved only its slices (checkpoints/rank_<r>/step_N, with
+    the strategy files): they are merged once on the CPU (`convert.merge.merge_run`, MindSpore's
+    transform_checkpoints) into `whole_checkpoint_path`; a re-run reuses the merged folder."""
+    from pangu_pro.train.checkpoint import CHECKPOINTS, STATE_NAME, list_checkpoints
+
+    if semi_auto:
+        merged = whole_checkpoint_path(train_out, steps, True)
+        if not (merged / STATE_NAME).is_file():  # written last: a complete merge
+            from pangu_pro.convert.merge import merge_run
+
+            merge_run(train_out, merged, step=steps, overwrite=merged.exists())
+        return merged
     found = dict(list_checkpoints(train_out / CHECKPOINTS))
     if steps not in found:
         raise RuntimeError(f"{train_out}: training ended without a checkpoint at step {steps} "
@@ -240,10 +273,12 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                 if k > 1:
                     selection = Path(cfg.data.index_file)
                     check_fits(np.load(selection), state.done(k - 1, "select")["samples_total"], str(selection))
-                resume = latest_checkpoint(train_out / CHECKPOINTS) is not None
+                # data parallel: checkpoints/step_N; semi-auto: each rank's checkpoints/rank_<r>/step_N
+                resume = any(latest_checkpoint(d) is not None
+                             for d in [train_out / CHECKPOINTS, *(train_out / CHECKPOINTS).glob("rank_*")])
                 runner.train(cfg_path, resume, rdir / "logs_train")
-                ckpt = final_checkpoint(train_out, cfg.train.steps)
-                ckpt_state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+                ckpt = final_checkpoint(train_out, cfg.train.steps, semi_auto_layout(cfg))
+                ckpt_state = read_json(ckpt / "state.json")
                 info = {"checkpoint": str(ckpt), "steps": cfg.train.steps, "final_train_loss": ckpt_state.get("loss"),
                         "index_file": cfg.data.index_file}
             elif stage == "eval":

@@ -43,7 +43,7 @@ from typing import Optional
 
 import numpy as np
 
-from pangu_pro.io import atomic_path, atomic_write_json
+from pangu_pro.io import atomic_path, atomic_write_json, read_json
 from pangu_pro.rounds.sampling import num_units as count_units
 
 PARTS_SUFFIX = ".parts"
@@ -270,7 +270,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
         existing = load_scores(out)
         if existing["meta"] == meta:
             say(f"{out} already holds these scores")
-            return json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+            return read_json(out.with_suffix(".json")) if out.with_suffix(".json").is_file() else {}
         raise ValueError(f"{out} holds scores of another run (checkpoint, data, unit size or world differ); "
                          f"pass --overwrite or choose another --out")
 

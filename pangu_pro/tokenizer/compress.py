@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from pangu_pro.io import atomic_path, atomic_write_json, file_sha256
+from pangu_pro.io import atomic_path, atomic_write_json, file_sha256, read_json
 from pangu_pro.tokenizer.counting import load_counts
 from pangu_pro.tokenizer.select import Selection, select_ids
 from pangu_pro.tokenizer.vocab import compact_model_bytes, read_model_proto, vocab_from_proto
@@ -58,14 +58,12 @@ def compress_tokenizer(model_path: str | Path, counts_path: str | Path, out_pref
 def load_map_info(path: str | Path) -> dict:
     """The JSON written beside a `new2old` map (source and compact tokenizers with their sha256);
     `path` is the .npy map or that .json."""
-    import json
-
     path = Path(path)
     info_path = path if path.suffix == ".json" else path.with_suffix(".json")
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path}: the id map's record (source tokenizer digest) is missing; it is "
                                 f"written beside {path.with_suffix('.npy').name} by `pangu-pro tokenizer compress`")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_json(info_path)
     if "source_sha256" not in info:
         raise ValueError(f"{info_path}: no source_sha256: not an id map record of `pangu-pro tokenizer compress`")
     return info
@@ -77,9 +75,7 @@ def load_new2old(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: id map not found")
     if path.suffix == ".json":
-        import json
-
-        new2old = np.asarray(json.loads(path.read_text(encoding="utf-8"))["new2old"], dtype=np.int64)
+        new2old = np.asarray(read_json(path)["new2old"], dtype=np.int64)
     else:
         new2old = np.load(path).astype(np.int64)
     if new2old.ndim != 1 or new2old.size == 0:

@@ -18,14 +18,26 @@ def eval_dataset(files, batch_size: int, rank: int = 0, world: int = 1):
 
 
 def evaluate_loss(loss_net, dataset, max_batches: Optional[int] = None) -> dict:
-    """Mean loss and perplexity of `loss_net` (a PanGuPiWithLoss) over `dataset`'s input_ids batches."""
+    """Mean loss and perplexity of `loss_net` (a PanGuPiWithLoss) over `dataset`'s input_ids batches.
+
+    Every batch runs at the first batch's shape with a loss mask: the last, short batch is padded with
+    copies of its first row that the mask leaves out, so the pass compiles one graph (a short batch
+    would compile a second one, as long as the first); the mask of a full batch is all ones."""
+    import numpy as np
+    from mindspore import Tensor
+
     loss_net.set_train(False)
-    total, samples, batches = 0.0, 0, 0
-    for (input_ids,) in dataset.create_tuple_iterator(num_epochs=1):
+    total, samples, batches, rows = 0.0, 0, 0, None
+    for (input_ids,) in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
         if max_batches is not None and batches >= max_batches:
             break
         n = int(input_ids.shape[0])
-        total += float(loss_net(input_ids).asnumpy()) * n
+        rows = rows or n
+        mask = np.ones((rows, input_ids.shape[1]), np.float32)
+        if n < rows:
+            input_ids = np.concatenate([input_ids, np.repeat(input_ids[:1], rows - n, 0)])
+            mask[n:] = 0.0
+        total += float(loss_net(Tensor(input_ids), Tensor(mask)).asnumpy()) * n
         samples += n
         batches += 1
     if samples == 0:
@@ -35,16 +47,31 @@ def evaluate_loss(loss_net, dataset, max_batches: Optional[int] = None) -> dict:
             "samples": samples, "batches": batches}
 
 
+class CheckpointEvaluator:
+    """Held-out loss of any number of checkpoints of one model: the network is built (and compiled, per
+    batch shape) once, each checkpoint's weights loaded into it, so a multi-round run or a benchmark
+    evaluating many checkpoints compiles once instead of once per checkpoint."""
+
+    def __init__(self, model_cfg):
+        from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+        from pangu_pro.model.weights import build_model
+        from pangu_pro.runtime import adapt_to_device, init_mindspore
+
+        init_mindspore()
+        self.model_cfg = model_cfg
+        self.model = build_model(adapt_to_device(model_cfg))
+        self.net = PanGuPiWithLoss(self.model)
+
+    def __call__(self, checkpoint, files, batch_size: int, max_batches: Optional[int] = None) -> dict:
+        from pangu_pro.model.weights import load_weights
+
+        load_weights(self.model, checkpoint)
+        result = evaluate_loss(self.net, eval_dataset(files, batch_size), max_batches)
+        result["checkpoint"] = str(checkpoint)
+        return result
+
+
 def perplexity(config, checkpoint, files, batch_size: Optional[int] = None,
                max_batches: Optional[int] = None) -> dict:
     """Held-out loss/perplexity of the weights in `checkpoint` (file or checkpoint folder) on `files`."""
-    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.weights import build_model
-    from pangu_pro.runtime import adapt_to_device, init_mindspore
-
-    init_mindspore()
-    model = build_model(adapt_to_device(config.model), weights=checkpoint)
-    dataset = eval_dataset(files, batch_size or config.train.batch_size)
-    result = evaluate_loss(PanGuPiWithLoss(model), dataset, max_batches)
-    result["checkpoint"] = str(checkpoint)
-    return result
+    return CheckpointEvaluator(config.model)(checkpoint, files, batch_size or config.train.batch_size, max_batches)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from pangu_pro.config import ModelConfig
-from pangu_pro.io import atomic_write_text
+from pangu_pro.io import atomic_write_text, read_json
 
 # Declared peak FLOP/s per device when train.peak_flops is not set (the CPU's is measured instead).
 DEFAULT_PEAK_FLOPS = {
@@ -101,7 +101,7 @@ def record_cpu_peak(measured: dict) -> float:
     """Keep the higher of `measured` and the cached peak of this machine; returns the kept FLOP/s."""
     path = peak_cache_path()
     try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
+        cache = read_json(path)
     except (OSError, ValueError):
         cache = {}
     key = machine_key()
@@ -121,7 +121,7 @@ def cpu_peak_flops(announce=None) -> float:
     """This machine's fp32 matmul peak: from the cache, else measured now and cached. A cached value
     measured while other jobs loaded the cores is measured again once the machine is quieter."""
     try:
-        cached = json.loads(peak_cache_path().read_text(encoding="utf-8")).get(machine_key())
+        cached = read_json(peak_cache_path()).get(machine_key())
     except (OSError, ValueError):
         cached = None
     if cached:
