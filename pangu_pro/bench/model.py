@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 MEDIUM = ModelConfig(vocab_size=16000, hidden_size=384, num_layers=6, num_heads=6, intermediate_size=1024,
                      seq_length=256, aug_shortcut_ratio=32)
 
+# (siaf, aug_shortcut) of each variant the module-overhead timings compare
+VARIANTS = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny_cpu.yaml"), help="small config to time")
@@ -118,12 +121,11 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
     from pangu_pro.model import PanGuPiForCausalLM, PanGuPiWithLoss
     from pangu_pro.model.generation import Generator, SamplingConfig
 
-    variants = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
     ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq + 1)).astype(np.int32))
     forward_ids = ids[:, :-1]
     prompts = [[1, 2, 3, 4]]
     runs = {}
-    for name, (siaf, aug) in variants.items():
+    for name, (siaf, aug) in VARIANTS.items():
         ms.set_seed(0)
         model = PanGuPiForCausalLM(dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug,
                                                        seq_length=max(cfg.seq_length, new_tokens + 16)))
@@ -155,7 +157,6 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
 
 def _pro_forward_seconds(cfg: ModelConfig, seq: int, repeats: int) -> float:
     """Median forward seconds (batch 1, `seq` tokens) of a fresh model of `cfg`, in this process."""
-    import mindspore as ms
     from mindspore import Tensor
 
     from pangu_pro.model import PanGuPiForCausalLM
@@ -163,7 +164,6 @@ def _pro_forward_seconds(cfg: ModelConfig, seq: int, repeats: int) -> float:
 
     init_mindspore(seed=0)
     ids = Tensor(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, seq)).astype(np.int32))
-    ms.set_seed(0)
     model = PanGuPiForCausalLM(cfg)
     model.set_train(False)
     return timed(lambda: model(ids).asnumpy(), repeats)[1]
@@ -175,10 +175,9 @@ def pro_forward_overhead(cfg: ModelConfig, seq: int, repeats: int) -> dict:
     in one process ran out of 24 GB), so compare on a quiet machine."""
     import multiprocessing
 
-    variants = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
     rows = {}
     context = multiprocessing.get_context("spawn")
-    for name, (siaf, aug) in variants.items():
+    for name, (siaf, aug) in VARIANTS.items():
         with context.Pool(1) as pool:
             variant = dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug)
             rows[name] = {"forward_s": pool.apply(_pro_forward_seconds, (variant, seq, repeats))}
