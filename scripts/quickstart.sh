@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole PanGu-pi Pro pipeline on the CPU, on the built-in corpus, in about eight minutes on 2 cores:
+# The whole PanGu-pi Pro pipeline on the CPU, on the built-in corpus, in about 13 minutes on 2 idle cores:
 #   corpus -> big tokenizer -> coverage -> compact tokenizer -> packed data -> two-round training of
 #   tiny_cpu (train, score, retrain on the hardest half) -> held-out perplexity -> generation -> loss
 #   plot -> parameter inheritance (teacher -> student -> continued training) -> Hugging Face export ->
@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf"
 cd "$REPO"
 OUT="${1:-quickstart_out}"
 CFG=configs/tiny_cpu.yaml
-STEPS="${QUICKSTART_STEPS:-400}"
+STEPS="${QUICKSTART_STEPS:-300}"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 START=$(date +%s)

@@ -201,9 +201,9 @@ def whole_checkpoint_path(train_out: Path, steps: int, semi_auto: bool) -> Path:
     """Where the whole-tensor checkpoint of a round's last step is: checkpoints/step_N (data parallel:
     rank 0 saves whole tensors), or checkpoints/merged/step_N (semi-auto: merged from the ranks' slices
     by `final_checkpoint`, the folder the trainer's own re-layout merge uses)."""
-    from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name
+    from pangu_pro.train.checkpoint import CHECKPOINTS, checkpoint_name, merged_checkpoint_dir
 
-    return train_out / CHECKPOINTS / ("merged" if semi_auto else "") / checkpoint_name(steps)
+    return merged_checkpoint_dir(train_out, steps) if semi_auto else train_out / CHECKPOINTS / checkpoint_name(steps)
 
 
 def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Path:

@@ -42,6 +42,12 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def merged_checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """<run>/checkpoints/merged/step_N: the whole tensors of a semi-auto run's step, merged once from
+    the ranks' slices (by the trainer on a change of layout, by the rounds driver after a round)."""
+    return Path(run_dir) / CHECKPOINTS / "merged" / checkpoint_name(step)
+
+
 def optimizer_state(optimizer) -> dict[str, np.ndarray]:
     """The optimizer's state parameters as numpy arrays, by name."""
     return {p.name: p.asnumpy() for p in optimizer.state_parameters()}

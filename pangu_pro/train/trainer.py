@@ -257,10 +257,10 @@ def merged_for_new_layout(rank_ckpt: Path, rank: int, wait_s: float = MERGE_WAIT
     (<run>/checkpoints/rank_<r>/step_N), merged once by rank 0 into <run>/checkpoints/merged/step_N
     (`convert.merge.merge_run`); the other ranks wait for it."""
     from pangu_pro.convert.merge import merge_run
-    from pangu_pro.train.checkpoint import STATE_NAME
+    from pangu_pro.train.checkpoint import STATE_NAME, merged_checkpoint_dir
 
     run, step = rank_ckpt.parent.parent.parent, int(rank_ckpt.name.split("_")[1])
-    merged = rank_ckpt.parent.parent / "merged" / rank_ckpt.name
+    merged = merged_checkpoint_dir(run, step)
     if rank == 0 and not (merged / STATE_NAME).is_file():
         merge_run(run, merged, step=step, overwrite=merged.exists())
     deadline = time.monotonic() + wait_s
