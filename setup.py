@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["pangu_pro", "pangu_pro.*"]),
-    package_data={"pangu_pro": ["convert/hf_modeling/*.py"]},
+    package_data={"pangu_pro": ["convert/hf_modeling/*.py", "model/kernels/*.cc"]},
     install_requires=[
         "mindspore==2.9.0",
         "mindformers==1.9.0",

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=64, help="tokens per sample")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--teacher-steps", type=int, default=150)
-    parser.add_argument("--mask-steps", type=int, default=80,
+    parser.add_argument("--mask-steps", type=int, default=400,
                         help="learned-mask steps (teacher weights frozen); also the data budget of every criterion: "
                         "MASK_STEPS x BATCH_SIZE sequences")
     parser.add_argument("--lr-mask", type=float, default=0.3, help="learning rate of the mask logits")

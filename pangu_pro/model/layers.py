@@ -140,10 +140,20 @@ class SeriesInformedActivation(nn.Cell):
 
     Initialised with a_1 = 1 and everything else 0, so a fresh model computes exactly silu(x):
     silu(0) = 0 for the other terms.
+
+    On the CPU in fp32, single device or data parallel, it runs as one fused C++ kernel each way
+    (`pangu_pro.model.kernels`); otherwise (Ascend, semi-auto layouts, no compiler) as the primitives
+    below, which carry the shard strategies.
     """
 
     def __init__(self, channels: int, terms: int = 2, compute_dtype=ms.float32):
         super().__init__()
+        from pangu_pro.model.kernels import siaf_op
+        from pangu_pro.runtime import device_target
+
+        whole = ms.get_auto_parallel_context("parallel_mode") in ("stand_alone", "data_parallel")
+        self.kernel = siaf_op() if device_target() == "CPU" and compute_dtype == ms.float32 and whole else None
+        self.use_kernel = self.kernel is not None
         self.terms = terms
         scale = np.zeros((terms, channels), np.float32)
         scale[0] = 1.0
@@ -162,6 +172,8 @@ class SeriesInformedActivation(nn.Cell):
         return self.row(table, (i, 0), (i + 1, self.channels), (1, 1))
 
     def construct(self, x):
+        if self.use_kernel:
+            return self.kernel(x, self.scale, self.bias)
         scale = self.cast(self.scale, self.compute_dtype)
         bias = self.cast(self.bias, self.compute_dtype)
         out = self.silu(self.add_bias(self.mul(x, self.term(scale, 0)), self.term(bias, 0)))
