@@ -66,6 +66,20 @@ def test_fused_siaf_matches_numpy_values_and_gradients(shape, terms):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=name)
 
 
+def test_fused_siaf_is_exact_at_extreme_inputs():
+    """exp(-z) overflows for z <= -89 in fp32: the kernel must still give silu(z) -> -0 and silu'(z) -> 0,
+    and silu'(z) -> 1 for large z (a -ffast-math build gave NaN and gradients of 1e22 here)."""
+    z = np.array([-3e38, -1e30, -1e10, -100, -89, -88, -20, -1, 0, 1, 20, 88, 89, 100, 1e10, 1e30, 3e38],
+                 np.float32)
+    ones, zeros = np.ones((1, z.size), np.float32), np.zeros((1, z.size), np.float32)
+    cell = siaf_cell(ones, zeros, fused=True)
+    zz = z.astype(np.float64)
+    sig = np.exp(-np.logaddexp(0.0, -zz))  # sigmoid without overflow
+    np.testing.assert_allclose(cell(Tensor(z[None])).asnumpy()[0], zz * sig, rtol=1e-6, atol=1e-36)  # MindSpore flushes denormals
+    dx, _, _ = gradients(cell, z[None], ones)
+    np.testing.assert_allclose(dx[0], sig * (1 + zz * (1 - sig)), rtol=1e-5, atol=1e-30)
+
+
 def test_fused_siaf_equals_the_primitives_autodiff():
     """Values and gradients of the kernel against MindSpore's own SiLU / Mul / Add autodiff."""
     rng = np.random.default_rng(8)
@@ -78,11 +92,12 @@ def test_fused_siaf_equals_the_primitives_autodiff():
 
 
 def test_the_library_is_cached_and_keeps_denormals(tmp_path, monkeypatch):
+    """A library built or linked with -ffast-math would switch the process to flush-to-zero on load."""
     monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
     first = kernels.compile_library("siaf")
     assert first.parent == tmp_path and kernels.compile_library("siaf") == first
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "no temporary files left behind"
-    ctypes.CDLL(str(first))  # a library linked with -ffast-math would switch the process to flush-to-zero
+    ctypes.CDLL(str(first))
     tiny = np.array([1e-39], np.float32)
     assert (tiny * np.float32(1.0))[0] != 0.0, "loading the kernel library turned on flush-to-zero"
 

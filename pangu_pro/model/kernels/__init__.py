@@ -13,6 +13,7 @@ cells use the primitives (same numbers up to fp32 rounding) and say so once. Asc
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -28,9 +29,10 @@ SOURCE_DIR = Path(__file__).parent
 DISABLE_ENV = "PANGU_PRO_CPU_KERNELS"  # 0: always the primitives
 CACHE_ENV = "PANGU_PRO_KERNEL_CACHE"
 COMPILER_ENV = "CXX"
-# -ffast-math lets gcc call glibc's vectorised expf; the link step leaves it out, which keeps
-# crtfastmath.o (flush-to-zero for the whole process) out of the library.
-COMPILE_FLAGS = ("-std=c++17", "-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+# No -ffast-math: its shortcuts broke SIAF at large |z|, and linking with it adds crtfastmath.o, which
+# switches the whole process to flush-to-zero. siaf.cc declares glibc's vectorised expf itself;
+# -fno-math-errno lets gcc call it.
+COMPILE_FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-fPIC")
 LINK_FLAGS = ("-shared", "-fopenmp")
 
 
@@ -68,6 +70,10 @@ def compile_library(name: str, compiler: Optional[str] = None) -> Path:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        try:  # e.g. a C library without the vectorised expf: better refused here than when MindSpore loads it
+            ctypes.CDLL(str(lib))
+        except OSError as err:
+            raise RuntimeError(f"{lib.name} compiled but does not load: {err}") from None
         os.replace(lib, target)  # atomic: another process may be compiling the same library
     return target
 

@@ -4,15 +4,25 @@
 //             g_t = dy * silu'(z_t),  silu'(z) = s (1 + z (1 - s)),  s = sigmoid(z),  z_t = a_t * x + b_t
 // MindSpore 2.9 has no element-wise fusion on the CPU: as primitives this is 2n + 1 passes forward and,
 // backward, 4n reductions over rows, each a kernel. Signature: MindSpore's Custom "aot" CPU kernels.
-// Built by pangu_pro.model.kernels (compiled with -ffast-math for a vectorised expf, linked without it
-// so that loading the library does not switch the process to flush-to-zero).
+// Built by pangu_pro.model.kernels with exact IEEE arithmetic (no -ffast-math: its reciprocal and
+// finite-math shortcuts gave NaN for z <= -89 and wrong gradients for large z).
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include <omp.h>
 
+// glibc's vectorised expf (libmvec), which math.h announces only under -ffast-math; declared here so
+// that the loops below vectorise with exact IEEE arithmetic everywhere else.
+extern "C" float expf(float) noexcept __attribute__((simd("notinbranch")));
+
 namespace {
+
+// sigmoid(z) from e = exp(-|z|) in (0, 1]: no overflow for any finite z
+inline float sigmoid(float z) {
+  const float e = expf(-std::fabs(z));
+  return (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
 
 constexpr int64_t kParallelElements = 1 << 16;  // below this, threads cost more than they save
 
@@ -43,7 +53,7 @@ extern "C" int SiafForward(int nparam, void **params, int *ndims, int64_t **shap
 #pragma omp simd
       for (int64_t c = 0; c < f; ++c) {
         const float z = at[c] * xr[c] + bt[c];
-        yr[c] += z / (1.0f + std::exp(-z));
+        yr[c] += z * sigmoid(z);
       }
     }
   }
@@ -81,7 +91,7 @@ extern "C" int SiafBackward(int nparam, void **params, int *ndims, int64_t **sha
 #pragma omp simd
         for (int64_t c = 0; c < f; ++c) {
           const float z = at[c] * xr[c] + bt[c];
-          const float s = 1.0f / (1.0f + std::exp(-z));
+          const float s = sigmoid(z);
           const float g = gr[c] * s * (1.0f + z * (1.0f - s));
           dxr[c] += g * at[c];
           sat[c] += g * xr[c];
