@@ -107,9 +107,12 @@ else  # --cpu: global batch 4
   EXPORT_CASE=dp2
 fi
 
+# failures FILE: the FAIL lines of a comparison that exited non-zero; at least 1 (a crash prints none)
+failures() { local n; n=$(grep -c '^FAIL' "$1" || true); echo $((n > 0 ? n : 1)); }
+
 if [[ -f "$OUT/single.json" && ${#RESULTS[@]} -gt 0 ]]; then
   "$PYTHON" -m pangu_pro.parallel_check compare "$OUT/single.json" "${RESULTS[@]}" | tee "$OUT/compare.txt" ||
-    FAILED=$((FAILED + $(grep -c '^FAIL' "$OUT/compare.txt")))
+    FAILED=$((FAILED + $(failures "$OUT/compare.txt")))
 elif [[ ! -f "$OUT/single.json" ]]; then
   echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
 fi
@@ -170,8 +173,9 @@ fi
 # report, per-rank mask digests and student (`parallel_check collect-inherit`).
 inherit_case() {
   local name="$1" workers="$2"; shift 2
-  launch inherit "$ROOT/configs/parallel_check_inherit.yaml" "$name" "$workers" "data.train_files=[$OUT/data.mindrecord]" \
-    "inherit.teacher_checkpoint=$OUT/init.safetensors" "inherit.output_dir=$OUT/$name" "$@" --force || return 0
+  launch inherit "$ROOT/configs/parallel_check_inherit.yaml" "$name" "$workers" \
+    "data.train_files=[$OUT/data.mindrecord]" "inherit.teacher_checkpoint=$OUT/init.safetensors" \
+    "inherit.output_dir=$OUT/$name" "$@" --force || return 0
   "$PYTHON" -m pangu_pro.parallel_check collect-inherit "$OUT/$name" --name "$name" --workers "$workers" \
     --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1 ||
     { echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1)); }
@@ -192,14 +196,15 @@ else
   inherit_case inherit_dp2 2 parallel.data_parallel=2 inherit.batch_size=2
   inherit_case inherit_bf16_teacher 1 inherit.batch_size=4 inherit.steps=1 inherit.teacher_dtype=bfloat16
 fi
-if [[ -f "$OUT/inherit_single.json" ]]; then
-  "$PYTHON" -m pangu_pro.parallel_check inherit "$OUT/inherit_single.json" \
-    $([[ -f "$OUT/$INHERIT_DP.json" ]] && echo "$OUT/$INHERIT_DP.json") | tee "$OUT/inherit.txt" ||
-    FAILED=$((FAILED + $(grep -c '^FAIL' "$OUT/inherit.txt")))
-  if [[ -f "$OUT/$INHERIT_BF16.json" ]]; then
-    "$PYTHON" -m pangu_pro.parallel_check teacher-dtype "$OUT/$INHERIT_FP32.json" "$OUT/$INHERIT_BF16.json" ||
-      FAILED=$((FAILED + 1))
-  fi
+if [[ -f "$OUT/inherit_single.json" ]]; then  # a run that failed is counted above
+  INHERIT_RESULTS=("$OUT/inherit_single.json")
+  [[ -f "$OUT/$INHERIT_DP.json" ]] && INHERIT_RESULTS+=("$OUT/$INHERIT_DP.json")
+  "$PYTHON" -m pangu_pro.parallel_check inherit "${INHERIT_RESULTS[@]}" | tee "$OUT/inherit.txt" ||
+    FAILED=$((FAILED + $(failures "$OUT/inherit.txt")))
+fi
+if [[ -f "$OUT/$INHERIT_FP32.json" && -f "$OUT/$INHERIT_BF16.json" ]]; then
+  "$PYTHON" -m pangu_pro.parallel_check teacher-dtype "$OUT/$INHERIT_FP32.json" "$OUT/$INHERIT_BF16.json" ||
+    FAILED=$((FAILED + 1))
 fi
 
 if [[ "$FAILED" == 0 ]]; then echo "ascend_check: all PASS"; else echo "ascend_check: $FAILED FAIL"; exit 1; fi
