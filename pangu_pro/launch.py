@@ -6,7 +6,8 @@
 
 `check` refuses, in about a second and before any worker starts, what cannot run: no training data,
 a layout whose data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan
-that does not fit the device. Every problem is listed in one message with the fix. It imports no
+that does not fit the device (`--tool inherit`: the config read with its `inherit:` section, the
+mask-learning plan of `inherit/plan.py`). Every problem is listed in one message with the fix. It imports no
 MindSpore (the memory plan is pure arithmetic), so it stays fast.
 
 `failure` names the rank that failed first. msrun polls its workers and, at the first one that exited
@@ -105,17 +106,37 @@ def memory_problems(config, device: str) -> list[str]:
             f"more pipeline stages (see `pangu-pro plan CONFIG`)"]
 
 
+def mask_memory_problems(config, device: str) -> list[str]:
+    """`inherit --tool`: the mask-learning plan (`inherit/plan.py`) against the device's memory, on Ascend;
+    a tensor/pipeline layout, which mask learning refuses, as a problem."""
+    from pangu_pro.config import ConfigError
+    from pangu_pro.inherit.plan import mask_plan
+
+    try:
+        need = mask_plan(config).total / GIB
+    except ConfigError as err:
+        return [str(err)]
+    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
+    if device != "ascend" or need <= 0.85 * budget:
+        return []
+    return [f"mask-learning plan needs {need:.1f} GiB per device, more than 85% of {budget:g} GiB "
+            f"({DEVICE_MEMORY_ENV}): lower inherit.batch_size (raise inherit.grad_accum_steps), set "
+            f"parallel.recompute, or freeze the teacher (see `pangu-pro plan CONFIG`)"]
+
+
 def check(config_path: str, workers: int, device: str, why: str, tool: str, tool_args: list[str]) -> int:
     from pangu_pro.config import ConfigError, load_config
+    from pangu_pro.inherit.config import load_inherit_config
 
     where = f"device: {device} ({why})" if why else f"device: {device}"
+    load = load_inherit_config if tool == "inherit" else load_config  # an inherit config has its own section
     try:
-        config = load_config(config_path, trainer_overrides(tool_args))
+        config = load(config_path, trainer_overrides(tool_args))
     except (ConfigError, OSError, ValueError) as err:
         print(f"error: {err}\n  [{where}]", file=sys.stderr)
         return 2
     problems = (data_problems(config) if tool == "train" else []) + layout_problems(config, workers)
-    problems += memory_problems(config, device)
+    problems += memory_problems(config, device) if tool == "train" else mask_memory_problems(config, device)
     if problems:
         print(f"error: {config_path} cannot start on {workers} workers [{where}]:", file=sys.stderr)
         for problem in problems:

@@ -27,6 +27,23 @@ compares every unit's and every sample's score (relative difference <= 2e-2, as 
 checking both files cover the same samples in the same units (a layout that scores rows of another
 unit, or a rank's rows twice, fails on the samples even when the unit means agree).
 
+Parameter inheritance (`pangu-pro inherit`, configs/parallel_check_inherit.yaml: learned masks for a
+few steps) on one device and data parallel at the same global batch:
+
+    python -m pangu_pro.parallel_check collect-inherit RUN_DIR --name NAME --workers N --out RESULT.json
+    python -m pangu_pro.parallel_check inherit REFERENCE.json RESULT.json ...   (PASS/FAIL per run)
+    python -m pangu_pro.parallel_check teacher-dtype FP32.json BF16.json        (PASS/FAIL)
+
+- every rank's digest of its masks and Lagrange multipliers after the last step identical (only rank 0
+  writes the masks, so each rank prints its digest; a rank whose gradients were not averaged fails)
+- masked-teacher loss per mask step within the loss tolerance of one device's: the runs are not equal
+  (each rank draws its own mask noise: up to 1.7e-3 apart on the CPU with 2 workers, the size of the
+  spread of one device's first-step loss over 4 noise seeds, 1.8e-3, at keep probability 0.998)
+- the student loads into its config, and the materialisation report's folded teacher (0/1 selection)
+  and student losses agree within 2^-8 (one bf16 unit: the same weights in both)
+- teacher-dtype: the first mask step's loss (before any update, the same mask noise) with the teacher's
+  matmul weights stored in bf16 against fp32, within 2^-8; each run stored what it says (inherit.json)
+
 `data` writes the synthetic corpus, `init` the initial weights, `logits` checks an HF export against
 our model on the merged checkpoint.
 """
@@ -34,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +60,10 @@ from typing import Optional
 import numpy as np
 
 TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2}
+# inheritance (see the module doc): mask-step losses as training losses; the folded teacher against the
+# student and the bf16-stored teacher against the fp32 one within one bf16 unit in the last place (2^-8)
+INHERIT_TOLERANCES = {"loss": TOLERANCES["loss"], "folded": 2.0 ** -8, "bf16_teacher": 2.0 ** -8}
+RANK_DIGEST = re.compile(r"^rank (\d+)/\d+: mask step \d+ sha256 ([0-9a-f]{64})$", re.M)
 SCORE_TOLERANCE = 2e-2  # relative, per unit and per sample: scores are losses
 
 
@@ -64,23 +86,28 @@ class Verdict:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name:<16} {shown}{why}"
 
 
+def compare_series(verdict: Verdict, key: str, ref: dict, got: dict, tolerance: float) -> None:
+    """Add to `verdict` the worst relative difference of `got` against `ref` ({step: value}) over the
+    reference's steps, and a problem if a step is missing or the difference exceeds `tolerance`."""
+    missing = sorted(set(ref) - set(got), key=int)
+    if not ref or missing:
+        verdict.problems.append(f"{key}: steps {missing[:5] or 'all'} missing")
+        return
+    worst = max(relative(float(got[s]), float(ref[s])) for s in ref)
+    if not np.isfinite(worst):
+        worst = float("inf")
+    verdict.differences[key] = worst
+    if worst > tolerance:
+        verdict.problems.append(f"{key} off by {worst:.2e} > {tolerance:.0e}")
+
+
 def compare(reference: dict, result: dict, tolerances: Optional[dict] = None) -> Verdict:
     """`result` against `reference`; both as written by `collect` (loss/grad_norm: {step: value},
     weights: {name: array} or a safetensors path, weight_update: max |w_ref - w_init|)."""
     tol = {**TOLERANCES, **(tolerances or {})}
     verdict = Verdict(result.get("name", "?"), True)
     for key in ("loss", "grad_norm"):
-        ref, got = reference.get(key, {}), result.get(key, {})
-        missing = sorted(set(ref) - set(got), key=int)
-        if not ref or missing:
-            verdict.problems.append(f"{key}: steps {missing[:5] or 'all'} missing")
-            continue
-        worst = max(relative(float(got[s]), float(ref[s])) for s in ref)
-        if not np.isfinite(worst):
-            worst = float("inf")
-        verdict.differences[key] = worst
-        if worst > tol[key]:
-            verdict.problems.append(f"{key} off by {worst:.2e} > {tol[key]:.0e}")
+        compare_series(verdict, key, reference.get(key, {}), result.get(key, {}), tol[key])
     if "weights" in reference:
         ref_w, got_w = _weights(reference["weights"]), _weights(result.get("weights"))
         absent = sorted(set(ref_w) - set(got_w))
@@ -160,6 +187,65 @@ def read_result(path: str | Path) -> dict:
     return data
 
 
+# ---------------------------------------------------------------- inheritance (pure)
+
+def rank_digests(texts: list[str]) -> dict[int, str]:
+    """{rank: sha256} from the lines `learn_masks` prints on every rank of a data-parallel run (the
+    digest of that rank's masks and Lagrange multipliers after the last mask step)."""
+    out = {}
+    for text in texts:
+        for match in RANK_DIGEST.finditer(text):
+            out[int(match.group(1))] = match.group(2)
+    return out
+
+
+def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Optional[dict] = None) -> Verdict:
+    """One `pangu-pro inherit` run as `collect_inherit` wrote it: the student loaded; the materialisation
+    report's folded teacher (0/1 selection) and student losses agree; in data parallel, every rank printed
+    the same digest of its masks and multipliers; against `reference` (the one-device run at the same
+    global batch), the masked-teacher loss of every mask step."""
+    tol = {**INHERIT_TOLERANCES, **(tolerances or {})}
+    verdict = Verdict(result.get("name", "?"), True)
+    verdict.problems.extend(result.get("student_problems", []))
+    losses = result.get("losses")
+    if not losses:
+        verdict.problems.append("inherit.json has no loss report")
+    else:
+        diff = relative(float(losses["masked_teacher_selected"]), float(losses["student"]))
+        diff = diff if np.isfinite(diff) else float("inf")
+        verdict.differences["folded"] = diff
+        if diff > tol["folded"]:
+            verdict.problems.append(f"folded teacher {losses['masked_teacher_selected']:.4f} vs student "
+                                    f"{losses['student']:.4f}: off by {diff:.2e} > {tol['folded']:.0e}")
+    workers = int(result.get("workers", 1))
+    if workers > 1:
+        digests = {int(rank): value for rank, value in result.get("digests", {}).items()}
+        silent = sorted(set(range(workers)) - set(digests))
+        if silent:
+            verdict.problems.append(f"ranks {silent} printed no mask digest")
+        if len(set(digests.values())) > 1:
+            shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(digests.items()))
+            verdict.problems.append(f"masks differ across ranks ({shown})")
+    if reference is not None:
+        compare_series(verdict, "loss", reference.get("loss", {}), result.get("loss", {}), tol["loss"])
+    verdict.passed = not verdict.problems
+    return verdict
+
+
+def compare_teacher_dtypes(fp32: dict, bf16: dict, tolerance: float = INHERIT_TOLERANCES["bf16_teacher"]) -> Verdict:
+    """The teacher's matmul weights stored in bfloat16 against float32: each run stored what it says, and
+    the masked-teacher loss of the first mask step (before any update, the same mask noise) agrees."""
+    verdict = Verdict("bf16_teacher", True)
+    for result, expected in ((fp32, "float32"), (bf16, "bfloat16")):
+        if result.get("teacher_dtype") != expected:
+            verdict.problems.append(f"{result.get('name', '?')}: teacher stored in {result.get('teacher_dtype')}, "
+                                    f"expected {expected}")
+    first = {k: v for k, v in fp32.get("loss", {}).items() if k == "1"}
+    compare_series(verdict, "loss", first, bf16.get("loss", {}), tolerance)
+    verdict.passed = not verdict.problems
+    return verdict
+
+
 # ---------------------------------------------------------------- collecting a run
 
 def metrics_of(run: Path) -> tuple[dict, dict]:
@@ -204,6 +290,40 @@ def collect(run: str | Path, name: str, init: Optional[str], out: str | Path) ->
     if init:
         start, end = load_tensors(init)[0], load_tensors(weights)[0]
         result["weight_update"] = max(float(np.abs(end[n].astype(np.float64) - start[n]).max()) for n in start)
+    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def collect_inherit(run: str | Path, name: str, workers: int, out: str | Path) -> dict:
+    """An inherit run's masked-teacher loss per mask step (masks.jsonl), its inherit.json (loss report,
+    teacher dtype), the per-rank digests from its worker logs (RUN/logs) and whether the student loads."""
+    from pangu_pro.config import load_config
+    from pangu_pro.io import load_tensors, read_json
+    from pangu_pro.model.weights import build_model
+
+    run, out = Path(run), Path(out)
+    path = run / "masks.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the run wrote no mask metrics (see its logs)")
+    loss = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("type") == "masks":
+            loss[str(record["step"])] = record["loss"]
+    summary = read_json(run / "inherit.json")
+    problems = []
+    student = Path(summary["student"])
+    try:
+        build_model(load_config(student / "config.yaml").model, student)  # shapes checked against the config
+        bad = [k for k, v in load_tensors(student / "model.safetensors")[0].items() if not np.isfinite(v).all()]
+        if bad:
+            problems.append(f"student weights not finite: {bad[:3]}")
+    except Exception as err:  # noqa: BLE001 - reported as the case's failure
+        problems.append(f"student {student} does not load: {err}")
+    logs = sorted((run / "logs").glob("worker_*.log"))
+    result = {"name": name, "run": str(run), "workers": workers, "loss": loss, "losses": summary.get("losses"),
+              "teacher_dtype": summary.get("teacher_dtype"), "student_problems": problems,
+              "digests": rank_digests([p.read_text(encoding="utf-8", errors="replace") for p in logs])}
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
@@ -278,18 +398,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--init")
     p.add_argument("--out", required=True)
-    p = commands.add_parser("compare")
-    p.add_argument("reference")
-    p.add_argument("results", nargs="+")
+    for name, nargs in (("compare", "+"), ("inherit", "*")):  # a reference, then the runs against it
+        p = commands.add_parser(name)
+        p.add_argument("reference")
+        p.add_argument("results", nargs=nargs)
     p = commands.add_parser("scores")
     p.add_argument("reference")
     p.add_argument("result")
     p.add_argument("--name", required=True)
+    p = commands.add_parser("collect-inherit")
+    p.add_argument("run")
+    p.add_argument("--name", required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = commands.add_parser("teacher-dtype")
+    p.add_argument("fp32")
+    p.add_argument("bf16")
     p = commands.add_parser("logits")
     p.add_argument("config")
     p.add_argument("checkpoint")
     p.add_argument("hf_dir")
     args = parser.parse_args(argv)
+    from pangu_pro.io import read_json
+
     if args.command == "data":
         print(write_data(args.out, args.vocab, args.seq, args.samples))
     elif args.command == "init":
@@ -299,17 +430,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{args.name}: {len(result['loss'])} steps, weights {result['weights']}")
     elif args.command == "compare":
         verdicts = compare_files(args.reference, args.results)
+    elif args.command == "collect-inherit":
+        result = collect_inherit(args.run, args.name, args.workers, args.out)
+        print(f"{args.name}: {len(result['loss'])} mask steps, {len(result['digests'])} rank digests")
+    elif args.command == "inherit":
+        reference = read_json(args.reference)
+        verdicts = [check_inherit(reference)] + [check_inherit(read_json(p), reference) for p in args.results]
+    elif args.command == "teacher-dtype":
+        verdicts = [compare_teacher_dtypes(read_json(args.fp32), read_json(args.bf16))]
+    elif args.command == "scores":
+        verdicts = [compare_score_files(args.reference, args.result, args.name)]
+    else:
+        verdicts = [logits_check(args.config, args.checkpoint, args.hf_dir)]
+    if args.command not in ("data", "init", "collect", "collect-inherit"):
         for verdict in verdicts:
             print(verdict.line())
         return 0 if all(v.passed for v in verdicts) else 1
-    elif args.command == "scores":
-        verdict = compare_score_files(args.reference, args.result, args.name)
-        print(verdict.line())
-        return 0 if verdict.passed else 1
-    else:
-        verdict = logits_check(args.config, args.checkpoint, args.hf_dir)
-        print(verdict.line())
-        return 0 if verdict.passed else 1
     return 0
 
 

@@ -8,11 +8,14 @@
 # PASS/FAIL per layout with the differences (pangu_pro/parallel_check.py). Multi-round scoring: the
 # single-device run's checkpoint is scored on one device and under semi-auto dp2 x mp4, unit and sample
 # scores compared. Then it merges the pipeline run's per-rank checkpoints, exports them to Hugging Face
-# format and checks the logits.
+# format and checks the logits. Inheritance (configs/parallel_check_inherit.yaml): learned masks for 4
+# steps on one device and data parallel on 8 at the same global batch: every rank's mask digest
+# identical, mask-step losses as one device's, the student loads and its loss is the folded teacher's;
+# the teacher stored in bf16 (teacher_dtype auto) against fp32 at the first mask step.
 # --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers (tests the script itself).
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 OUT=output/ascend_check; CPU=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -49,24 +52,31 @@ COMMON=("data.train_files=[$OUT/data.mindrecord]" "train.init_weights=$OUT/init.
 PORT=$((20000 + RANDOM % 20000))
 RESULTS=(); FAILED=0
 
-# run_case NAME WORKERS OVERRIDE...: train, then collect loss / grad norm / final (merged) weights.
-run_case() {
-  local name="$1" workers="$2"; shift 2
-  local run="$OUT/$name" status=0
+# launch TOOL CONFIG NAME WORKERS ARG...: tools/TOOL.py on one device, or on WORKERS through the launcher
+# (worker logs in $OUT/NAME/logs); output in $OUT/NAME.log. A failed run prints FAIL and returns 1.
+launch() {
+  local tool="$1" config="$2" name="$3" workers="$4"; shift 4
+  local status=0
   echo "-- $name: $workers worker(s) $*" >&2
   if [[ "$workers" == 1 ]]; then
-    "$PYTHON" "$ROOT/tools/train.py" "$CONFIG" "${COMMON[@]}" "train.output_dir=$run" "$@" --no-progress \
-      >"$OUT/$name.log" 2>&1 || status=$?
+    "$PYTHON" "$ROOT/tools/$tool.py" "$config" "$@" --no-progress >"$OUT/$name.log" 2>&1 || status=$?
   else
     PORT=$((PORT + 1))
-    bash "$ROOT/scripts/run_distribute.sh" "$CONFIG" --workers "$workers" --master-port "$PORT" --timeout 900 \
-      --log-dir "$run/logs" -- "${COMMON[@]}" "train.output_dir=$run" "$@" >"$OUT/$name.log" 2>&1 || status=$?
+    bash "$ROOT/scripts/run_distribute.sh" "$config" --tool "$tool" --workers "$workers" --master-port "$PORT" \
+      --timeout 900 --log-dir "$OUT/$name/logs" -- "$@" >"$OUT/$name.log" 2>&1 || status=$?
   fi
   if [[ "$status" != 0 ]]; then
     echo "FAIL $name: the run failed (exit $status); last lines of $OUT/$name.log:"
     tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'
-    FAILED=$((FAILED + 1)); return 0
+    FAILED=$((FAILED + 1)); return 1
   fi
+}
+
+# run_case NAME WORKERS OVERRIDE...: train, then collect loss / grad norm / final (merged) weights.
+run_case() {
+  local name="$1" workers="$2"; shift 2
+  local run="$OUT/$name"
+  launch train "$CONFIG" "$name" "$workers" "${COMMON[@]}" "train.output_dir=$run" "$@" || return 0
   if "$PYTHON" -m pangu_pro.parallel_check collect "$run" --name "$name" --init "$OUT/init.safetensors" \
        --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1; then
     [[ "$name" == single ]] || RESULTS+=("$OUT/$name.json")
@@ -97,9 +107,12 @@ else  # --cpu: global batch 4
   EXPORT_CASE=dp2
 fi
 
+# failures FILE: the FAIL lines of a comparison that exited non-zero; at least 1 (a crash prints none)
+failures() { local n; n=$(grep -c '^FAIL' "$1" || true); echo $((n > 0 ? n : 1)); }
+
 if [[ -f "$OUT/single.json" && ${#RESULTS[@]} -gt 0 ]]; then
   "$PYTHON" -m pangu_pro.parallel_check compare "$OUT/single.json" "${RESULTS[@]}" | tee "$OUT/compare.txt" ||
-    FAILED=$((FAILED + $(grep -c '^FAIL' "$OUT/compare.txt")))
+    FAILED=$((FAILED + $(failures "$OUT/compare.txt")))
 elif [[ ! -f "$OUT/single.json" ]]; then
   echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
 fi
@@ -153,6 +166,45 @@ if [[ -d "$OUT/$EXPORT_CASE/checkpoints" ]]; then
     echo "FAIL export: merge or to-hf of $EXPORT_CASE failed; last lines of $OUT/export.log:"
     tail -n 15 "$OUT/export.log" | sed 's/^/  | /'; FAILED=$((FAILED + 1))
   fi
+fi
+
+# inherit_case NAME WORKERS OVERRIDE...: `pangu-pro inherit` of configs/parallel_check_inherit.yaml (learned
+# masks for a few steps, the script's initial weights as the teacher), then its mask-step losses, loss
+# report, per-rank mask digests and student (`parallel_check collect-inherit`).
+inherit_case() {
+  local name="$1" workers="$2"; shift 2
+  launch inherit "$ROOT/configs/parallel_check_inherit.yaml" "$name" "$workers" \
+    "data.train_files=[$OUT/data.mindrecord]" "inherit.teacher_checkpoint=$OUT/init.safetensors" \
+    "inherit.output_dir=$OUT/$name" "$@" --force || return 0
+  "$PYTHON" -m pangu_pro.parallel_check collect-inherit "$OUT/$name" --name "$name" --workers "$workers" \
+    --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1 ||
+    { echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1)); }
+}
+
+# Inheritance at one global batch (8 on the NPUs, 4 on the CPU): one device against data parallel; the
+# teacher's matmul weights stored in bf16 against fp32 at the first mask step (on Ascend the runs above
+# store bf16, as `teacher_dtype: auto` must choose there, and a 1-step run stores fp32; on the CPU auto
+# means fp32, so a 1-step run asks for bf16 storage explicitly).
+if [[ "$PANGU_PRO_DEVICE" == ascend ]]; then
+  INHERIT_DP=inherit_dp8; INHERIT_FP32=inherit_fp32_teacher; INHERIT_BF16=inherit_single
+  inherit_case inherit_single 1 inherit.batch_size=8
+  inherit_case inherit_dp8 8 parallel.data_parallel=8 inherit.batch_size=1
+  inherit_case inherit_fp32_teacher 1 inherit.batch_size=8 inherit.steps=1 inherit.teacher_dtype=float32
+else
+  INHERIT_DP=inherit_dp2; INHERIT_FP32=inherit_single; INHERIT_BF16=inherit_bf16_teacher
+  inherit_case inherit_single 1 inherit.batch_size=4
+  inherit_case inherit_dp2 2 parallel.data_parallel=2 inherit.batch_size=2
+  inherit_case inherit_bf16_teacher 1 inherit.batch_size=4 inherit.steps=1 inherit.teacher_dtype=bfloat16
+fi
+if [[ -f "$OUT/inherit_single.json" ]]; then  # a run that failed is counted above
+  INHERIT_RESULTS=("$OUT/inherit_single.json")
+  [[ -f "$OUT/$INHERIT_DP.json" ]] && INHERIT_RESULTS+=("$OUT/$INHERIT_DP.json")
+  "$PYTHON" -m pangu_pro.parallel_check inherit "${INHERIT_RESULTS[@]}" | tee "$OUT/inherit.txt" ||
+    FAILED=$((FAILED + $(failures "$OUT/inherit.txt")))
+fi
+if [[ -f "$OUT/$INHERIT_FP32.json" && -f "$OUT/$INHERIT_BF16.json" ]]; then
+  "$PYTHON" -m pangu_pro.parallel_check teacher-dtype "$OUT/$INHERIT_FP32.json" "$OUT/$INHERIT_BF16.json" ||
+    FAILED=$((FAILED + 1))
 fi
 
 if [[ "$FAILED" == 0 ]]; then echo "ascend_check: all PASS"; else echo "ascend_check: $FAILED FAIL"; exit 1; fi

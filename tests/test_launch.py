@@ -71,6 +71,22 @@ def test_the_memory_plan_is_checked_for_ascend(tmp_path):
     assert "memory plan: pipeline stage 0 needs" in done.stderr and "parallel.recompute" in done.stderr
 
 
+def test_inheritance_configs_pass_the_pre_flight_check_and_their_mask_plan_is_checked(capsys):
+    """--tool inherit reads the config with its inherit: section (it was refused as an unknown key), and
+    checks the mask-learning plan, not the trainer's: the shipped 7B config fits 8 NPUs, a batch of 64
+    without recompute does not, a tensor-parallel layout is refused naming the section."""
+    from pangu_pro.launch import check
+
+    seven_b = str(ROOT / "configs" / "inherit_7b_to_1b_pro.yaml")
+    assert check(str(ROOT / "configs" / "inherit_tiny_cpu.yaml"), 2, "cpu", "", "inherit", []) == 0
+    assert check(seven_b, 8, "ascend", "", "inherit", []) == 0
+    assert "pre-flight ok" in capsys.readouterr().err
+    assert check(seven_b, 8, "ascend", "", "inherit", ["inherit.batch_size=64", "parallel.recompute=none"]) == 2
+    assert "mask-learning plan needs" in capsys.readouterr().err
+    assert check(seven_b, 8, "ascend", "", "inherit", ["parallel.data_parallel=4", "parallel.model_parallel=2"]) == 2
+    assert "parallel: mask learning is data parallel only" in capsys.readouterr().err
+
+
 def test_trainer_overrides_skip_resume_and_flags():
     assert trainer_overrides(["a.b=1", "--resume", "runs/x", "c.d=2"]) == ["a.b=1", "c.d=2"]
     assert trainer_overrides(["--resume", "a.b=1"]) == ["a.b=1"]

@@ -34,7 +34,7 @@ def run_check(out: Path, *flags: str) -> subprocess.CompletedProcess:
 def test_ascend_check_passes(tmp_path):
     done = run_check(tmp_path / "check")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    for name in (*ASCEND_LAYOUTS, "scores_dp2_mp4"):
+    for name in (*ASCEND_LAYOUTS, "scores_dp2_mp4", "inherit_single", "inherit_dp8", "bf16_teacher"):
         assert re.search(rf"^PASS {name} ", done.stdout, re.M), f"{name}: {done.stdout[-4000:]}"
     assert "PASS hf logits" in done.stdout
 
@@ -50,12 +50,17 @@ def test_ascend_check_refuses_without_an_npu(tmp_path):
 @pytest.mark.distributed
 def test_ascend_check_plumbing_on_the_cpu(tmp_path):
     """--cpu: one device, dp 2 and dp 2 with accumulation through the real launcher; the single run's
-    checkpoint scored on one device and by 2 data-parallel scorers; then merge, export and logits. All PASS: data parallel on the CPU is exact up to reduction order."""
+    checkpoint scored on one device and by 2 data-parallel scorers; then merge, export and logits;
+    inheritance on one device and over 2 workers (4 mask steps), and a 1-step run with the teacher
+    stored in bf16. All PASS: data parallel on the CPU is exact up to reduction order (and, for the
+    masks, each rank's own noise)."""
     done = run_check(tmp_path / "check", "--cpu")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert [line.split()[:2] for line in lines] == [["PASS", "dp2"], ["PASS", "dp2_accumulation"],
-                                                   ["PASS", "scores_dp2"], ["PASS", "hf"]], done.stdout
+    assert [line.split()[:2] for line in lines] == [
+        ["PASS", "dp2"], ["PASS", "dp2_accumulation"], ["PASS", "scores_dp2"], ["PASS", "hf"],
+        ["PASS", "inherit_single"], ["PASS", "inherit_dp2"], ["PASS", "bf16_teacher"]], done.stdout
+    assert re.search(r"^PASS inherit_dp2 +folded \S+, loss \S+$", done.stdout, re.M), done.stdout
     assert done.stdout.rstrip().endswith("ascend_check: all PASS")
 
 

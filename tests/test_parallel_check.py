@@ -98,3 +98,77 @@ def test_the_scores_command_exits_non_zero_on_a_failure(tmp_path, capsys):
     assert main(["scores", str(ref), str(off), "--name", "off"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("PASS same") and lines[1].startswith("FAIL off") and "unit 0 scored" in lines[1]
+
+
+DIGEST_A, DIGEST_B = "a" * 64, "b" * 64
+
+
+def inherit_result(name, *, workers=1, loss_scale=1.0, digests=None, student=6.9593, teacher_dtype="float32"):
+    """As `collect_inherit` writes it: mask-step losses, the materialisation report, the rank digests."""
+    return {"name": name, "workers": workers, "teacher_dtype": teacher_dtype, "student_problems": [],
+            "loss": {str(s): (6.97 + 0.003 * s) * loss_scale for s in (1, 2, 3, 4)},
+            "losses": {"masked_teacher_soft": 6.98, "masked_teacher_selected": 6.9593, "student": student},
+            "digests": digests if digests is not None else {str(r): DIGEST_A for r in range(workers)}}
+
+
+def test_inheritance_under_data_parallel_passes_and_each_defect_fails():
+    """The self-check's inheritance case: the data-parallel run against one device. Ranks whose masks
+    differ (or a rank that printed no digest), a mask-step loss off by more than the tolerance, a student
+    whose loss is not the folded teacher's, a student that does not load: FAIL, naming what."""
+    from pangu_pro.parallel_check import check_inherit
+
+    single = inherit_result("inherit_single")
+    assert check_inherit(single).passed and check_inherit(single).line().startswith("PASS inherit_single")
+    verdict = check_inherit(inherit_result("inherit_dp2", workers=2, loss_scale=1.0008), single)
+    assert verdict.passed and verdict.differences["loss"] == pytest.approx(8e-4, rel=1e-6)
+    diverged = check_inherit(inherit_result("dp", workers=2, digests={"0": DIGEST_A, "1": DIGEST_B}), single)
+    assert not diverged.passed and diverged.problems == ["masks differ across ranks (rank 0 aaaaaaaaaaaa, "
+                                                         "rank 1 bbbbbbbbbbbb)"]
+    silent = check_inherit(inherit_result("dp", workers=8, digests={str(r): DIGEST_A for r in range(7)}), single)
+    assert not silent.passed and silent.problems == ["ranks [7] printed no mask digest"]
+    summed = check_inherit(inherit_result("dp", workers=2, loss_scale=2.0), single)  # ranks summed, not averaged
+    assert not summed.passed and summed.problems == ["loss off by 1.00e+00 > 2e-02"]
+    folded = check_inherit(inherit_result("dp", student=6.99), single)
+    assert not folded.passed and folded.problems[0].startswith("folded teacher 6.9593 vs student 6.9900: off by")
+    broken = inherit_result("dp")
+    broken["student_problems"] = ["student x does not load: shape"]
+    broken["losses"] = None
+    assert check_inherit(broken).problems == ["student x does not load: shape", "inherit.json has no loss report"]
+
+
+def test_rank_digests_are_read_from_worker_logs():
+    from pangu_pro.parallel_check import rank_digests
+
+    logs = [f"[INFO] noise\nrank 0/2: mask step 4 sha256 {DIGEST_A}\nstudent written\n",
+            f"rank 1/2: mask step 4 sha256 {DIGEST_B}\n[INFO] rank 1/2: mask step 4 sha256 {DIGEST_A}\n"]
+    assert rank_digests(logs) == {0: DIGEST_A, 1: DIGEST_B}
+
+
+def test_bf16_teacher_against_fp32_passes_within_a_bf16_ulp_and_each_defect_fails():
+    from pangu_pro.parallel_check import compare_teacher_dtypes
+
+    fp32 = inherit_result("inherit_single")
+    bf16 = inherit_result("inherit_bf16_teacher", teacher_dtype="bfloat16", loss_scale=1.001)
+    bf16["loss"] = {"1": bf16["loss"]["1"]}  # a 1-step run: only the first step is compared
+    verdict = compare_teacher_dtypes(fp32, bf16)
+    assert verdict.passed and verdict.line().startswith("PASS bf16_teacher")
+    auto_fp32 = compare_teacher_dtypes(fp32, inherit_result("inherit_single", teacher_dtype="float32"))
+    assert not auto_fp32.passed and auto_fp32.problems == [
+        "inherit_single: teacher stored in float32, expected bfloat16"]
+    garbage = compare_teacher_dtypes(fp32, inherit_result("b", teacher_dtype="bfloat16", loss_scale=1.01))
+    assert not garbage.passed and garbage.problems == ["loss off by 1.00e-02 > 4e-03"]
+
+
+def test_the_inherit_commands_exit_non_zero_on_a_failure(tmp_path, capsys):
+    paths = {}
+    for name, kw in {"single": {}, "dp": {"workers": 2}, "diverged": {"workers": 2, "digests": {"0": DIGEST_A}},
+                     "bf16": {"teacher_dtype": "bfloat16"}}.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(inherit_result(name, **kw)))
+    assert main(["inherit", str(paths["single"]), str(paths["dp"])]) == 0
+    assert main(["inherit", str(paths["single"]), str(paths["dp"]), str(paths["diverged"])]) == 1
+    assert main(["teacher-dtype", str(paths["single"]), str(paths["bf16"])]) == 0
+    assert main(["teacher-dtype", str(paths["single"]), str(paths["dp"])]) == 1
+    lines = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [["PASS", "single"], ["PASS", "dp"], ["PASS", "single"], ["PASS", "dp"], ["FAIL", "diverged"],
+                     ["PASS", "bf16_teacher"], ["FAIL", "bf16_teacher"]]

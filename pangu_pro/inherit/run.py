@@ -312,6 +312,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
     summary = {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
                "teacher_parameters": teacher_parameters,
                "student_parameters": count_parameters(plan.student).total,
+               "teacher_dtype": teacher_dtype(config, target),  # matmul weights as stored ("auto" resolved)
                "kept_layers": [int(i) for i in sel.layers], "layer_scores": layer_scores,
                "student": str(Path(ic.output_dir) / STUDENT_DIR), "seconds": None}
     if learned is not None:
