@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny_cpu.yaml"), help="small config to time")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (medians)")
+    parser.add_argument("--overhead-rounds", type=int, default=12,
+                        help="alternated rounds of the four module variants (paired ratios to LLaMA)")
     parser.add_argument("--decode-tokens", type=int, default=256)
     parser.add_argument("--pro-config", default=str(REPO / "configs" / "pangu_1b_pro.yaml"),
                         help="the 1B Pro shape whose forward (batch 1, --seq) is timed per PanGu-pi module")
@@ -114,7 +116,9 @@ def time_decoding(cfg: ModelConfig, batch: int, new_tokens: int, repeats: int = 
 def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_tokens: int) -> dict:
     """Forward, train step and decode of SIAF and AugShortcut against plain LLaMA of the same shape
     (paper: +2.6% / +1.3% decode latency). All four variants are built and compiled first, then timed
-    in alternation, `repeats` rounds, medians: the machine's drift hits every variant alike."""
+    in alternation, `repeats` rounds. A variant's overhead is the median over rounds of its time divided
+    by LLaMA's in the same round (with the quartiles): this machine drifts by 2x between minutes, so
+    only times taken side by side compare."""
     import mindspore as ms
     from mindspore import Tensor, nn
 
@@ -148,11 +152,19 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
                 times[name][key].append(1e3 * seconds / new_tokens if key == "decode_ms_per_token" else seconds)
     rows = {name: {key: statistics.median(values) for key, values in measured.items()}
             for name, measured in times.items()}
-    base = rows["llama"]
-    for row in rows.values():
+    for name, row in rows.items():
         for key, label in (("forward_s", "forward"), ("train_step_s", "train_step"), ("decode_ms_per_token", "decode")):
-            row[f"{label}_overhead_pct"] = 100 * (row[key] / base[key] - 1)
+            row[f"{label}_overhead_pct"], row[f"{label}_overhead_iqr_pct"] = paired_overhead(
+                times[name][key], times["llama"][key])
     return rows
+
+
+def paired_overhead(variant, base) -> tuple[float, list[float]]:
+    """Overhead in % of `variant` over `base`, timed in the same rounds: the median of the per-round
+    ratios, and their quartiles."""
+    ratios = np.asarray(variant, np.float64) / np.asarray(base, np.float64)
+    low, mid, high = (float(100 * (q - 1)) for q in np.percentile(ratios, [25, 50, 75]))
+    return mid, [low, high]
 
 
 def _pro_forward_seconds(cfg: ModelConfig, seq: int, repeats: int) -> float:
@@ -192,14 +204,22 @@ def render_markdown(results: dict) -> str:
     for name, row in results["speed"].items():
         lines.append(f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['batch']} × {row['seq']} | "
                      f"{row['forward_s'] * 1e3:.0f} ms | {row['train_step_s'] * 1e3:.0f} ms | {row['train_tokens_per_s']:.0f} |")
-    lines += ["", "PanGu-pi module overhead on the medium config, variants timed in alternation (paper, V100 decode: "
-              "SIAF +2.6%, AugShortcut +1.3%):", "",
+    rounds = results.get("overhead_rounds", results["repeats"])
+    lines += ["", f"PanGu-pi module overhead on the medium config, the four variants timed in alternation, {rounds} "
+              "rounds; overhead = median over rounds of the variant's time / LLaMA's in the same round, with the "
+              "quartiles (paper, V100 decode: SIAF +2.6%, AugShortcut +1.3%):", "",
               "| variant | forward | overhead | train step | overhead | decode ms/token | overhead |",
               "|---|---|---|---|---|---|---|"]
+
+    def pct(row, label):
+        low, high = row.get(f"{label}_overhead_iqr_pct", [None, None])
+        spread = f" ({low:+.0f}..{high:+.0f})" if low is not None else ""
+        return f"{row[f'{label}_overhead_pct']:+.1f}%{spread}"
+
     for name, row in results["overhead"].items():
-        lines.append(f"| {name} | {row['forward_s'] * 1e3:.1f} ms | {row['forward_overhead_pct']:+.1f}% | "
-                     f"{row['train_step_s'] * 1e3:.0f} ms | {row['train_step_overhead_pct']:+.1f}% | "
-                     f"{row['decode_ms_per_token']:.2f} | {row['decode_overhead_pct']:+.1f}% |")
+        lines.append(f"| {name} | {row['forward_s'] * 1e3:.1f} ms | {pct(row, 'forward')} | "
+                     f"{row['train_step_s'] * 1e3:.0f} ms | {pct(row, 'train_step')} | "
+                     f"{row['decode_ms_per_token']:.2f} | {pct(row, 'decode')} |")
     if results.get("pro_overhead"):
         lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (variants run one after another):", "",
                   "| variant | forward | overhead |", "|---|---|---|"]
@@ -224,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[bench model] forward and train step: {name}", flush=True)
         results["speed"][name] = time_forward_and_step(cfg, args.batch, args.seq, args.repeats)
     print("[bench model] SIAF / AugShortcut overhead", flush=True)
-    results["overhead"] = module_overhead(medium, args.batch, args.seq, args.repeats, 64)
+    results["overhead_rounds"] = args.overhead_rounds
+    results["overhead"] = module_overhead(medium, args.batch, args.seq, args.overhead_rounds, 64)
     if not args.skip_pro:
         print("[bench model] 1B Pro shape: forward per PanGu-pi module", flush=True)
         pro = adapt_to_device(load_config(args.pro_config).model)
