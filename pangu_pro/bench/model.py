@@ -143,8 +143,12 @@ def module_overhead(cfg: ModelConfig, batch: int, seq: int, repeats: int, new_to
         for fn in runs[name].values():
             fn()  # compile
     times = {name: {key: [] for key in fns} for name, fns in runs.items()}
-    for _ in range(repeats):
-        for name, fns in runs.items():
+    names = list(runs)
+    for round_ in range(repeats):
+        # the order rotates from round to round: with a fixed order the first variant's forward was ~20%
+        # slower in every round, a position effect that rotation spreads over all variants
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            fns = runs[name]
             for key, fn in fns.items():
                 start = time.perf_counter()
                 fn()
@@ -183,16 +187,19 @@ def _pro_forward_seconds(cfg: ModelConfig, seq: int, repeats: int) -> float:
 
 def pro_forward_overhead(cfg: ModelConfig, seq: int, repeats: int) -> dict:
     """Forward time (batch 1, `seq` tokens) of the 1B Pro shape per module variant. Each variant runs in
-    a process of its own, one after another (a compiled ~4 GB model is not freed within a process: two
-    in one process ran out of 24 GB), so compare on a quiet machine."""
+    a process of its own (a compiled ~4 GB model is not freed within a process: two in one process ran
+    out of 24 GB), in the order A B C D D C B A so that a steady drift hits every variant alike; the
+    time of a variant is the mean of its two runs."""
     import multiprocessing
 
-    rows = {}
+    seconds = {name: [] for name in VARIANTS}
     context = multiprocessing.get_context("spawn")
-    for name, (siaf, aug) in VARIANTS.items():
+    for name in list(VARIANTS) + list(reversed(VARIANTS)):
+        siaf, aug = VARIANTS[name]
         with context.Pool(1) as pool:
             variant = dataclasses.replace(cfg, siaf=siaf, aug_shortcut=aug)
-            rows[name] = {"forward_s": pool.apply(_pro_forward_seconds, (variant, seq, repeats))}
+            seconds[name].append(pool.apply(_pro_forward_seconds, (variant, seq, repeats)))
+    rows = {name: {"forward_s": statistics.mean(runs), "runs_s": runs} for name, runs in seconds.items()}
     for row in rows.values():
         row["forward_overhead_pct"] = 100 * (row["forward_s"] / rows["llama"]["forward_s"] - 1)
     return rows
@@ -221,7 +228,8 @@ def render_markdown(results: dict) -> str:
                      f"{row['train_step_s'] * 1e3:.0f} ms | {pct(row, 'train_step')} | "
                      f"{row['decode_ms_per_token']:.2f} | {pct(row, 'decode')} |")
     if results.get("pro_overhead"):
-        lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (variants run one after another):", "",
+        lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (each variant twice, in a process "
+                  "of its own, order A B C D D C B A; mean of the two):", "",
                   "| variant | forward | overhead |", "|---|---|---|"]
         for name, row in results["pro_overhead"].items():
             lines.append(f"| {name} | {row['forward_s']:.2f} s | {row['forward_overhead_pct']:+.1f}% |")
