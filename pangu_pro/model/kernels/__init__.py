@@ -1,10 +1,10 @@
 """Fused C++ kernels for the CPU, as MindSpore `Custom` "aot" operators.
 
 Why our own kernels: MindSpore 2.9 fuses element-wise chains on Ascend (its graph kernels), but not on
-the CPU (`enable_graph_kernel` fails to compile there, docs/design.md). As primitives, SIAF is 2n + 1
-passes over the FFN's [B, T, F] activations forward and 4n reductions over rows backward, each its own
-kernel: at the 23M shape it cost +18% forward and far more per training step, against +2.6% in the
-paper. `siaf.cc` computes it in one pass each way.
+the CPU (`enable_graph_kernel` fails to compile there, docs/design.md). As primitives, SIAF is
+4n - 1 passes (7 for n = 2) over the FFN's [B, T, F] activations forward and 4n reductions over rows
+backward, each its own kernel: at the 23M shape it cost +18% forward and +28% per training step
+(both modules), against +2.6% in the paper. `siaf.cc` computes it in one pass each way.
 
 The library is compiled with g++ on first use into a cache folder (`PANGU_PRO_KERNEL_CACHE`, default
 `~/.cache/pangu_pro/kernels`), keyed by the source, the flags and this CPU's model and flags

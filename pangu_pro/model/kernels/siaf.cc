@@ -2,7 +2,7 @@
 //   forward   y = sum_t silu(a_t * x + b_t)
 //   backward  dx = sum_t g_t * a_t,  da_t = sum_rows g_t * x,  db_t = sum_rows g_t,
 //             g_t = dy * silu'(z_t),  silu'(z) = s (1 + z (1 - s)),  s = sigmoid(z),  z_t = a_t * x + b_t
-// MindSpore 2.9 has no element-wise fusion on the CPU: as primitives this is 2n + 1 passes forward and,
+// MindSpore 2.9 has no element-wise fusion on the CPU: as primitives this is 4n - 1 passes forward and,
 // backward, 4n reductions over rows, each a kernel. Signature: MindSpore's Custom "aot" CPU kernels.
 // Built by pangu_pro.model.kernels with exact IEEE arithmetic (no -ffast-math: its reciprocal and
 // finite-math shortcuts gave NaN for z <= -89 and wrong gradients for large z).
