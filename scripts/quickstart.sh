@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole PanGu-pi Pro pipeline on the CPU, on the built-in corpus, in about 13 minutes on 2 idle cores:
+# The whole PanGu-pi Pro pipeline on the CPU, on the built-in corpus, in about 10 minutes on 2 idle cores:
 #   corpus -> big tokenizer -> coverage -> compact tokenizer -> packed data -> two-round training of
 #   tiny_cpu (train, score, retrain on the hardest half) -> held-out perplexity -> generation -> loss
 #   plot -> parameter inheritance (teacher -> student -> continued training) -> Hugging Face export ->
