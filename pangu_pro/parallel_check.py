@@ -70,7 +70,9 @@ SCORE_TOLERANCE = 2e-2  # relative, per unit and per sample: scores are losses
 # ---------------------------------------------------------------- results and their comparison (pure)
 
 def relative(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)
+    """|a - b| / |b|; inf when either is not finite, so that a maximum over steps cannot skip a NaN."""
+    diff = abs(a - b) / max(abs(b), 1e-12)
+    return diff if np.isfinite(diff) else float("inf")
 
 
 @dataclass
@@ -94,8 +96,6 @@ def compare_series(verdict: Verdict, key: str, ref: dict, got: dict, tolerance: 
         verdict.problems.append(f"{key}: steps {missing[:5] or 'all'} missing")
         return
     worst = max(relative(float(got[s]), float(ref[s])) for s in ref)
-    if not np.isfinite(worst):
-        worst = float("inf")
     verdict.differences[key] = worst
     if worst > tolerance:
         verdict.problems.append(f"{key} off by {worst:.2e} > {tolerance:.0e}")
@@ -212,7 +212,6 @@ def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Op
         verdict.problems.append("inherit.json has no loss report")
     else:
         diff = relative(float(losses["masked_teacher_selected"]), float(losses["student"]))
-        diff = diff if np.isfinite(diff) else float("inf")
         verdict.differences["folded"] = diff
         if diff > tol["folded"]:
             verdict.problems.append(f"folded teacher {losses['masked_teacher_selected']:.4f} vs student "

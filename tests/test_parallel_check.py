@@ -45,6 +45,16 @@ def test_matching_layout_passes_and_each_defect_fails(results):
     assert not verdicts["short"].passed and "steps ['3'] missing" in verdicts["short"].line()
 
 
+def test_a_non_finite_value_at_any_step_fails():
+    from pangu_pro.parallel_check import Verdict, compare_series
+
+    ref = {"1": 4.5, "2": 4.0, "3": 3.5}
+    for bad_step in ("1", "3"):  # max() over a NaN that is not first would skip it
+        verdict = Verdict("nan", True)
+        compare_series(verdict, "loss", ref, {**ref, bad_step: float("nan")}, 2e-2)
+        assert verdict.differences["loss"] == float("inf") and verdict.problems == ["loss off by inf > 2e-02"]
+
+
 def test_the_command_prints_pass_fail_and_exits_non_zero_on_a_failure(results, capsys):
     assert main(["compare", str(results["single"]), str(results["dp8"])]) == 0
     assert capsys.readouterr().out.startswith("PASS dp8")
