@@ -87,6 +87,15 @@ def layout_problems(config, workers: int) -> list[str]:
     return []
 
 
+def over_budget(need_gib: float) -> Optional[str]:
+    """'needs N GiB per device, more than 85% of M GiB (...)' when a plan leaves less than 15% of the
+    device's memory (DEVICE_MEMORY_ENV) to the runtime and fragmentation; None when it fits."""
+    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
+    if need_gib <= 0.85 * budget:
+        return None
+    return f"needs {need_gib:.1f} GiB per device, more than 85% of {budget:g} GiB ({DEVICE_MEMORY_ENV})"
+
+
 def memory_problems(config, device: str) -> list[str]:
     """The memory plan (`model/plan.py`) against the device's memory; only on Ascend (on the CPU the
     model trains in host memory and the plan's bf16/flash-attention terms do not apply)."""
@@ -94,16 +103,12 @@ def memory_problems(config, device: str) -> list[str]:
         return []
     from pangu_pro.model.plan import memory_plan
 
-    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
     p = config.parallel
     worst = max(memory_plan(config), key=lambda s: s.total(p.recompute))
-    need = worst.total(p.recompute) / GIB
-    if need <= 0.85 * budget:
-        return []
-    return [f"memory plan: pipeline stage {worst.stage} needs {need:.1f} GiB per device, more than 85% of "
-            f"{budget:g} GiB ({DEVICE_MEMORY_ENV}): set parallel.recompute: selective or full, "
+    over = over_budget(worst.total(p.recompute) / GIB)
+    return [f"memory plan: pipeline stage {worst.stage} {over}: set parallel.recompute: selective or full, "
             f"parallel.optimizer_shard: true, a smaller train.batch_size with more train.grad_accum_steps, or "
-            f"more pipeline stages (see `pangu-pro plan CONFIG`)"]
+            f"more pipeline stages (see `pangu-pro plan CONFIG`)"] if over else []
 
 
 def mask_memory_problems(config, device: str) -> list[str]:
@@ -116,12 +121,9 @@ def mask_memory_problems(config, device: str) -> list[str]:
         need = mask_plan(config).total / GIB
     except ConfigError as err:
         return [str(err)]
-    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
-    if device != "ascend" or need <= 0.85 * budget:
-        return []
-    return [f"mask-learning plan needs {need:.1f} GiB per device, more than 85% of {budget:g} GiB "
-            f"({DEVICE_MEMORY_ENV}): lower inherit.batch_size (raise inherit.grad_accum_steps), set "
-            f"parallel.recompute, or freeze the teacher (see `pangu-pro plan CONFIG`)"]
+    over = over_budget(need) if device == "ascend" else None
+    return [f"mask-learning plan {over}: lower inherit.batch_size (raise inherit.grad_accum_steps), set "
+            f"parallel.recompute, or freeze the teacher (see `pangu-pro plan CONFIG`)"] if over else []
 
 
 def check(config_path: str, workers: int, device: str, why: str, tool: str, tool_args: list[str]) -> int:
