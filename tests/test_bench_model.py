@@ -19,3 +19,13 @@ def test_paired_overhead_cancels_drift_between_rounds():
 def test_paired_overhead_quartiles():
     mid, (low, high) = paired_overhead([1.0, 1.2, 1.4, 1.6, 1.8], [1.0] * 5)
     assert (low, mid, high) == pytest.approx((20.0, 40.0, 60.0))
+
+
+def test_the_recorded_results_render_to_the_recorded_table():
+    from pathlib import Path
+
+    from pangu_pro.bench.model import render_markdown
+    from pangu_pro.io import read_json
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    assert render_markdown(read_json(results / "model.json")) == (results / "model.md").read_text(encoding="utf-8")

@@ -211,17 +211,16 @@ def render_markdown(results: dict) -> str:
     for name, row in results["speed"].items():
         lines.append(f"| {name} | {row['parameters'] / 1e6:.1f}M | {row['batch']} × {row['seq']} | "
                      f"{row['forward_s'] * 1e3:.0f} ms | {row['train_step_s'] * 1e3:.0f} ms | {row['train_tokens_per_s']:.0f} |")
-    rounds = results.get("overhead_rounds", results["repeats"])
-    lines += ["", f"PanGu-pi module overhead on the medium config, the four variants timed in alternation, {rounds} "
+    lines += ["", f"PanGu-pi module overhead on the medium config, the four variants timed in alternation, "
+              f"{results['overhead_rounds']} "
               "rounds; overhead = median over rounds of the variant's time / LLaMA's in the same round, with the "
               "quartiles (paper, V100 decode: SIAF +2.6%, AugShortcut +1.3%):", "",
               "| variant | forward | overhead | train step | overhead | decode ms/token | overhead |",
               "|---|---|---|---|---|---|---|"]
 
     def pct(row, label):
-        low, high = row.get(f"{label}_overhead_iqr_pct", [None, None])
-        spread = f" ({low:+.0f}..{high:+.0f})" if low is not None else ""
-        return f"{row[f'{label}_overhead_pct']:+.1f}%{spread}"
+        low, high = row[f"{label}_overhead_iqr_pct"]
+        return f"{row[f'{label}_overhead_pct']:+.1f}% ({low:+.0f}..{high:+.0f})"
 
     for name, row in results["overhead"].items():
         lines.append(f"| {name} | {row['forward_s'] * 1e3:.1f} ms | {pct(row, 'forward')} | "
