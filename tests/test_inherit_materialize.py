@@ -171,12 +171,12 @@ def test_mask_cells_compute_the_numpy_formulas():
     head, neuron, hidden, layer, bottleneck = (t.asnumpy() for t in masks())  # noise-free
     np.testing.assert_allclose(hidden, hc.deterministic_mask(la["hidden"]), atol=1e-5)
     np.testing.assert_allclose(bottleneck, hc.deterministic_mask(la["bottleneck"]), atol=1e-5)
-    want = [hc.expected_sparsity(hc.keep_probability(la[n])) for n in names]
+    want = [hc.expected_sparsity(hc.counted_keep(la[n])) for n in names]
     targets, l1 = np.array([0.3, 0.5, 0.2, 0.4, 0.5]), np.array([0.5, -1.0, 2.0, 0.1, 0.7])
     l2 = np.array([3.0, 1.0, 0.5, 2.0, 1.5])
     penalty, means = masks.penalty(Tensor(targets, ms.float32), Tensor(l1, ms.float32), Tensor(l2, ms.float32))
     np.testing.assert_allclose(means.asnumpy(), want, atol=1e-5)
-    want_penalty = sum(hc.layer_constraint(hc.keep_probability(la[n]), targets[i], l1[i], l2[i])
+    want_penalty = sum(hc.layer_constraint(hc.counted_keep(la[n]), targets[i], l1[i], l2[i])
                        for i, n in enumerate(names))
     np.testing.assert_allclose(float(penalty.asnumpy()), want_penalty, rtol=1e-5)
     assert masks.noise(3, 7, rank=1).tolist() != noise.tolist()  # every rank draws its own masks

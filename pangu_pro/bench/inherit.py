@@ -18,8 +18,9 @@ for every seed of `--seeds`:
 
 Reported over seeds: held-out loss after 0 and K steps (mean ± sample standard deviation) and the
 paired differences between criteria (same seed and teacher), each marked when it exceeds seed noise
-(two-sided paired t-test at 5%). Writes OUT/inherit.json and OUT/inherit.md; finished seeds are kept
-in WORK/seed_N/result.json and skipped on a re-run; `--render JSON [JSON ...]` redraws the table from
+(two-sided paired t-test at 5%). Writes OUT/inherit.json and OUT/inherit.md; a finished student is
+kept in WORK/seed_N/arm_<name>.json and a finished seed in WORK/seed_N/result.json, both skipped on a
+re-run (delete one arm's file to redo that student alone); `--render JSON [JSON ...]` redraws the table from
 results files, merging runs of other seeds.
 """
 from __future__ import annotations
@@ -173,44 +174,51 @@ def run_seed(args, seed: int, corpus: Path, work: Path) -> dict:
     print(f"seed {seed}: teacher {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss "
           f"{teacher_loss:.3f}", flush=True)
 
-    # 2. students, every data-reading criterion on the same number of sequences
+    # 2. students, every data-reading criterion on the same number of sequences, and 3. continued
+    # pretraining (rows after the teacher's share, the same order for every student). Each finished
+    # student is kept in WORK/arm_<name>.json: a killed run, or a changed criterion, redoes only its own.
     target_path = work / "student.yaml"
     target_path.write_text(yaml.safe_dump({"model": student_model(args.seq)}))
-    derived = {}
-    for criterion in args.criteria:
-        out = work / f"inherit_{criterion}"
-        inherit = InheritConfig(target_config=str(target_path), teacher_checkpoint=str(ckpt), criterion=criterion,
-                                layer_selection="cosine", calibration_batches=args.mask_steps,
-                                steps=args.mask_steps, batch_size=args.batch_size, lr_mask=args.lr_mask,
-                                lr_lambda=1.0, lr_weights=0.0, log_every=max(1, args.mask_steps // 10),
-                                checkpoint_every=args.mask_steps, seed=seed, output_dir=str(out))
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        # force: the convergence report is recorded (and shown in the table) instead of stopping the benchmark
-        summary = run_inherit(InheritRunConfig.of(teacher_cfg, inherit), progress=False, announce=lambda *_: None,
-                              force=True)
-        seconds = time.perf_counter() - t0
-        student_cfg = load_config(out / "student" / "config.yaml").model
-        derived[criterion] = (build_model(student_cfg, out / "student"), summary, seconds)
-        print(f"seed {seed}: derived {criterion}: layers {summary['kept_layers']} in {seconds:.0f} s"
-              + (f", converged {summary['convergence']['converged']}" if "convergence" in summary else ""),
-              flush=True)
-    order = [("random init", build_model(student_cfg, seed=seed), None, 0.0)] + [
-        (student_name(c), m, s, sec) for c, (m, s, sec) in derived.items()]
-
-    # 3. continued pretraining (rows after the teacher's share, the same order for every student)
     start = min(args.teacher_steps * args.batch_size, len(rows) - args.steps * args.batch_size - 1)
     cont_rows = rows[max(0, start):]
     students = {}
-    for name, model, summary, seconds in order:
+    for criterion in ["random init"] + list(args.criteria):
+        name = student_name(criterion)
+        arm = work / f"arm_{name.replace(' ', '_')}.json"
+        if arm.is_file():
+            students[name] = read_json(arm)
+            print(f"seed {seed}: {name}: kept result {arm}", flush=True)
+            continue
+        summary, seconds = None, 0.0
+        if criterion == "random init":
+            model = build_model(config_from_dict({"model": student_model(args.seq)}, "bench student").model, seed=seed)
+        else:
+            out = work / f"inherit_{criterion}"
+            inherit = InheritConfig(target_config=str(target_path), teacher_checkpoint=str(ckpt), criterion=criterion,
+                                    layer_selection="cosine", calibration_batches=args.mask_steps,
+                                    steps=args.mask_steps, batch_size=args.batch_size, lr_mask=args.lr_mask,
+                                    lr_lambda=1.0, lr_weights=0.0, log_every=max(1, args.mask_steps // 10),
+                                    checkpoint_every=args.mask_steps, seed=seed, output_dir=str(out))
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            # force: the convergence report is recorded (and shown in the table) instead of stopping the benchmark
+            summary = run_inherit(InheritRunConfig.of(teacher_cfg, inherit), progress=False,
+                                  announce=lambda *_: None, force=True)
+            seconds = time.perf_counter() - t0
+            model = build_model(load_config(out / "student" / "config.yaml").model, out / "student")
+            print(f"seed {seed}: derived {criterion}: layers {summary['kept_layers']} in {seconds:.0f} s"
+                  + (f", converged {summary['convergence']['converged']}" if "convergence" in summary else ""),
+                  flush=True)
         t0 = time.perf_counter()
         curve = continue_pretraining(model, cont_rows, heldout, args, CONTINUE_LR)
-        students[name] = {"curve": curve, "loss_0": curve[0][1], "loss_k": curve[-1][1], "derive_seconds": seconds,
-                          "train_seconds": time.perf_counter() - t0,
-                          "kept_layers": None if summary is None else summary["kept_layers"]}
+        entry = {"curve": curve, "loss_0": curve[0][1], "loss_k": curve[-1][1], "derive_seconds": seconds,
+                 "train_seconds": time.perf_counter() - t0,
+                 "kept_layers": None if summary is None else summary["kept_layers"]}
         if summary is not None and "convergence" in summary:
-            students[name].update(convergence=summary["convergence"], sparsity=summary["sparsity"],
-                                  losses=summary.get("losses"))
+            entry.update(convergence=summary["convergence"], sparsity=summary["sparsity"],
+                         losses=summary.get("losses"))
+        atomic_write_json(arm, entry)
+        students[name] = entry
         print(f"seed {seed}: {name}: held-out {curve[0][1]:.3f} -> {curve[-1][1]:.3f}", flush=True)
     result = {"seed": seed, "teacher_heldout_loss": teacher_loss, "teacher_seconds": teacher_seconds,
               "train_rows": len(rows), "students": students}

@@ -12,8 +12,8 @@ import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, mutable, nn, ops
 
 from pangu_pro.config import ModelConfig
-from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_OFFSET, LIMIT_L, LIMIT_R, LOG_ALPHA_LIMIT,
-                                            log_alpha_for_keep_probability)
+from pangu_pro.inherit.hardconcrete import (BETA, EPS, KEEP_CEILING, KEEP_FLOOR, KEEP_OFFSET, LIMIT_L, LIMIT_R,
+                                            LOG_ALPHA_LIMIT, log_alpha_for_keep_probability)
 
 
 class HardConcrete(nn.Cell):
@@ -42,8 +42,9 @@ class HardConcrete(nn.Cell):
             s = self.sigmoid(log_alpha / BETA)
         return ops.clip_by_value(s * (LIMIT_R - LIMIT_L) + LIMIT_L, 0.0, 1.0)
 
-    def keep_probability(self):
-        return self.sigmoid(self.clamped() - KEEP_OFFSET)
+    def counted_keep(self):
+        """`hardconcrete.counted_keep`: the keep probability rescaled to the clamp's range."""
+        return (self.sigmoid(self.clamped() - KEEP_OFFSET) - KEEP_FLOOR) / (KEEP_CEILING - KEEP_FLOOR)
 
 
 def _scatter_matrix(rows: np.ndarray, total: int) -> Tensor:
@@ -150,7 +151,7 @@ class InheritMasks(nn.Cell):
 
     def penalty(self, targets, lambda1, lambda2):
         """(sum over learned types of the mean over rows of lambda1 (s_r - t) + lambda2 (s_r - t)^2,
-        mean sparsity per type [T]): heads, neurons and bottleneck units have a row per layer, each pulled
+        mean sparsity per type [T]), s_r from `counted_keep`: heads, neurons and bottleneck units have a row per layer, each pulled
         to the target on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
         total = 0.0
         means = []
@@ -158,7 +159,7 @@ class InheritMasks(nn.Cell):
             if cell is None:
                 continue
             j = len(means)
-            keep = cell.keep_probability()
+            keep = cell.counted_keep()
             rows = 1.0 - (keep.mean(-1) if len(cell.shape) == 2 else keep.mean(keep_dims=True))
             gap = rows - targets[j]
             total = total + (lambda1[j] * gap + lambda2[j] * gap * gap).mean()

@@ -2,7 +2,7 @@
 
 Three numbers, each against `inherit.convergence_tolerance` (tol):
 
-- size: the expected parameter count (keep probabilities) against the student's, |gap| / student <= tol;
+- size: the expected parameter count (`hardconcrete.counted_keep`) against the student's, |gap| / student <= tol;
 - per-layer spread: every layer's expected sparsity of heads and neurons (and the hidden channels,
   the layer gates) within tol of its target;
 - decided masks: the share of noise-free masks exactly 0 or 1 is at least 1 - tol (a mask in (0, 1)

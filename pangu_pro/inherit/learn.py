@@ -67,7 +67,7 @@ def final_targets(plan: StudentPlan, types: list[str]) -> np.ndarray:
 
 
 def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitArrays]:
-    """(keep probabilities, log_alpha scores) in the teacher's unit shapes, from the mask cell."""
+    """(counted keep (`hardconcrete.counted_keep`), log_alpha scores) in the teacher's unit shapes, from the mask cell."""
     keep = UnitArrays.full(cfg, 1.0)
     scores = UnitArrays.full(cfg, 0.0)
     keep.layers[:] = 0.0
@@ -75,28 +75,28 @@ def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitAr
     if masks.heads is not None:
         la = masks.heads.log_alpha.asnumpy()
         keep.heads[:] = 0.0
-        keep.heads[kept_layers] = hc.keep_probability(la)
+        keep.heads[kept_layers] = hc.counted_keep(la)
         scores.heads[kept_layers] = la
     for name in ("neurons", "bottleneck"):
         cell = getattr(masks, name)
         if cell is not None:
             la = cell.log_alpha.asnumpy()
             getattr(keep, name)[:] = 0.0
-            getattr(keep, name)[kept_layers] = hc.keep_probability(la)
+            getattr(keep, name)[kept_layers] = hc.counted_keep(la)
             getattr(scores, name)[kept_layers] = la
     if masks.hidden is not None:
         scores.hidden = masks.hidden.log_alpha.asnumpy().astype(np.float64)
-        keep.hidden = hc.keep_probability(scores.hidden)
+        keep.hidden = hc.counted_keep(scores.hidden)
     if masks.layers is not None:
         la = masks.layers.log_alpha.asnumpy().astype(np.float64)
         scores.layers = np.concatenate([[hc.LOG_ALPHA_LIMIT], la, [hc.LOG_ALPHA_LIMIT]])
-        keep.layers = np.concatenate([[1.0], hc.keep_probability(la), [1.0]])
+        keep.layers = np.concatenate([[1.0], hc.counted_keep(la), [1.0]])
     return keep, scores
 
 
 def layer_sparsity(keep: UnitArrays, kept: np.ndarray, types: list[str]) -> dict[str, list[float]]:
     """Expected fraction pruned per layer of the learned types: heads, neurons and bottleneck units per kept
-    teacher layer, hidden channels as one entry, layer gates per intermediate layer (1 - keep probability)."""
+    teacher layer, hidden channels as one entry, layer gates per intermediate layer (1 - counted keep)."""
     out = {}
     for name in types:
         if name in PER_LAYER_TYPES:
@@ -113,7 +113,7 @@ class LearnedMasks:
     scores: UnitArrays  # log_alpha (higher: keep)
     values: UnitArrays  # mask values folded into the kept units (`hardconcrete.fold_value`)
     medians: UnitArrays  # the noise-free masks the run ended with (what the masked teacher computed)
-    keep: UnitArrays  # keep probabilities
+    keep: UnitArrays  # counted keep (`hardconcrete.counted_keep`)
     expected_size: float
     sparsity: dict
     layer_sparsity: dict
