@@ -53,8 +53,8 @@ def numpy_gradients(x, scale, bias, dy):
     return dx, (g * x.reshape(-1, x.shape[-1])[None]).sum(1), g.sum(1)
 
 
-# [2, 5, 12]: one thread; [4, 64, 300] = 76,800 elements: past the threading threshold, per-thread sums
-@pytest.mark.parametrize("shape,terms", [((2, 5, 12), 3), ((4, 64, 300), 2), ((1, 1, 300), 2)])
+# [2, 5, 12]: one thread; [4, 64, 600] = 153,600 elements: two threads (one per 65,536), per-thread sums
+@pytest.mark.parametrize("shape,terms", [((2, 5, 12), 3), ((4, 64, 600), 2), ((1, 1, 300), 2)])
 def test_fused_siaf_matches_numpy_values_and_gradients(shape, terms):
     rng = np.random.default_rng(7)
     scale, bias = rng.standard_normal((2, terms, shape[-1])).astype(np.float32)

@@ -6,6 +6,7 @@
 // backward, 4n reductions over rows, each a kernel. Signature: MindSpore's Custom "aot" CPU kernels.
 // Built by pangu_pro.model.kernels with exact IEEE arithmetic (no -ffast-math: its reciprocal and
 // finite-math shortcuts gave NaN for z <= -89 and wrong gradients for large z).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -26,6 +27,13 @@ inline float sigmoid(float z) {
 
 constexpr int64_t kParallelElements = 1 << 16;  // below this, threads cost more than they save
 
+// OpenMP threads for n elements: at most one per kParallelElements, so that a many-core host does not
+// wake every core (beside MindSpore's own pool) for a small tensor
+int threads_for(int64_t n) {
+  const int64_t useful = n / kParallelElements;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), useful)));
+}
+
 int64_t leading_rows(int ndim, const int64_t *shape) {
   int64_t rows = 1;
   for (int i = 0; i < ndim - 1; ++i) rows *= shape[i];
@@ -43,7 +51,7 @@ extern "C" int SiafForward(int nparam, void **params, int *ndims, int64_t **shap
   const float *b = static_cast<const float *>(params[2]);
   float *y = static_cast<float *>(params[3]);
   const int64_t f = shapes[0][ndims[0] - 1], rows = leading_rows(ndims[0], shapes[0]), terms = shapes[1][0];
-#pragma omp parallel for if (rows * f >= kParallelElements) schedule(static)
+#pragma omp parallel for num_threads(threads_for(rows * f)) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float *xr = x + r * f;
     float *yr = y + r * f;
@@ -73,7 +81,7 @@ extern "C" int SiafBackward(int nparam, void **params, int *ndims, int64_t **sha
   float *db = static_cast<float *>(params[6]);
   const int64_t f = shapes[0][ndims[0] - 1], rows = leading_rows(ndims[0], shapes[0]), terms = shapes[1][0];
   const int64_t table = terms * f;
-  const int threads = rows * f >= kParallelElements ? omp_get_max_threads() : 1;
+  const int threads = threads_for(rows * f);
   // per-thread sums of da and db in double: a fixed order per thread, then a fixed-order total
   std::vector<double> partial(static_cast<size_t>(threads) * 2 * table, 0.0);
 #pragma omp parallel num_threads(threads)
