@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learned-mask steps (teacher weights frozen); also the data budget of every criterion: "
                         "MASK_STEPS x BATCH_SIZE sequences")
     parser.add_argument("--lr-mask", type=float, default=0.3, help="learning rate of the mask logits")
+    parser.add_argument("--lr-lambda", type=float, default=0.3,
+                        help="learning rate of the Lagrange multipliers (1.0 left the hidden-channel sparsity "
+                        "swinging by +-0.03 around its target after 400 steps)")
     parser.add_argument("--steps", type=int, default=40, help="continued-pretraining steps K per student")
     parser.add_argument("--eval-batches", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
@@ -197,7 +200,8 @@ def run_seed(args, seed: int, corpus: Path, work: Path) -> dict:
             inherit = InheritConfig(target_config=str(target_path), teacher_checkpoint=str(ckpt), criterion=criterion,
                                     layer_selection="cosine", calibration_batches=args.mask_steps,
                                     steps=args.mask_steps, batch_size=args.batch_size, lr_mask=args.lr_mask,
-                                    lr_lambda=1.0, lr_weights=0.0, log_every=max(1, args.mask_steps // 10),
+                                    lr_lambda=args.lr_lambda, lr_weights=0.0,
+                                    log_every=max(1, args.mask_steps // 10),
                                     checkpoint_every=args.mask_steps, seed=seed, output_dir=str(out))
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
@@ -235,6 +239,7 @@ def setup_of(args) -> dict:
             "data": f"built-in corpus ({args.corpus_mb} MB of stdlib prose), byte-level ids, seq {args.seq}, "
                     f"batch {args.batch_size}",
             "teacher_steps": args.teacher_steps, "mask_steps": args.mask_steps, "lr_mask": args.lr_mask,
+            "lr_lambda": args.lr_lambda,
             "data_budget_sequences": args.mask_steps * args.batch_size, "continue_steps": args.steps,
             "continue_lr": CONTINUE_LR, "eval_batches": args.eval_batches, "criteria": list(args.criteria)}
 
@@ -289,7 +294,8 @@ def format_table(result: dict) -> str:
         f"Equal data budgets: Taylor, the learned masks and the cosine layer scores (every inherited student) "
         f"each see {setup['data_budget_sequences']} sequences ({setup['mask_steps']} batches of "
         f"{setup['data_budget_sequences'] // setup['mask_steps']}); L1, L2 and random selection read no data. "
-        f"Learned masks: {setup['mask_steps']} steps, lr {setup['lr_mask']}, teacher frozen, values folded.",
+        f"Learned masks: {setup['mask_steps']} steps, lr {setup['lr_mask']}, multipliers' lr {setup['lr_lambda']}, "
+        "teacher frozen, values folded.",
         "",
         f"| student | held-out loss at 0 | after {k} steps | derive time (s) |",
         "|---|---|---|---|",
