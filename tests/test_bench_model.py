@@ -29,3 +29,29 @@ def test_the_recorded_results_render_to_the_recorded_table():
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     assert render_markdown(read_json(results / "model.json")) == (results / "model.md").read_text(encoding="utf-8")
+
+
+def test_pro_only_adds_the_1b_pro_rows_and_keeps_the_others(tmp_path, monkeypatch):
+    import argparse
+    import shutil
+    from pathlib import Path
+
+    from pangu_pro.bench import model as bench
+    from pangu_pro.io import read_json
+
+    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "model.json"
+    shutil.copy(recorded, tmp_path / "model.json")
+    fake = {"llama": {"forward_s": 2.0, "runs_s": [2.0, 2.0], "forward_overhead_pct": 0.0},
+            "both": {"forward_s": 2.1, "runs_s": [2.0, 2.2], "forward_overhead_pct": 5.0}}
+    monkeypatch.setattr(bench, "pro_forward_overhead", lambda cfg, seq, repeats: fake)
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(["--pro-only", "--seq", "64", "--out", str(tmp_path / "model")])) == 0
+    before, after = read_json(recorded), read_json(tmp_path / "model.json")
+    assert after["pro_overhead"] == fake and after["pro_seq"] == 64 and after["pro_separate_run"]
+    assert {k: v for k, v in after.items() if not k.startswith("pro_")} == \
+        {k: v for k, v in before.items() if not k.startswith("pro_")}
+    text = (tmp_path / "model.md").read_text(encoding="utf-8")
+    assert "batch 1 × 64 tokens" in text and "run of its own" in text and "| both | 2.10 s | +5.0% |" in text
+    with pytest.raises(SystemExit, match="run `pangu-pro bench model` first"):
+        bench.run(parser.parse_args(["--pro-only", "--out", str(tmp_path / "missing")]))

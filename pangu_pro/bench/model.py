@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pangu_pro.config import ModelConfig, load_config
-from pangu_pro.io import atomic_write_json, atomic_write_text
+from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
 
 REPO = Path(__file__).resolve().parents[2]
 # The reference LLaMA shape (~23M parameters): hidden 384, 6 layers, ffn 1024, vocab 16k.
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pro-config", default=str(REPO / "configs" / "pangu_1b_pro.yaml"),
                         help="the 1B Pro shape whose forward (batch 1, --seq) is timed per PanGu-pi module")
     parser.add_argument("--skip-pro", action="store_true", help="skip the 1B Pro forward timings (~4 GB each)")
+    parser.add_argument("--pro-only", action="store_true",
+                        help="time only the 1B Pro forwards and add them to the results at --out (its other rows "
+                        "kept, the table says they come from a separate run)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "model"),
                         help="output path without extension (.json and .md are written)")
 
@@ -227,8 +230,9 @@ def render_markdown(results: dict) -> str:
                      f"{row['train_step_s'] * 1e3:.0f} ms | {pct(row, 'train_step')} | "
                      f"{row['decode_ms_per_token']:.2f} | {pct(row, 'decode')} |")
     if results.get("pro_overhead"):
-        lines += ["", f"1B Pro shape, forward of batch 1 × {results['seq']} tokens (each variant twice, in a process "
-                  "of its own, order A B C D D C B A; mean of the two):", "",
+        separate = " Timed in a run of its own, after the rows above." if results["pro_separate_run"] else ""
+        lines += ["", f"1B Pro shape, forward of batch 1 × {results['pro_seq']} tokens (each variant twice, in a "
+                  f"process of its own, order A B C D D C B A; mean of the two).{separate}", "",
                   "| variant | forward | overhead |", "|---|---|---|"]
         for name, row in results["pro_overhead"].items():
             lines.append(f"| {name} | {row['forward_s']:.2f} s | {row['forward_overhead_pct']:+.1f}% |")
@@ -243,6 +247,14 @@ def run(args: argparse.Namespace) -> int:
     from pangu_pro.runtime import adapt_to_device, init_mindspore
 
     init_mindspore()
+    out = Path(args.out)
+    if args.pro_only:
+        if not out.with_suffix(".json").is_file():
+            raise SystemExit(f"bench model --pro-only: no results at {out.with_suffix('.json')} to add the 1B Pro "
+                             "rows to; run `pangu-pro bench model` first")
+        results = read_json(out.with_suffix(".json"))
+        time_pro(results, args, separate=True)
+        return write_results(results, out)
     small = adapt_to_device(load_config(args.config).model)
     medium = dataclasses.replace(MEDIUM, seq_length=max(args.seq, MEDIUM.seq_length))
     results = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
@@ -254,13 +266,23 @@ def run(args: argparse.Namespace) -> int:
     results["overhead_rounds"] = args.overhead_rounds
     results["overhead"] = module_overhead(medium, args.batch, args.seq, args.overhead_rounds, 64)
     if not args.skip_pro:
-        print("[bench model] 1B Pro shape: forward per PanGu-pi module", flush=True)
-        pro = adapt_to_device(load_config(args.pro_config).model)
-        results["pro_overhead"] = pro_forward_overhead(dataclasses.replace(pro, seq_length=max(args.seq, 16)),
-                                                       args.seq, min(args.repeats, 2))
+        time_pro(results, args, separate=False)
     print("[bench model] cached vs uncached decoding", flush=True)
     results["decoding"] = time_decoding(medium, 1, args.decode_tokens)
-    out = Path(args.out)
+    return write_results(results, out)
+
+
+def time_pro(results: dict, args: argparse.Namespace, separate: bool) -> None:
+    from pangu_pro.runtime import adapt_to_device
+
+    print("[bench model] 1B Pro shape: forward per PanGu-pi module", flush=True)
+    pro = adapt_to_device(load_config(args.pro_config).model)
+    results["pro_overhead"] = pro_forward_overhead(dataclasses.replace(pro, seq_length=max(args.seq, 16)),
+                                                   args.seq, min(args.repeats, 2))
+    results["pro_seq"], results["pro_separate_run"] = args.seq, separate
+
+
+def write_results(results: dict, out: Path) -> int:
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_text(out.with_suffix(".md"), render_markdown(results))
     print(render_markdown(results))
