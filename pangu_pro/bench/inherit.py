@@ -346,7 +346,9 @@ def format_table(result: dict) -> str:
         lines.append(f"Between inherited criteria {label}: "
                      + ("differences exceeding seed noise: " + "; ".join(found) + "; the other pairs: no difference "
                         "at this scale." if found else "no difference exceeds seed noise at this scale."))
-    lines += ["", f"Wall time {result['seconds']:.0f} s for {n} seeds on a shared 2-core machine at nice 19.", ""]
+    lines += ["", f"Wall time {result['seconds']:.0f} s for {n} seeds on a shared 2-core machine at nice 19 (the longest "
+              "seed's run; students kept from an earlier run, `WORK/seed_N/arm_<name>.json`, are not timed again and "
+              "show the derive time of the run that made them).", ""]
     return "\n".join(lines)
 
 
