@@ -36,6 +36,8 @@ few steps) on one device and data parallel at the same global batch:
 
 - every rank's digest of its masks and Lagrange multipliers after the last step identical (only rank 0
   writes the masks, so each rank prints its digest; a rank whose gradients were not averaged fails)
+- every rank's digest of the mask noise it drew different (ranks drawing the same noise would give the
+  averaged gradient one mask sample instead of one per rank, and nothing else would show it)
 - masked-teacher loss per mask step within the loss tolerance of one device's: the runs are not equal
   (each rank draws its own mask noise: up to 1.7e-3 apart on the CPU with 2 workers, the size of the
   spread of one device's first-step loss over 4 noise seeds, 1.8e-3, at keep probability 0.998)
@@ -64,6 +66,7 @@ TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2}
 # student and the bf16-stored teacher against the fp32 one within one bf16 unit in the last place (2^-8)
 INHERIT_TOLERANCES = {"loss": TOLERANCES["loss"], "folded": 2.0 ** -8, "bf16_teacher": 2.0 ** -8}
 RANK_DIGEST = re.compile(r"^rank (\d+)/\d+: mask step \d+ sha256 ([0-9a-f]{64})$", re.M)
+RANK_NOISE = re.compile(r"^rank (\d+)/\d+: mask noise sha256 ([0-9a-f]{64})$", re.M)
 SCORE_TOLERANCE = 2e-2  # relative, per unit and per sample: scores are losses
 
 
@@ -189,12 +192,13 @@ def read_result(path: str | Path) -> dict:
 
 # ---------------------------------------------------------------- inheritance (pure)
 
-def rank_digests(texts: list[str]) -> dict[int, str]:
-    """{rank: sha256} from the lines `learn_masks` prints on every rank of a data-parallel run (the
-    digest of that rank's masks and Lagrange multipliers after the last mask step)."""
+def rank_digests(texts: list[str], pattern: re.Pattern = RANK_DIGEST) -> dict[int, str]:
+    """{rank: sha256} from the lines `learn_masks` prints on every rank of a data-parallel run: the
+    digest of that rank's masks and Lagrange multipliers after the last mask step (RANK_DIGEST), or of
+    the mask noise it drew (RANK_NOISE)."""
     out = {}
     for text in texts:
-        for match in RANK_DIGEST.finditer(text):
+        for match in pattern.finditer(text):
             out[int(match.group(1))] = match.group(2)
     return out
 
@@ -202,7 +206,7 @@ def rank_digests(texts: list[str]) -> dict[int, str]:
 def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Optional[dict] = None) -> Verdict:
     """One `pangu-pro inherit` run as `collect_inherit` wrote it: the student loaded; the materialisation
     report's folded teacher (0/1 selection) and student losses agree; in data parallel, every rank printed
-    the same digest of its masks and multipliers; against `reference` (the one-device run at the same
+    the same digest of its masks and multipliers and a digest of its own mask noise; against `reference` (the one-device run at the same
     global batch), the masked-teacher loss of every mask step."""
     tol = {**INHERIT_TOLERANCES, **(tolerances or {})}
     verdict = Verdict(result.get("name", "?"), True)
@@ -225,6 +229,14 @@ def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Op
         if len(set(digests.values())) > 1:
             shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(digests.items()))
             verdict.problems.append(f"masks differ across ranks ({shown})")
+        noise = {int(rank): value for rank, value in result["noise_digests"].items()}
+        silent = sorted(set(range(workers)) - set(noise))
+        if silent:
+            verdict.problems.append(f"ranks {silent} printed no mask-noise digest")
+        same = sorted(r for r, d in noise.items() if list(noise.values()).count(d) > 1)
+        if same:
+            verdict.problems.append(f"ranks {same} drew the same mask noise (the averaged gradient sees fewer "
+                                    f"mask samples than {workers})")
     if reference is not None:
         compare_series(verdict, "loss", reference.get("loss", {}), result.get("loss", {}), tol["loss"])
     verdict.passed = not verdict.problems
@@ -319,10 +331,10 @@ def collect_inherit(run: str | Path, name: str, workers: int, out: str | Path) -
             problems.append(f"student weights not finite: {bad[:3]}")
     except Exception as err:  # noqa: BLE001 - reported as the case's failure
         problems.append(f"student {student} does not load: {err}")
-    logs = sorted((run / "logs").glob("worker_*.log"))
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((run / "logs").glob("worker_*.log"))]
     result = {"name": name, "run": str(run), "workers": workers, "loss": loss, "losses": summary.get("losses"),
               "teacher_dtype": summary.get("teacher_dtype"), "student_problems": problems,
-              "digests": rank_digests([p.read_text(encoding="utf-8", errors="replace") for p in logs])}
+              "digests": rank_digests(texts), "noise_digests": rank_digests(texts, RANK_NOISE)}
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 

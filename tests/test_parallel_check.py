@@ -113,17 +113,20 @@ def test_the_scores_command_exits_non_zero_on_a_failure(tmp_path, capsys):
 DIGEST_A, DIGEST_B = "a" * 64, "b" * 64
 
 
-def inherit_result(name, *, workers=1, loss_scale=1.0, digests=None, student=6.9593, teacher_dtype="float32"):
-    """As `collect_inherit` writes it: mask-step losses, the materialisation report, the rank digests."""
+def inherit_result(name, *, workers=1, loss_scale=1.0, digests=None, noise=None, student=6.9593,
+                   teacher_dtype="float32"):
+    """As `collect_inherit` writes it: mask-step losses, the materialisation report, the rank digests of
+    masks (equal) and of mask noise (one per rank)."""
     return {"name": name, "workers": workers, "teacher_dtype": teacher_dtype, "student_problems": [],
             "loss": {str(s): (6.97 + 0.003 * s) * loss_scale for s in (1, 2, 3, 4)},
             "losses": {"masked_teacher_soft": 6.98, "masked_teacher_selected": 6.9593, "student": student},
-            "digests": digests if digests is not None else {str(r): DIGEST_A for r in range(workers)}}
+            "digests": digests if digests is not None else {str(r): DIGEST_A for r in range(workers)},
+            "noise_digests": noise if noise is not None else {str(r): f"{r:064x}" for r in range(workers)}}
 
 
 def test_inheritance_under_data_parallel_passes_and_each_defect_fails():
     """The self-check's inheritance case: the data-parallel run against one device. Ranks whose masks
-    differ (or a rank that printed no digest), a mask-step loss off by more than the tolerance, a student
+    differ (or a rank that printed no digest), ranks that drew the same mask noise, a mask-step loss off by more than the tolerance, a student
     whose loss is not the folded teacher's, a student that does not load: FAIL, naming what."""
     from pangu_pro.parallel_check import check_inherit
 
@@ -136,6 +139,12 @@ def test_inheritance_under_data_parallel_passes_and_each_defect_fails():
                                                          "rank 1 bbbbbbbbbbbb)"]
     silent = check_inherit(inherit_result("dp", workers=8, digests={str(r): DIGEST_A for r in range(7)}), single)
     assert not silent.passed and silent.problems == ["ranks [7] printed no mask digest"]
+    same_noise = check_inherit(inherit_result("dp", workers=3, noise={"0": DIGEST_A, "1": DIGEST_B, "2": DIGEST_A}),
+                               single)
+    assert not same_noise.passed and same_noise.problems == [
+        "ranks [0, 2] drew the same mask noise (the averaged gradient sees fewer mask samples than 3)"]
+    no_noise = check_inherit(inherit_result("dp", workers=2, noise={"0": DIGEST_A}), single)
+    assert not no_noise.passed and no_noise.problems == ["ranks [1] printed no mask-noise digest"]
     summed = check_inherit(inherit_result("dp", workers=2, loss_scale=2.0), single)  # ranks summed, not averaged
     assert not summed.passed and summed.problems == ["loss off by 1.00e+00 > 2e-02"]
     folded = check_inherit(inherit_result("dp", student=6.99), single)
@@ -152,6 +161,10 @@ def test_rank_digests_are_read_from_worker_logs():
     logs = [f"[INFO] noise\nrank 0/2: mask step 4 sha256 {DIGEST_A}\nstudent written\n",
             f"rank 1/2: mask step 4 sha256 {DIGEST_B}\n[INFO] rank 1/2: mask step 4 sha256 {DIGEST_A}\n"]
     assert rank_digests(logs) == {0: DIGEST_A, 1: DIGEST_B}
+    from pangu_pro.parallel_check import RANK_NOISE
+
+    logs = [f"rank 0/2: mask step 4 sha256 {DIGEST_A}\nrank 0/2: mask noise sha256 {DIGEST_B}\n"]
+    assert rank_digests(logs, RANK_NOISE) == {0: DIGEST_B} and rank_digests(logs) == {0: DIGEST_A}
 
 
 def test_bf16_teacher_against_fp32_passes_within_a_bf16_ulp_and_each_defect_fails():

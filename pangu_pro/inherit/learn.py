@@ -16,6 +16,7 @@ default (inherit.mask_beta1 = 0): with momentum the sparsity overshoots its targ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -207,11 +208,15 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
         if start < ic.steps:
             batches = train_dataset(data_config, par, skip_batches=start * accum).create_tuple_iterator(num_epochs=1)
         lr_m, lr_l, lr_w = (Tensor(v, ms.float32) for v in (ic.lr_mask, ic.lr_lambda, ic.lr_weights))
+        noise_digest = hashlib.sha256()  # of the noise this rank draws, printed for the cluster self-check
         for step in range(start + 1, ic.steps + 1):
             micro = [next(batches)[0] for _ in range(accum)]
             targets = np.array([hc.target_sparsity(step - 1, ic.steps, t, ic.warmup_fraction) for t in final],
                                np.float32)
-            noises = [Tensor(masks.noise(ic.seed, (step - 1) * accum + i + 1, par.rank)) for i in range(accum)]
+            drawn = [masks.noise(ic.seed, (step - 1) * accum + i + 1, par.rank) for i in range(accum)]
+            for noise in drawn:
+                noise_digest.update(noise.tobytes())
+            noises = [Tensor(noise) for noise in drawn]
             total, lm, s = step_cell(micro, Tensor(targets), noises, lr_m, lr_l, lr_w)
             sparsity = {name: float(v) for name, v in zip(types, s)}
             if step % ic.log_every == 0 or step == ic.steps:
@@ -244,6 +249,8 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     if par.world > 1:  # identical lines on every rank: the replicas (weights, masks, lambdas) did not diverge
         from pangu_pro.train.trainer import weights_digest
         print(f"rank {par.rank}/{par.world}: mask step {ic.steps} sha256 {weights_digest(loss)}", flush=True)
+        if start < ic.steps:  # distinct lines: every rank drew its own mask noise in this run
+            print(f"rank {par.rank}/{par.world}: mask noise sha256 {noise_digest.hexdigest()}", flush=True)
     for p in teacher_params:
         p.requires_grad = True  # materialisation reads every teacher weight (`model_state`)
     keep, scores = keep_arrays(cfg, masks, kept)
