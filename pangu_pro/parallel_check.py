@@ -55,6 +55,7 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -203,11 +204,21 @@ def rank_digests(texts: list[str], pattern: re.Pattern = RANK_DIGEST) -> dict[in
     return out
 
 
+def ranked_digests(raw: dict, workers: int, what: str, problems: list[str]) -> dict[int, str]:
+    """{rank: digest} of a collected result (JSON keys are strings); every rank of `workers` that printed
+    no `what` digest is added to `problems`."""
+    digests = {int(rank): value for rank, value in raw.items()}
+    silent = sorted(set(range(workers)) - set(digests))
+    if silent:
+        problems.append(f"ranks {silent} printed no {what} digest")
+    return digests
+
+
 def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Optional[dict] = None) -> Verdict:
     """One `pangu-pro inherit` run as `collect_inherit` wrote it: the student loaded; the materialisation
     report's folded teacher (0/1 selection) and student losses agree; in data parallel, every rank printed
-    the same digest of its masks and multipliers and a digest of its own mask noise; against `reference` (the one-device run at the same
-    global batch), the masked-teacher loss of every mask step."""
+    the same digest of its masks and multipliers and a digest of its own mask noise; against `reference`
+    (the one-device run at the same global batch), the masked-teacher loss of every mask step."""
     tol = {**INHERIT_TOLERANCES, **(tolerances or {})}
     verdict = Verdict(result.get("name", "?"), True)
     verdict.problems.extend(result.get("student_problems", []))
@@ -222,18 +233,13 @@ def check_inherit(result: dict, reference: Optional[dict] = None, tolerances: Op
                                     f"{losses['student']:.4f}: off by {diff:.2e} > {tol['folded']:.0e}")
     workers = int(result.get("workers", 1))
     if workers > 1:
-        digests = {int(rank): value for rank, value in result.get("digests", {}).items()}
-        silent = sorted(set(range(workers)) - set(digests))
-        if silent:
-            verdict.problems.append(f"ranks {silent} printed no mask digest")
+        digests = ranked_digests(result.get("digests", {}), workers, "mask", verdict.problems)
         if len(set(digests.values())) > 1:
             shown = ", ".join(f"rank {r} {d[:12]}" for r, d in sorted(digests.items()))
             verdict.problems.append(f"masks differ across ranks ({shown})")
-        noise = {int(rank): value for rank, value in result["noise_digests"].items()}
-        silent = sorted(set(range(workers)) - set(noise))
-        if silent:
-            verdict.problems.append(f"ranks {silent} printed no mask-noise digest")
-        same = sorted(r for r, d in noise.items() if list(noise.values()).count(d) > 1)
+        noise = ranked_digests(result["noise_digests"], workers, "mask-noise", verdict.problems)
+        drawn = Counter(noise.values())
+        same = sorted(r for r, d in noise.items() if drawn[d] > 1)
         if same:
             verdict.problems.append(f"ranks {same} drew the same mask noise (the averaged gradient sees fewer "
                                     f"mask samples than {workers})")

@@ -17,8 +17,8 @@ def test_bench_helpers(tmp_path):
         return {"seed": seed, "teacher_heldout_loss": 2.0,
                 "students": {"random init": student(5.0), "l1": student(l1), "l2": student(l2)}}
 
-    setup = {"teacher": "t", "student": "s", "data": "d", "teacher_steps": 1, "mask_steps": 2, "lr_mask": 0.1, "lr_lambda": 0.3,
-             "data_budget_sequences": 8, "continue_steps": 3}
+    setup = {"teacher": "t", "student": "s", "data": "d", "teacher_steps": 1, "mask_steps": 2, "lr_mask": 0.1,
+             "lr_lambda": 0.3, "data_budget_sequences": 8, "continue_steps": 3}
     result = {"setup": setup, "teacher_parameters": 10, "student_parameters": 5, "seconds": 1.0,
               "runs": [run(1, 3.0, 3.5), run(2, 3.1, 3.4)]}
     merged = merge_results([result, {**result, "runs": [run(3, 2.9, 3.6)]}])

@@ -20,8 +20,8 @@ Reported over seeds: held-out loss after 0 and K steps (mean ± sample standard 
 paired differences between criteria (same seed and teacher), each marked when it exceeds seed noise
 (two-sided paired t-test at 5%). Writes OUT/inherit.json and OUT/inherit.md; a finished student is
 kept in WORK/seed_N/arm_<name>.json and a finished seed in WORK/seed_N/result.json, both skipped on a
-re-run (delete one arm's file to redo that student alone); `--render JSON [JSON ...]` redraws the table from
-results files, merging runs of other seeds.
+re-run (delete one arm's file to redo that student alone); `--render JSON [JSON ...]` redraws the
+table from results files, merging runs of other seeds.
 """
 from __future__ import annotations
 
@@ -346,9 +346,9 @@ def format_table(result: dict) -> str:
         lines.append(f"Between inherited criteria {label}: "
                      + ("differences exceeding seed noise: " + "; ".join(found) + "; the other pairs: no difference "
                         "at this scale." if found else "no difference exceeds seed noise at this scale."))
-    lines += ["", f"Wall time {result['seconds']:.0f} s for {n} seeds on a shared 2-core machine at nice 19 (the longest "
-              "seed's run; students kept from an earlier run, `WORK/seed_N/arm_<name>.json`, are not timed again and "
-              "show the derive time of the run that made them).", ""]
+    lines += ["", f"Wall time {result['seconds']:.0f} s for {n} seeds on a shared 2-core machine at nice 19 "
+              "(the longest seed's run; students kept from an earlier run, `WORK/seed_N/arm_<name>.json`, are not "
+              "timed again and show the derive time of the run that made them).", ""]
     return "\n".join(lines)
 
 

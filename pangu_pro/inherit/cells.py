@@ -151,8 +151,8 @@ class InheritMasks(nn.Cell):
 
     def penalty(self, targets, lambda1, lambda2):
         """(sum over learned types of the mean over rows of lambda1 (s_r - t) + lambda2 (s_r - t)^2,
-        mean sparsity per type [T]), s_r from `counted_keep`: heads, neurons and bottleneck units have a row per layer, each pulled
-        to the target on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
+        mean sparsity per type [T]), s_r from `counted_keep`: heads, neurons and bottleneck units have a
+        row per layer, each pulled to the target on its own; hidden channels and layer gates are one row (`hardconcrete.layer_constraint`)."""
         total = 0.0
         means = []
         for cell in self.cells_in_order():

@@ -68,7 +68,8 @@ def final_targets(plan: StudentPlan, types: list[str]) -> np.ndarray:
 
 
 def keep_arrays(cfg, masks, kept_layers: np.ndarray) -> tuple[UnitArrays, UnitArrays]:
-    """(counted keep (`hardconcrete.counted_keep`), log_alpha scores) in the teacher's unit shapes, from the mask cell."""
+    """(counted keep (`hardconcrete.counted_keep`), log_alpha scores) in the teacher's unit shapes, from
+    the mask cell."""
     keep = UnitArrays.full(cfg, 1.0)
     scores = UnitArrays.full(cfg, 0.0)
     keep.layers[:] = 0.0
