@@ -31,7 +31,7 @@ from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
                                         load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
-from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
+from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler, check_overflow_detectable
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
@@ -291,6 +291,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     tc = config.train
     target = init_mindspore()
+    check_overflow_detectable(config, target)  # fp16 where only the NPU float status could see an overflow
     apply_device_config(config.device, target)
     par = setup_parallel(config)
     lead = par.rank == par.writer
