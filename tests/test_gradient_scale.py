@@ -175,3 +175,16 @@ def _context_after_trainer_setup(monkeypatch, tmp_path, parallel: dict, train: d
 def test_the_trainer_context_gives_the_single_device_gradient(monkeypatch, tmp_path, parallel, train, emulate):
     context = _context_after_trainer_setup(monkeypatch, tmp_path, parallel, train)
     assert_single_device_scale(emulate(context["gradients_mean"]))
+
+
+def test_the_mindformers_preset_follows_the_rule():
+    """configs/mindformers/pangu_1b_pro.yaml runs MindFormers' trainer; its CrossEntropyLoss is a global
+    mean under semi-auto as ours is, so its gradients_mean must be the rule's for its parallel_mode."""
+    from pathlib import Path
+
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "mindformers" / "pangu_1b_pro.yaml")
+                         .read_text())
+    mode = {0: "data_parallel", 1: "semi_auto_parallel", 2: "auto_parallel"}[raw["parallel"]["parallel_mode"]]
+    assert raw["parallel"]["gradients_mean"] is gradients_mean(mode)

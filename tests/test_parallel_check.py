@@ -353,3 +353,15 @@ def test_the_kernel_case_on_the_cpu_says_nothing_was_fused(tmp_path):
     verdict = kernels_check(config, str(tmp_path / "init.safetensors"), str(data), 128)
     assert verdict.differences == {"loss": 0.0, "grads": 0.0}
     assert verdict.problems == ["on CPU the config runs unfused fp32: nothing fused was compared"]
+
+
+def test_a_run_resumed_into_a_new_output_folder_starts_its_metrics(tmp_path):
+    """The resume cases (and any resume onto another layout, which needs a new train.output_dir) open
+    the new folder's metrics log with nothing to truncate; it used to fail with 'no metrics file'."""
+    from pangu_pro.train.metrics import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path / "new" / "metrics.jsonl", fresh=False)
+    log.truncate_after(2)
+    log.write({"type": "train", "step": 3, "loss": 1.0})
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "new")] == [3]
