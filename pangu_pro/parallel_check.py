@@ -1,21 +1,31 @@
 """The cluster self-check's logic (scripts/ascend_check.sh): every parallel layout must train like one device.
 
-The script trains a small model a few steps under each layout from the same initial weights and data
-(through the real launcher and trainer), then per layout:
+The script trains a small model a few steps under each case of one table (`cases()`: layouts, the
+1B Pro preset's own sections, a resume onto another layout, an fp16 overflow step, the fused kernels)
+from the same initial weights and data (through the real launcher and trainer), then per case:
 
+    python -m pangu_pro.parallel_check cases --device ascend|cpu [--list]   (the table / the plan run)
     python -m pangu_pro.parallel_check collect RUN_DIR --name NAME --init W --out RESULT.json
-    python -m pangu_pro.parallel_check compare REFERENCE.json RESULT.json ...   (PASS/FAIL per layout)
+    python -m pangu_pro.parallel_check verdicts --device D --out DIR   (PASS/FAIL per case vs its reference)
+    python -m pangu_pro.parallel_check kernels CONFIG --init W --data D --seq S   (fused vs unfused fp32)
 
-`collect` reads the run's metrics.jsonl (loss and global gradient norm per step) and its final
-weights (a distributed run is merged first: `convert.merge`, so the check covers the merge too);
-`compare` puts each layout beside the single-device reference. What is compared, and the default
-tolerances (bf16 on the NPU; reduction orders differ between layouts):
+`collect` reads the run's metrics.jsonl (loss, global gradient norm and skipped steps per step), its
+final weights and AdamW state (a distributed run is merged first: `convert.merge`, so the check covers
+the merge too) and the data-parallel ranks' weight digests from the worker logs; `verdicts` puts each
+case beside its single-device reference. What is compared, and the default tolerances (bf16 on the
+NPU; reduction orders differ between layouts):
 
 - loss per step: relative difference <= 2e-2
 - global gradient norm per step: relative difference <= 5e-2 (a per-rank slice's norm is off by
-  sqrt(ranks), far beyond this)
+  sqrt(ranks), a gradient divided by dp once too often by 1 - 1/dp >= 0.5: both far beyond this;
+  the output's first line says so)
 - updated weights: max |w - w_ref| over max |w_ref - w_init| <= 5e-2, i.e. relative to how far the
   reference moved (a layout that drops or doubles an update fails)
+- AdamW moments: max |m - m_ref| over max |m_ref| <= 5e-2 (each of m and v), the update count exactly
+- skipped steps equal the case's (an overflow step skipped by every rank), and in data parallel every
+  rank's weights digest identical (a rank that applied the step alone differs)
+- kernels: loss within 2e-2 and every gradient within 5e-2 (||g - g_ref|| / ||g_ref||) of the unfused
+  fp32 path on the same device
 
 Multi-round scoring (`pangu-pro score`, docs/multi_round.md) is checked the same way: the script
 scores the single-device run's final checkpoint on one device and under a parallel layout (semi-auto
