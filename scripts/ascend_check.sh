@@ -17,7 +17,7 @@
 # --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers at sequence 128 (says so).
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 OUT=output/ascend_check; CPU=0; LIST=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
