@@ -1,21 +1,31 @@
 """The cluster self-check's logic (scripts/ascend_check.sh): every parallel layout must train like one device.
 
-The script trains a small model a few steps under each layout from the same initial weights and data
-(through the real launcher and trainer), then per layout:
+The script trains a small model a few steps under each case of one table (`cases()`: layouts, the
+1B Pro preset's own sections, a resume onto another layout, an fp16 overflow step, the fused kernels)
+from the same initial weights and data (through the real launcher and trainer), then per case:
 
+    python -m pangu_pro.parallel_check cases --device ascend|cpu [--list]   (the table / the plan run)
     python -m pangu_pro.parallel_check collect RUN_DIR --name NAME --init W --out RESULT.json
-    python -m pangu_pro.parallel_check compare REFERENCE.json RESULT.json ...   (PASS/FAIL per layout)
+    python -m pangu_pro.parallel_check verdicts --device D --out DIR   (PASS/FAIL per case vs its reference)
+    python -m pangu_pro.parallel_check kernels CONFIG --init W --data D --seq S   (fused vs unfused fp32)
 
-`collect` reads the run's metrics.jsonl (loss and global gradient norm per step) and its final
-weights (a distributed run is merged first: `convert.merge`, so the check covers the merge too);
-`compare` puts each layout beside the single-device reference. What is compared, and the default
-tolerances (bf16 on the NPU; reduction orders differ between layouts):
+`collect` reads the run's metrics.jsonl (loss, global gradient norm and skipped steps per step), its
+final weights and AdamW state (a distributed run is merged first: `convert.merge`, so the check covers
+the merge too) and the data-parallel ranks' weight digests from the worker logs; `verdicts` puts each
+case beside its single-device reference. What is compared, and the default tolerances (bf16 on the
+NPU; reduction orders differ between layouts):
 
 - loss per step: relative difference <= 2e-2
 - global gradient norm per step: relative difference <= 5e-2 (a per-rank slice's norm is off by
-  sqrt(ranks), far beyond this)
+  sqrt(ranks), a gradient divided by dp once too often by 1 - 1/dp >= 0.5: both far beyond this;
+  the output's first line says so)
 - updated weights: max |w - w_ref| over max |w_ref - w_init| <= 5e-2, i.e. relative to how far the
   reference moved (a layout that drops or doubles an update fails)
+- AdamW moments: max |m - m_ref| over max |m_ref| <= 5e-2 (each of m and v), the update count exactly
+- skipped steps equal the case's (an overflow step skipped by every rank), and in data parallel every
+  rank's weights digest identical (a rank that applied the step alone differs)
+- kernels: loss within 2e-2 and every gradient within 5e-2 (||g - g_ref|| / ||g_ref||) of the unfused
+  fp32 path on the same device
 
 Multi-round scoring (`pangu-pro score`, docs/multi_round.md) is checked the same way: the script
 scores the single-device run's final checkpoint on one device and under a parallel layout (semi-auto
@@ -62,12 +72,13 @@ from typing import Optional
 
 import numpy as np
 
-TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2}
+TOLERANCES = {"loss": 2e-2, "grad_norm": 5e-2, "weights": 5e-2, "moments": 5e-2}
 # inheritance (see the module doc): mask-step losses as training losses; the folded teacher against the
 # student and the bf16-stored teacher against the fp32 one within one bf16 unit in the last place (2^-8)
 INHERIT_TOLERANCES = {"loss": TOLERANCES["loss"], "folded": 2.0 ** -8, "bf16_teacher": 2.0 ** -8}
 RANK_DIGEST = re.compile(r"^rank (\d+)/\d+: mask step \d+ sha256 ([0-9a-f]{64})$", re.M)
 RANK_NOISE = re.compile(r"^rank (\d+)/\d+: mask noise sha256 ([0-9a-f]{64})$", re.M)
+RANK_WEIGHTS = re.compile(r"^rank (\d+)/\d+: step \d+ weights sha256 ([0-9a-f]{64})$", re.M)  # trainer, data parallel
 SCORE_TOLERANCE = 2e-2  # relative, per unit and per sample: scores are losses
 
 
@@ -105,30 +116,84 @@ def compare_series(verdict: Verdict, key: str, ref: dict, got: dict, tolerance: 
         verdict.problems.append(f"{key} off by {worst:.2e} > {tolerance:.0e}")
 
 
+def grad_norm_catches(dp: int, tolerance: float = TOLERANCES["grad_norm"]) -> bool:
+    """Whether a gradient norm 1/dp of the reference's (a double division by the data-parallel degree)
+    fails the grad_norm tolerance: its relative difference is 1 - 1/dp."""
+    return 1.0 - 1.0 / dp > tolerance
+
+
+def tolerance_note(dps: list[int], tolerance: float = TOLERANCES["grad_norm"]) -> str:
+    """The line the comparison prints first: what the grad_norm tolerance catches at this run's dp degrees."""
+    caught = all(grad_norm_catches(dp, tolerance) for dp in dps)
+    smallest = min(dps) if dps else 2
+    return (f"grad_norm tolerance {tolerance:.0e} (relative): a gradient scaled by 1/dp is off by 1 - 1/dp, "
+            f">= {1 - 1 / smallest:.2f} at dp {smallest} here, so it {'fails' if caught else 'would NOT fail'}; "
+            f"optimizer moments within {TOLERANCES['moments']:.0e} of the reference's largest")
+
+
+def compare_tensors(verdict: Verdict, key: str, ref: dict, got: dict, scale: float, tolerance: float) -> None:
+    """max |got - ref| over every tensor of `ref`, divided by `scale`, into `verdict` (missing or
+    misshapen tensors are problems)."""
+    absent = sorted(set(ref) - set(got))
+    if absent:
+        verdict.problems.append(f"{key}: {len(absent)} tensors missing, e.g. {absent[:2]}")
+        return
+    worst = 0.0
+    for name, value in ref.items():
+        if got[name].shape != value.shape:
+            verdict.problems.append(f"{key}: {name} has shape {got[name].shape}, expected {value.shape}")
+            return
+        diff = float(np.abs(got[name].astype(np.float64) - value).max()) if value.size else 0.0
+        worst = max(worst, diff / max(scale, 1e-30) if np.isfinite(diff) else float("inf"))
+    verdict.differences[key] = worst
+    if worst > tolerance:
+        verdict.problems.append(f"{key} off by {worst:.2e} > {tolerance:.0e}")
+
+
+def compare_moments(verdict: Verdict, ref: dict, got: dict, tolerance: float) -> None:
+    """AdamW's first and second moments, each family relative to the reference's largest value, and its
+    update count exactly (a skipped step must not count, on any rank)."""
+    for prefix in ("adam_m.", "adam_v."):
+        family = {k: v for k, v in ref.items() if k.startswith(prefix)}
+        if family:
+            largest = max(float(np.abs(v).max()) for v in family.values() if v.size)
+            compare_tensors(verdict, prefix.rstrip("."), family, got, largest, tolerance)
+    for name in sorted(k for k in ref if not k.startswith(("adam_m.", "adam_v."))):
+        if name not in got or not np.array_equal(np.asarray(got[name]), np.asarray(ref[name])):
+            verdict.problems.append(f"{name} {np.asarray(got.get(name)).tolist()}, expected "
+                                    f"{np.asarray(ref[name]).tolist()}")
+
+
 def compare(reference: dict, result: dict, tolerances: Optional[dict] = None) -> Verdict:
     """`result` against `reference`; both as written by `collect` (loss/grad_norm: {step: value},
-    weights: {name: array} or a safetensors path, weight_update: max |w_ref - w_init|)."""
+    weights/moments: {name: array} or a safetensors path, weight_update: max |w_ref - w_init|,
+    skipped: the steps the loss scale skipped, first_step: the first step the run trained (> 1 after a
+    resume), digests: {rank: weights sha256} of a data-parallel run)."""
     tol = {**TOLERANCES, **(tolerances or {})}
     verdict = Verdict(result.get("name", "?"), True)
+    first = int(result.get("first_step", 1))
+    skipped = {str(s) for s in reference.get("skipped", [])}
     for key in ("loss", "grad_norm"):
-        compare_series(verdict, key, reference.get(key, {}), result.get(key, {}), tol[key])
-    if "weights" in reference:
-        ref_w, got_w = _weights(reference["weights"]), _weights(result.get("weights"))
-        absent = sorted(set(ref_w) - set(got_w))
-        if absent:
-            verdict.problems.append(f"weights: {len(absent)} tensors missing, e.g. {absent[:2]}")
+        ref = {s: v for s, v in reference.get(key, {}).items() if int(s) >= first}
+        if key == "grad_norm":  # an overflowed step's norm is not finite on both sides
+            ref = {s: v for s, v in ref.items() if s not in skipped}
+        compare_series(verdict, key, ref, result.get(key, {}), tol[key])
+    if sorted(result.get("skipped", [])) != sorted(s for s in reference.get("skipped", []) if s >= first):
+        verdict.problems.append(f"skipped steps {sorted(result.get('skipped', []))}, the reference skipped "
+                                f"{sorted(reference.get('skipped', []))}")
+    digests = result.get("digests") or {}
+    if len(set(digests.values())) > 1:
+        verdict.problems.append(f"the data-parallel ranks' weights differ ({len(set(digests.values()))} digests "
+                                f"over {len(digests)} ranks)")
+    if reference.get("moments"):
+        if not result.get("moments"):
+            verdict.problems.append("moments: the run saved no optimizer state")
         else:
-            moved = max(float(reference.get("weight_update", 0.0)), 1e-12)
-            worst = 0.0
-            for name, value in ref_w.items():
-                if got_w[name].shape != value.shape:
-                    verdict.problems.append(f"weights: {name} has shape {got_w[name].shape}, expected {value.shape}")
-                    worst = float("inf")
-                    break
-                worst = max(worst, float(np.abs(got_w[name].astype(np.float64) - value).max()) / moved)
-            verdict.differences["weights"] = worst
-            if worst > tol["weights"]:
-                verdict.problems.append(f"weights off by {worst:.2e} of the update > {tol['weights']:.0e}")
+            compare_moments(verdict, _weights(reference["moments"]), _weights(result["moments"]), tol["moments"])
+    if "weights" in reference:
+        moved = max(float(reference.get("weight_update", 0.0)), 1e-12)
+        compare_tensors(verdict, "weights", _weights(reference["weights"]), _weights(result.get("weights")), moved,
+                        tol["weights"])
     verdict.passed = not verdict.problems
     return verdict
 
@@ -263,11 +328,275 @@ def compare_teacher_dtypes(fp32: dict, bf16: dict, tolerance: float = INHERIT_TO
     return verdict
 
 
+# ---------------------------------------------------------------- the cases (one table: --list and the run)
+
+SEQ = {"ascend": 2048, "cpu": 128}  # 2048: flash sparse_mode 2 with the compressed mask, as every preset
+GLOBAL_BATCH = {"ascend": 8, "cpu": 4}  # sequences per update of the standard cases
+PRESET = "configs/pangu_1b_pro.yaml"  # the shipped preset whose sections the check runs (= parallel/..._8dev)
+PRESET_ACCUMULATION = 4  # the preset's grad_accum_steps (64) scaled down: a few micro steps show the path
+# step 1's gradients overflow (x 1e38: fp16 gives inf, and the fp32 sum of squares too), the scale drops to 100
+OVERFLOW = {"train.loss_scale": "dynamic", "train.loss_scale_value": "1.0e+38", "train.loss_scale_factor": "1.0e+36"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One run of the check. `settings`: the config overrides that make its layout (the batch size per
+    rank and the sequence length are derived); `reference`: the single-device case it is compared with
+    (None: it is a reference); `resume`: (case, step) whose checkpoint it resumes from; `skipped`: the
+    steps its loss scale must skip; `kind`: train, or kernels (fused against unfused, one device)."""
+    name: str
+    workers: int
+    settings: dict = field(default_factory=dict)
+    reference: Optional[str] = "single"
+    devices: tuple = ("ascend",)
+    global_batch: Optional[int] = None  # default GLOBAL_BATCH[device]
+    resume: Optional[tuple] = None
+    skipped: tuple = ()
+    kind: str = "train"
+    note: str = ""
+
+
+def preset_settings(root: Path) -> dict:
+    """The 1B Pro preset's own `parallel:` section and its accumulation (scaled), and its model's numerics
+    (bf16, flash attention, fused kernels), as overrides: the check runs what users launch."""
+    import yaml
+
+    raw = yaml.safe_load((root / PRESET).read_text(encoding="utf-8"))
+    settings = {f"parallel.{k}": v for k, v in raw["parallel"].items()}
+    settings["train.grad_accum_steps"] = min(int(raw["train"].get("grad_accum_steps", 1)), PRESET_ACCUMULATION)
+    for key in ("compute_dtype", "use_flash_attention", "use_fused_kernels"):
+        settings[f"model.{key}"] = raw["model"][key]
+    return settings
+
+
+def cases(root: Path) -> list[Case]:
+    """Every case of scripts/ascend_check.sh, in run order (a reference before the cases against it)."""
+    preset = preset_settings(root)
+    dp_preset = int(preset["parallel.data_parallel"])
+    preset_batch = dp_preset * int(preset["train.grad_accum_steps"])  # batch 1 per rank and micro step
+    tp = {"parallel.data_parallel": 2, "parallel.model_parallel": 4}
+    both = ("ascend", "cpu")
+    return [
+        Case("single", 1, reference=None, devices=both, note="the reference of the layouts below"),
+        Case("kernels", 1, reference=None, kind="kernels",
+             note="fused kernels (flash attention, RoPE, RmsNorm) in bf16 against the unfused fp32 path: "
+                  "loss and every gradient"),
+        Case("dp8", 8, {"parallel.data_parallel": 8}),
+        Case("dp2", 2, {"parallel.data_parallel": 2}, devices=("cpu",)),
+        Case("dp2_accumulation", 2, {"parallel.data_parallel": 2, "train.grad_accum_steps": 2}, devices=("cpu",)),
+        Case("dp2_mp4", 8, tp),
+        Case("dp2_pp2_mp2", 8, {"parallel.data_parallel": 2, "parallel.model_parallel": 2,
+                                "parallel.pipeline_stage": 2, "parallel.micro_batch_num": 4}),
+        Case("zero", 8, {"parallel.data_parallel": 8, "parallel.optimizer_shard": True,
+                         "parallel.optimizer_shard_threshold_kb": 0}),
+        Case("sequence_parallel", 8, {**tp, "parallel.sequence_parallel": True}),
+        Case("vocab_parallel", 8, {**tp, "parallel.vocab_parallel": True}),
+        Case("accumulation", 8, {"parallel.data_parallel": 4, "parallel.model_parallel": 2,
+                                 "train.grad_accum_steps": 2}),
+        Case("interleave", 8, {**tp, "parallel.micro_batch_interleave_num": 2}),
+        Case("resume_zero_from_dp2_mp4", 8, {"parallel.data_parallel": 8, "parallel.optimizer_shard": True},
+             resume=("dp2_mp4", 2), note="the dp2_mp4 run's step-2 checkpoint resumed under ZeRO for step 3"),
+        Case("resume_dp2", 2, {"parallel.data_parallel": 2}, devices=("cpu",), resume=("dp2", 2),
+             note="the dp2 run's step-2 checkpoint resumed for step 3"),
+        Case("single_preset", 1, {k: v for k, v in preset.items() if not k.startswith("parallel.")}, reference=None,
+             global_batch=preset_batch, note=f"the reference of the preset case ({PRESET} train/model sections)"),
+        Case("preset_1b_pro", dp_preset, preset, reference="single_preset", global_batch=preset_batch,
+             note=f"{PRESET}'s parallel: section, its accumulation {PRESET_ACCUMULATION} of 64, bf16, flash"),
+        Case("single_fp16_overflow", 1, {"model.compute_dtype": "float16", **OVERFLOW}, reference=None,
+             devices=both, skipped=(1,), note="step 1 overflows (loss scale 1e38) and is skipped"),
+        Case("fp16_overflow_dp8", 8, {"parallel.data_parallel": 8, "model.compute_dtype": "float16", **OVERFLOW},
+             reference="single_fp16_overflow", skipped=(1,), note="every rank skips step 1 (same weights digest)"),
+        Case("fp16_overflow_dp2_mp4", 8, {**tp, "model.compute_dtype": "float16", **OVERFLOW},
+             reference="single_fp16_overflow", skipped=(1,), note="the all-reduced flag skips step 1 on every rank"),
+        Case("fp16_overflow_dp2", 2, {"parallel.data_parallel": 2, **OVERFLOW}, devices=("cpu",),
+             reference="single_fp16_overflow", skipped=(1,), note="every rank skips step 1 (same weights digest)"),
+    ]
+
+
+def cases_for(device: str, root: Path) -> list[Case]:
+    return [c for c in cases(root) if device in c.devices]
+
+
+def batch_per_rank(case: Case, device: str) -> int:
+    """train.batch_size that gives the case its global batch: global / (dp x accumulation x micro batches)."""
+    st = case.settings
+    dp = int(st.get("parallel.data_parallel", 1))
+    accumulation = int(st.get("train.grad_accum_steps", 1))
+    micro = int(st.get("parallel.micro_batch_num", 1)) if int(st.get("parallel.pipeline_stage", 1)) > 1 else 1
+    total = case.global_batch or GLOBAL_BATCH[device]
+    batch, rest = divmod(total, dp * accumulation * micro)
+    interleave = int(st.get("parallel.micro_batch_interleave_num", 1))
+    if rest or batch < 1 or batch % interleave:
+        raise ValueError(f"case {case.name}: global batch {total} does not split over dp {dp} x accumulation "
+                         f"{accumulation} x micro batches {micro} (interleave {interleave})")
+    return batch
+
+
+def _text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def case_arguments(case: Case, device: str, out: Path, table: list[Case]) -> list[str]:
+    """The trainer arguments of a case (without data, initial weights and output folder)."""
+    args = [f"{k}={_text(v)}" for k, v in case.settings.items()]
+    args += [f"model.seq_length={SEQ[device]}", f"train.batch_size={batch_per_rank(case, device)}"]
+    if any(c.resume and c.resume[0] == case.name for c in table):  # a later case resumes from its checkpoints
+        args.append("train.save_every=1")
+    if case.resume is not None:
+        source = next(c for c in table if c.name == case.resume[0])
+        semi_auto = any(source.settings.get(k) not in (None, 1, False) for k in
+                        ("parallel.model_parallel", "parallel.pipeline_stage", "parallel.optimizer_shard"))
+        folder = out / source.name / "checkpoints" / ("rank_0" if semi_auto else "")
+        args += ["--resume", str(folder / f"step_{case.resume[1]:08d}")]
+    return args
+
+
+def layout_text(case: Case) -> str:
+    """'dp2 x mp4, ZeRO, accumulation 4, ...' from a case's settings."""
+    st = case.settings
+    parts = [" x ".join(f"{tag}{st[key]}" for tag, key in (("dp", "parallel.data_parallel"),
+                                                            ("mp", "parallel.model_parallel"),
+                                                            ("pp", "parallel.pipeline_stage"))
+                        if int(st.get(key, 1)) > 1) or "1 device"]
+    flags = {"parallel.optimizer_shard": "ZeRO", "parallel.sequence_parallel": "sequence parallel",
+             "parallel.vocab_parallel": "vocab parallel"}
+    parts += [text for key, text in flags.items() if st.get(key)]
+    for key, text in (("parallel.micro_batch_num", "micro batches"), ("train.grad_accum_steps", "accumulation"),
+                      ("parallel.micro_batch_interleave_num", "interleave")):
+        if int(st.get(key, 1)) > 1:
+            parts.append(f"{text} {st[key]}")
+    if "model.compute_dtype" in st:
+        parts.append(str(st["model.compute_dtype"]).replace("bfloat16", "bf16").replace("float16", "fp16"))
+    if st.get("model.use_flash_attention"):
+        parts.append("flash")
+    if "train.loss_scale" in st:
+        parts.append(f"{st['train.loss_scale']} loss scale")
+    return ", ".join(parts)
+
+
+def list_lines(device: str, root: Path) -> list[str]:
+    """`ascend_check.sh --list`: every case of `device`, one line each: name, workers, layout, sequence."""
+    lines = [] if device == "ascend" else [
+        f"# --cpu: the data-parallel cases on 2 CPU workers at sequence {SEQ['cpu']}, not {SEQ['ascend']} (too slow "
+        f"on the CPU; flash sparse_mode 2 is not exercised), fp32 (the CPU has no fp16/bf16 training)"]
+    for case in cases_for(device, root):
+        against = f"vs {case.reference}" if case.reference else "reference"
+        resumed = f"; resumes {case.resume[0]} at step {case.resume[1]}" if case.resume else ""
+        note = f" -- {case.note}" if case.note else ""
+        lines.append(f"{case.name:<26} {case.workers} worker(s)  {layout_text(case):<44} seq {SEQ[device]:<5} "
+                     f"{against}{resumed}{note}")
+    return lines
+
+
+def plan_lines(device: str, root: Path, out: Path) -> list[str]:
+    """What the script runs: one tab-separated line per case: name, workers, kind, reference, arguments."""
+    table = cases_for(device, root)
+    return ["\t".join([c.name, str(c.workers), c.kind, c.reference or "-", " ".join(case_arguments(c, device, out,
+                                                                                                  table))])
+            for c in table]
+
+
+def case_verdicts(device: str, root: Path, out: Path) -> tuple[str, list[Verdict]]:
+    """Every collected case against its reference (OUT/<name>.json), and a case or reference that must
+    skip steps skipped exactly those; cases whose run failed (no result) are left out: the script counted
+    them. Returns the tolerance note and the verdicts."""
+    table = cases_for(device, root)
+    results = {c.name: read_result(out / f"{c.name}.json") for c in table if (out / f"{c.name}.json").is_file()}
+    verdicts = []
+    for case in table:
+        if case.kind != "train" or case.name not in results:
+            continue
+        if case.reference is None:
+            verdict = Verdict(case.name, True)
+        elif case.reference in results:
+            verdict = compare(results[case.reference], results[case.name])
+        else:
+            continue
+        if sorted(results[case.name].get("skipped", [])) != sorted(case.skipped):
+            verdict.problems.append(f"skipped steps {results[case.name].get('skipped', [])}, the case needs "
+                                    f"{list(case.skipped)} skipped")
+            verdict.passed = False
+        if case.reference is not None or case.skipped:
+            verdicts.append(verdict)
+    dps = [int(c.settings.get("parallel.data_parallel", 1)) for c in table if c.reference]
+    return tolerance_note([dp for dp in dps if dp > 1]), verdicts
+
+
+# ---------------------------------------------------------------- fused kernels against the unfused fp32 path
+
+KERNEL_TOLERANCES = {"loss": 2e-2, "grads": 5e-2}  # bf16 against fp32: relative loss; per-tensor |dg| / |g|
+
+
+def forward_backward(model_cfg, weights: str, ids: np.ndarray) -> tuple[float, dict]:
+    """The loss and every parameter's gradient (fp32 numpy) of `model_cfg` on `weights` for `ids` [B, S+1]."""
+    import mindspore as ms
+    from mindspore import Tensor
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.weights import build_model
+
+    net = PanGuPiWithLoss(build_model(model_cfg, weights=weights))
+    params = net.trainable_params()
+    loss, grads = ms.value_and_grad(net, None, params)(Tensor(ids.astype(np.int32)))
+    return float(loss.asnumpy()), {p.name: g.asnumpy().astype(np.float32) for p, g in zip(params, grads)}
+
+
+def compare_kernels(reference: tuple[float, dict], fused: tuple[float, dict],
+                    tolerances: Optional[dict] = None) -> Verdict:
+    """The fused-kernel run's loss and gradients against the unfused fp32 run's: the loss relatively, each
+    gradient by ||g - g_ref|| / ||g_ref|| (the worst tensor named)."""
+    tol = {**KERNEL_TOLERANCES, **(tolerances or {})}
+    verdict = Verdict("kernels", True)
+    verdict.differences["loss"] = relative(fused[0], reference[0])
+    if verdict.differences["loss"] > tol["loss"]:
+        verdict.problems.append(f"loss {fused[0]:.4f}, unfused fp32 {reference[0]:.4f}")
+    worst, where = 0.0, None
+    for name, ref in reference[1].items():
+        got = fused[1].get(name)
+        if got is None or got.shape != ref.shape:
+            verdict.problems.append(f"gradient of {name} missing or misshapen")
+            continue
+        diff = float(np.linalg.norm((got - ref).astype(np.float64)) / max(np.linalg.norm(ref.astype(np.float64)),
+                                                                            1e-30))
+        diff = diff if np.isfinite(diff) else float("inf")
+        if diff >= worst:
+            worst, where = diff, name
+    verdict.differences["grads"] = worst
+    if worst > tol["grads"]:
+        verdict.problems.append(f"gradient of {where} off by {worst:.2e} > {tol['grads']:.0e}")
+    verdict.passed = not verdict.problems
+    return verdict
+
+
+def kernels_check(config_path: str, weights: str, data: str, seq: int, batch: int = 2) -> Verdict:
+    """One device: the config's kernels (bf16, flash attention with the compressed mask at seq 2048, fused
+    RoPE and RmsNorm on Ascend) against the same weights and batch through the unfused fp32 path."""
+    import dataclasses
+
+    from pangu_pro.config import load_config
+    from pangu_pro.data.dataset import create_dataset
+    from pangu_pro.runtime import adapt_to_device, init_mindspore
+
+    target = init_mindspore(seed=0)
+    cfg = dataclasses.replace(load_config(config_path).model, seq_length=seq)
+    ids = next(create_dataset([data], batch, shuffle=False).create_tuple_iterator(num_epochs=1,
+                                                                                    output_numpy=True))[0]
+    unfused = dataclasses.replace(cfg, compute_dtype="float32", use_flash_attention=False, use_fused_kernels=False)
+    fused = adapt_to_device(cfg, target, lambda *_: None)
+    verdict = compare_kernels(forward_backward(unfused, weights, ids), forward_backward(fused, weights, ids))
+    if fused == unfused:
+        verdict.problems.append(f"on {target} the config runs unfused fp32: nothing fused was compared")
+        verdict.passed = False
+    return verdict
+
+
+
+
 # ---------------------------------------------------------------- collecting a run
 
-def metrics_of(run: Path) -> tuple[dict, dict]:
-    """(loss, grad_norm) by step (as strings, JSON keys) from a run's metrics.jsonl."""
-    loss, norm = {}, {}
+def metrics_of(run: Path) -> tuple[dict, dict, list]:
+    """(loss, grad_norm) by step (as strings, JSON keys) and the skipped steps from a run's metrics.jsonl."""
+    loss, norm, skipped = {}, {}, []
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the run wrote no metrics (see its logs)")
@@ -279,7 +608,9 @@ def metrics_of(run: Path) -> tuple[dict, dict]:
         if record.get("type") == "train":
             loss[str(record["step"])] = record["loss"]
             norm[str(record["step"])] = record["grad_norm"]
-    return loss, norm
+            if record.get("skipped"):
+                skipped.append(int(record["step"]))
+    return loss, norm, skipped
 
 
 def final_weights(run: Path, work: Path) -> Path:
@@ -301,9 +632,13 @@ def collect(run: str | Path, name: str, init: Optional[str], out: str | Path) ->
     from pangu_pro.io import load_tensors
 
     run, out = Path(run), Path(out)
-    loss, norm = metrics_of(run)
+    loss, norm, skipped = metrics_of(run)
     weights = final_weights(run, out.parent / f"{name}_merged")
-    result = {"name": name, "run": str(run), "loss": loss, "grad_norm": norm, "weights": str(weights.resolve())}
+    moments = weights.parent / "optimizer.safetensors"
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((run / "logs").glob("worker_*.log"))]
+    result = {"name": name, "run": str(run), "loss": loss, "grad_norm": norm, "weights": str(weights.resolve()),
+              "moments": str(moments.resolve()) if moments.is_file() else None, "skipped": skipped,
+              "first_step": min((int(s) for s in loss), default=1), "digests": rank_digests(texts, RANK_WEIGHTS)}
     if init:
         start, end = load_tensors(init)[0], load_tensors(weights)[0]
         result["weight_update"] = max(float(np.abs(end[n].astype(np.float64) - start[n]).max()) for n in start)
@@ -431,6 +766,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = commands.add_parser("teacher-dtype")
     p.add_argument("fp32")
     p.add_argument("bf16")
+    p = commands.add_parser("cases", help="the case table: --list (one line per case) or the plan the script runs")
+    p.add_argument("--device", choices=sorted(SEQ), required=True)
+    p.add_argument("--out", help="the check's output folder (plan: resume paths)")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--seq", action="store_true", help="print the sequence length of the device's cases")
+    p = commands.add_parser("verdicts", help="every collected case against its reference")
+    p.add_argument("--device", choices=sorted(SEQ), required=True)
+    p.add_argument("--out", required=True)
+    p = commands.add_parser("kernels")
+    p.add_argument("config")
+    p.add_argument("--init", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--seq", type=int, required=True)
     p = commands.add_parser("logits")
     p.add_argument("config")
     p.add_argument("checkpoint")
@@ -438,7 +786,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from pangu_pro.io import read_json
 
-    if args.command == "data":
+    root = Path(__file__).resolve().parent.parent
+    if args.command == "cases":
+        if args.seq:
+            print(SEQ[args.device])
+        elif args.list:
+            print("\n".join(list_lines(args.device, root)))
+        else:
+            print("\n".join(plan_lines(args.device, root, Path(args.out or "."))))
+        return 0
+    if args.command == "verdicts":
+        note, verdicts = case_verdicts(args.device, root, Path(args.out))
+        print(note)
+    elif args.command == "kernels":
+        verdicts = [kernels_check(args.config, args.init, args.data, args.seq)]
+    elif args.command == "data":
         print(write_data(args.out, args.vocab, args.seq, args.samples))
     elif args.command == "init":
         print(write_init(args.config, args.out))

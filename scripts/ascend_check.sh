@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
 # The first thing to run on a new cluster (docs/ascend.md, "Checking a cluster"):
-#   bash scripts/ascend_check.sh [--out DIR] [--cpu]
-# On one node of 8 Ascend NPUs it trains configs/parallel_check.yaml for 3 steps under every layout
-# (dp8; dp2 x mp4; dp2 x pp2 x mp2 with micro batches; ZeRO; sequence parallel; gradient accumulation;
-# micro_batch_interleave_num 2) from the same initial weights and data, through the real launcher and
-# trainer, and compares loss, global gradient norm and updated weights with the single-device run:
-# PASS/FAIL per layout with the differences (pangu_pro/parallel_check.py). Multi-round scoring: the
-# single-device run's checkpoint is scored on one device and under semi-auto dp2 x mp4, unit and sample
-# scores compared. Then it merges the pipeline run's per-rank checkpoints, exports them to Hugging Face
-# format and checks the logits. Inheritance (configs/parallel_check_inherit.yaml): learned masks for 4
-# steps on one device and data parallel on 8 at the same global batch: every rank's mask digest
-# identical, mask-step losses as one device's, the student loads and its loss is the folded teacher's;
-# the teacher stored in bf16 (teacher_dtype auto) against fp32 at the first mask step.
-# --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers (tests the script itself).
+#   bash scripts/ascend_check.sh [--out DIR] [--cpu] [--list]
+# On one node of 8 Ascend NPUs it trains configs/parallel_check.yaml (narrow, 4 layers) for 3 steps at
+# sequence 2048 (flash attention sparse_mode 2 with the compressed mask, as every preset) under every case
+# of the table in pangu_pro/parallel_check.py (`--list` prints them, one line each, without running):
+# dp8; dp2 x mp4; dp2 x pp2 x mp2; ZeRO; sequence parallel; vocab parallel; accumulation; interleave;
+# a resume of the dp2 x mp4 run's step-2 checkpoint under ZeRO; configs/pangu_1b_pro.yaml's own
+# parallel: section and accumulation (ZeRO + accumulation + bf16 + flash) against one device at its
+# global batch; an fp16 step that overflows and must be skipped on every rank (dp8 and dp2 x mp4); and
+# on one device the fused kernels in bf16 against the unfused fp32 path (loss and every gradient).
+# Each run starts from the same weights and data through the real launcher and trainer; loss, gradient
+# norm (a 1/dp scale fails its tolerance), updated weights and AdamW moments are compared with the
+# single-device run: PASS/FAIL per case. Then: multi-round scoring on one device and dp2 x mp4; the pipeline
+# run merged, exported to Hugging Face and its logits checked; inheritance (configs/parallel_check_inherit
+# .yaml) on one device and dp8: mask digests, mask-step losses, the student, bf16 against fp32 teacher.
+# --cpu: no NPU needed; runs the data-parallel cases on 2 CPU workers at sequence 128 (says so).
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-OUT=output/ascend_check; CPU=0
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+OUT=output/ascend_check; CPU=0; LIST=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) [[ $# -ge 2 ]] || usage; OUT="$2"; shift 2 ;;
     --cpu) CPU=1; shift ;;
+    --list) LIST=1; shift ;;
     -h|--help) usage ;;
     *) echo "error: unknown option '$1'" >&2; usage ;;
   esac
@@ -30,6 +33,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ -x "$ROOT/.venv/bin/python" ]] && export PATH="$ROOT/.venv/bin:$PATH"
 PYTHON="$(command -v python3 || command -v python)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" GLOG_v="${GLOG_v:-3}"
+CASES=ascend; [[ "$CPU" == 1 ]] && CASES=cpu
+if [[ "$LIST" == 1 ]]; then  # the table itself: nothing runs
+  exec "$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --list
+fi
 source "$ROOT/scripts/device.sh"
 if [[ "$CPU" == 1 ]]; then
   PANGU_PRO_DEVICE=cpu; DEVICE_WHY="--cpu"
@@ -46,11 +53,18 @@ fi
 CONFIG="$ROOT/configs/parallel_check.yaml"
 rm -rf "$OUT"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 echo "ascend_check: device $PANGU_PRO_DEVICE ($DEVICE_WHY); everything under $OUT" >&2
+SEQ=$("$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --seq)
+if [[ "$CASES" == cpu ]]; then
+  echo "ascend_check: --cpu trains at sequence $SEQ, not 2048 (too slow on the CPU): flash sparse_mode 2, fp16/bf16" \
+    "and the semi-auto cases run only on the NPUs (bash scripts/ascend_check.sh --list)" >&2
+fi
+# the training cases read sequences of $SEQ tokens; scoring, export and inheritance the config's 128
+"$PYTHON" -m pangu_pro.parallel_check data "$OUT/train.mindrecord" --vocab 1024 --seq "$SEQ" >/dev/null
 "$PYTHON" -m pangu_pro.parallel_check data "$OUT/data.mindrecord" --vocab 1024 --seq 128 >/dev/null
 "$PYTHON" -m pangu_pro.parallel_check init "$CONFIG" "$OUT/init.safetensors" >/dev/null
-COMMON=("data.train_files=[$OUT/data.mindrecord]" "train.init_weights=$OUT/init.safetensors")
+COMMON=("data.train_files=[$OUT/train.mindrecord]" "train.init_weights=$OUT/init.safetensors")
 PORT=$((20000 + RANDOM % 20000))
-RESULTS=(); FAILED=0
+FAILED=0
 
 # launch TOOL CONFIG NAME WORKERS ARG...: tools/TOOL.py on one device, or on WORKERS through the launcher
 # (worker logs in $OUT/NAME/logs); output in $OUT/NAME.log. A failed run prints FAIL and returns 1.
@@ -72,48 +86,45 @@ launch() {
   fi
 }
 
-# run_case NAME WORKERS OVERRIDE...: train, then collect loss / grad norm / final (merged) weights.
+# run_case NAME WORKERS OVERRIDE...: train, then collect loss / grad norm / final (merged) weights and moments.
 run_case() {
   local name="$1" workers="$2"; shift 2
   local run="$OUT/$name"
   launch train "$CONFIG" "$name" "$workers" "${COMMON[@]}" "train.output_dir=$run" "$@" || return 0
-  if "$PYTHON" -m pangu_pro.parallel_check collect "$run" --name "$name" --init "$OUT/init.safetensors" \
-       --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1; then
-    [[ "$name" == single ]] || RESULTS+=("$OUT/$name.json")
-  else
-    echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1))
-  fi
+  "$PYTHON" -m pangu_pro.parallel_check collect "$run" --name "$name" --init "$OUT/init.safetensors" \
+    --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1 ||
+    { echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1)); }
 }
 
-if [[ "$PANGU_PRO_DEVICE" == ascend ]]; then  # global batch 8 everywhere
-  run_case single 1 train.batch_size=8
-  run_case dp8 8 parallel.data_parallel=8 train.batch_size=1
-  run_case dp2_mp4 8 parallel.data_parallel=2 parallel.model_parallel=4 train.batch_size=4
-  run_case dp2_pp2_mp2 8 parallel.data_parallel=2 parallel.model_parallel=2 parallel.pipeline_stage=2 \
-    parallel.micro_batch_num=4 train.batch_size=1
-  run_case zero 8 parallel.data_parallel=8 parallel.optimizer_shard=true parallel.optimizer_shard_threshold_kb=0 \
-    train.batch_size=1
-  run_case sequence_parallel 8 parallel.data_parallel=2 parallel.model_parallel=4 parallel.sequence_parallel=true \
-    train.batch_size=4
-  run_case accumulation 8 parallel.data_parallel=4 parallel.model_parallel=2 train.grad_accum_steps=2 \
-    train.batch_size=1
-  run_case interleave 8 parallel.data_parallel=2 parallel.model_parallel=4 \
-    parallel.micro_batch_interleave_num=2 train.batch_size=4
-  EXPORT_CASE=dp2_pp2_mp2
-else  # --cpu: global batch 4
-  run_case single 1 train.batch_size=4
-  run_case dp2 2 parallel.data_parallel=2 train.batch_size=2
-  run_case dp2_accumulation 2 parallel.data_parallel=2 train.grad_accum_steps=2 train.batch_size=1
-  EXPORT_CASE=dp2
-fi
+# kernels_case NAME: one device, fused kernels against the unfused fp32 path on the same weights and batch.
+kernels_case() {
+  local name="$1"
+  echo "-- $name: 1 worker(s)" >&2
+  if ! "$PYTHON" -m pangu_pro.parallel_check kernels "$CONFIG" --init "$OUT/init.safetensors" \
+       --data "$OUT/train.mindrecord" --seq "$SEQ" >"$OUT/$name.txt" 2>"$OUT/$name.log"; then
+    [[ -s "$OUT/$name.txt" ]] || { echo "FAIL $name: the check failed; last lines of $OUT/$name.log:";
+                                   tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'; }
+    FAILED=$((FAILED + 1))
+  fi
+  cat "$OUT/$name.txt"
+}
+
+# the cases, from the one table (`--list` prints the same): NAME, WORKERS, KIND, REFERENCE, ARGUMENTS
+mapfile -t PLAN < <("$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --out "$OUT")
+for line in "${PLAN[@]}"; do
+  IFS=$'\t' read -r name workers kind reference args <<<"$line"
+  read -ra ARGS <<<"$args"
+  if [[ "$kind" == kernels ]]; then kernels_case "$name"; else run_case "$name" "$workers" "${ARGS[@]}"; fi
+done
+if [[ "$PANGU_PRO_DEVICE" == ascend ]]; then EXPORT_CASE=dp2_pp2_mp2; else EXPORT_CASE=dp2; fi
 
 # failures FILE: the FAIL lines of a comparison that exited non-zero; at least 1 (a crash prints none)
 failures() { local n; n=$(grep -c '^FAIL' "$1" || true); echo $((n > 0 ? n : 1)); }
 
-if [[ -f "$OUT/single.json" && ${#RESULTS[@]} -gt 0 ]]; then
-  "$PYTHON" -m pangu_pro.parallel_check compare "$OUT/single.json" "${RESULTS[@]}" | tee "$OUT/compare.txt" ||
+if [[ -f "$OUT/single.json" ]]; then
+  "$PYTHON" -m pangu_pro.parallel_check verdicts --device "$CASES" --out "$OUT" | tee "$OUT/compare.txt" ||
     FAILED=$((FAILED + $(failures "$OUT/compare.txt")))
-elif [[ ! -f "$OUT/single.json" ]]; then
+else
   echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
 fi
 

@@ -63,3 +63,64 @@ def test_runtime_applies_jit_level_and_memory_cap_on_ascend_only(monkeypatch):
     assert apply_device_config(DeviceConfig(), "Ascend") == {} and calls == []
     apply_device_config(cfg, "Ascend")
     assert calls == [("set_context", {"jit_config": {"jit_level": "O0"}}), ("set_memory", {"max_size": "58.5GB"})]
+
+
+@pytest.mark.parametrize("target,soc,mode,check", [
+    ("CPU", "", None, "isfinite"),
+    ("Ascend", "ascend910", None, "float_status"),  # 910A: fp16 overflow always saturates
+    ("Ascend", "ascend910", "INFNAN_MODE", "float_status"),  # the variable does not change 910A
+    ("Ascend", "ascend910b", None, "isfinite"),  # INFNAN mode is the 910B default
+    ("Ascend", "ascend910b", "INFNAN_MODE", "isfinite"),
+    ("Ascend", "ascend910b", "SATURATION_MODE", "float_status"),
+    ("Ascend", "ascend910_93", "SATURATION_MODE", "float_status"),
+    ("Ascend", "ascend950", None, "isfinite"),
+])
+def test_overflow_check_follows_mindspores_loss_scale_cell(target, soc, mode, check):
+    """mindspore/nn/wrap/loss_scale.py get_overflow_status: GPU/INFNAN by finiteness, 910A and SATURATION_MODE
+    by the NPU float status registers."""
+    from pangu_pro.train.loss_scale import fp16_overflow_problem, overflow_check
+
+    assert overflow_check(target, soc, mode) == check
+    assert (fp16_overflow_problem("float16", target, soc, mode) is None) == (check == "isfinite")
+    for dtype in ("float32", "bfloat16"):
+        assert fp16_overflow_problem(dtype, target, soc, mode) is None
+
+
+def _fake_soc(monkeypatch, soc: str):
+    import mindspore._c_expression as c_expression
+
+    class FakeContext:
+        @staticmethod
+        def get_instance():
+            return FakeContext()
+
+        def get_ascend_soc_version(self):
+            return soc
+
+    monkeypatch.setattr(c_expression, "MSContext", FakeContext)
+
+
+def test_training_refuses_float16_where_overflow_saturates(monkeypatch, tmp_path):
+    """On a 910A (soc faked) `train` stops before building anything, naming model.compute_dtype and the fix."""
+    import pangu_pro.runtime as runtime
+    from pangu_pro.train.trainer import train
+
+    model = {"vocab_size": 64, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+             "compute_dtype": "float16"}
+    config = config_from_dict({"model": model, "train": {"loss_scale": "dynamic",
+                                                         "output_dir": str(tmp_path / "run")}})
+    monkeypatch.setattr(runtime, "init_mindspore", lambda *a, **k: "Ascend")
+    monkeypatch.setattr("pangu_pro.train.trainer.setup_parallel",
+                        lambda *_: pytest.fail("the refusal must come before the parallel set-up"))
+    _fake_soc(monkeypatch, "ascend910")
+    with pytest.raises(ConfigError) as err:
+        train(config, progress=False, announce=None)
+    assert err.value.key == "model.compute_dtype"
+    assert "saturates to +-65504" in str(err.value) and "use float32" in str(err.value)
+    _fake_soc(monkeypatch, "ascend910b")
+    monkeypatch.setenv("MS_ASCEND_CHECK_OVERFLOW_MODE", "SATURATION_MODE")
+    with pytest.raises(ConfigError, match="unset MS_ASCEND_CHECK_OVERFLOW_MODE"):
+        train(config, progress=False, announce=None)
+    monkeypatch.delenv("MS_ASCEND_CHECK_OVERFLOW_MODE")  # INFNAN mode: isfinite sees the overflow, set-up goes on
+    with pytest.raises(pytest.fail.Exception, match="parallel set-up"):
+        train(config, progress=False, announce=None)

@@ -21,7 +21,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("parallel_ascend_worker.py")
-ASCEND_LAYOUTS = ("dp8", "dp2_mp4", "dp2_pp2_mp2", "zero", "sequence_parallel", "accumulation", "interleave")
+
+
+def compared_cases(device: str) -> list[str]:
+    """The cases the check prints a verdict for, in its order (the table of pangu_pro/parallel_check.py)."""
+    from pangu_pro.parallel_check import cases_for
+
+    return [c.name for c in cases_for(device, ROOT) if c.kind == "kernels" or c.reference or c.skipped]
 
 
 def run_check(out: Path, *flags: str) -> subprocess.CompletedProcess:
@@ -34,7 +40,7 @@ def run_check(out: Path, *flags: str) -> subprocess.CompletedProcess:
 def test_ascend_check_passes(tmp_path):
     done = run_check(tmp_path / "check")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    for name in (*ASCEND_LAYOUTS, "scores_dp2_mp4", "inherit_single", "inherit_dp8", "bf16_teacher"):
+    for name in (*compared_cases("ascend"), "scores_dp2_mp4", "inherit_single", "inherit_dp8", "bf16_teacher"):
         assert re.search(rf"^PASS {name} ", done.stdout, re.M), f"{name}: {done.stdout[-4000:]}"
     assert "PASS hf logits" in done.stdout
 
@@ -49,7 +55,8 @@ def test_ascend_check_refuses_without_an_npu(tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_ascend_check_plumbing_on_the_cpu(tmp_path):
-    """--cpu: one device, dp 2 and dp 2 with accumulation through the real launcher; the single run's
+    """--cpu: one device, dp 2, dp 2 with accumulation, a dp 2 resume and the overflow step skipped by both
+    ranks, through the real launcher, at sequence 128 (said on stderr); the single run's
     checkpoint scored on one device and by 2 data-parallel scorers; then merge, export and logits;
     inheritance on one device and over 2 workers (4 mask steps), and a 1-step run with the teacher
     stored in bf16. All PASS: data parallel on the CPU is exact up to reduction order (and, for the
@@ -57,9 +64,11 @@ def test_ascend_check_plumbing_on_the_cpu(tmp_path):
     done = run_check(tmp_path / "check", "--cpu")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert [line.split()[:2] for line in lines] == [
-        ["PASS", "dp2"], ["PASS", "dp2_accumulation"], ["PASS", "scores_dp2"], ["PASS", "hf"],
+    assert [line.split()[:2] for line in lines] == [["PASS", name] for name in compared_cases("cpu")] + [
+        ["PASS", "scores_dp2"], ["PASS", "hf"],
         ["PASS", "inherit_single"], ["PASS", "inherit_dp2"], ["PASS", "bf16_teacher"]], done.stdout
+    assert "--cpu trains at sequence 128, not 2048" in done.stderr
+    assert done.stdout.startswith("grad_norm tolerance 5e-02") and "so it fails" in done.stdout.splitlines()[0]
     assert re.search(r"^PASS inherit_dp2 +folded \S+, loss \S+$", done.stdout, re.M), done.stdout
     assert done.stdout.rstrip().endswith("ascend_check: all PASS")
 

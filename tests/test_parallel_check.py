@@ -195,3 +195,173 @@ def test_the_inherit_commands_exit_non_zero_on_a_failure(tmp_path, capsys):
     lines = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
     assert lines == [["PASS", "single"], ["PASS", "dp"], ["PASS", "single"], ["PASS", "dp"], ["FAIL", "diverged"],
                      ["PASS", "bf16_teacher"], ["FAIL", "bf16_teacher"]]
+
+
+# ---------------------------------------------------------------- the case table, moments, overflow, kernels
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_list_and_plan_come_from_one_table_with_the_shipped_cases():
+    """--list: one line per case with its layout and sequence; the plan the script runs names the same
+    cases in the same order; the cases the issue asks for are there, at sequence 2048 on the NPUs."""
+    from pangu_pro.parallel_check import cases_for, list_lines, plan_lines
+
+    for device, seq in (("ascend", 2048), ("cpu", 128)):
+        table = cases_for(device, ROOT)
+        listed = [line for line in list_lines(device, ROOT) if not line.startswith("#")]
+        planned = plan_lines(device, ROOT, ROOT / "out")
+        assert [line.split()[0] for line in listed] == [c.name for c in table] == [p.split("\t")[0] for p in planned]
+        assert all(f" seq {seq} " in line for line in listed)
+        assert all(f"model.seq_length={seq}" in p for p in planned)
+    ascend = {line.split()[0]: line for line in list_lines("ascend", ROOT)}
+    assert "dp8, ZeRO, accumulation 4, bf16, flash" in ascend["preset_1b_pro"]
+    assert "vocab parallel" in ascend["vocab_parallel"]
+    assert "resumes dp2_mp4 at step 2" in ascend["resume_zero_from_dp2_mp4"]
+    assert "fp16, dynamic loss scale" in ascend["fp16_overflow_dp2_mp4"] and "kernels" in ascend
+    assert list_lines("cpu", ROOT)[0].startswith("# --cpu: the data-parallel cases on 2 CPU workers at sequence 128")
+
+
+def test_the_script_lists_the_table_without_running_anything():
+    import subprocess
+
+    from pangu_pro.parallel_check import list_lines
+
+    for flags, device in (([], "ascend"), (["--cpu"], "cpu")):
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "ascend_check.sh"), "--list", *flags],
+                              capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                                  "PANGU_PRO_DEVICE": "cpu"})
+        assert done.returncode == 0 and done.stdout.splitlines() == list_lines(device, ROOT), done.stderr
+
+
+def test_the_preset_case_runs_the_shipped_sections():
+    """The preset case carries configs/pangu_1b_pro.yaml's parallel: section whole (= configs/parallel/
+    pangu_1b_pro_8dev.yaml's), its accumulation scaled to 4, its bf16/flash numerics; every case's batch
+    per rank gives its global batch, and its reference trains the same global batch."""
+    import yaml
+
+    from pangu_pro.parallel_check import GLOBAL_BATCH, batch_per_rank, case_arguments, cases_for
+
+    preset = yaml.safe_load((ROOT / "configs" / "pangu_1b_pro.yaml").read_text())
+    node = yaml.safe_load((ROOT / "configs" / "parallel" / "pangu_1b_pro_8dev.yaml").read_text())
+    assert node["parallel"] == preset["parallel"] and node["train"]["grad_accum_steps"] == preset["train"][
+        "grad_accum_steps"]
+    table = {c.name: c for c in cases_for("ascend", ROOT)}
+    case = table["preset_1b_pro"]
+    assert {k[len("parallel."):]: v for k, v in case.settings.items() if k.startswith("parallel.")} == \
+        preset["parallel"]
+    assert case.settings["train.grad_accum_steps"] == 4 and case.settings["model.compute_dtype"] == "bfloat16"
+    assert case.settings["model.use_flash_attention"] is True
+    for c in table.values():
+        st = c.settings
+        dp = int(st.get("parallel.data_parallel", 1))
+        micro = int(st.get("parallel.micro_batch_num", 1)) if int(st.get("parallel.pipeline_stage", 1)) > 1 else 1
+        total = batch_per_rank(c, "ascend") * dp * int(st.get("train.grad_accum_steps", 1)) * micro
+        assert total == (c.global_batch or GLOBAL_BATCH["ascend"]), c.name
+        if c.reference:
+            assert (table[c.reference].global_batch or 8) == (c.global_batch or 8), c.name
+    args = case_arguments(table["resume_zero_from_dp2_mp4"], "ascend", ROOT / "out", list(table.values()))
+    assert args[-2:] == ["--resume", str(ROOT / "out" / "dp2_mp4" / "checkpoints" / "rank_0" / "step_00000002")]
+    assert "train.save_every=1" in case_arguments(table["dp2_mp4"], "ascend", ROOT / "out", list(table.values()))
+
+
+def test_the_grad_norm_tolerance_fails_a_1_over_dp_gradient(results):
+    """A layout whose gradients are divided by dp once too often (gradients_mean under semi-auto) logs a
+    norm 1/dp of one device's: FAIL at every dp of the table, and the printed note says so."""
+    from pangu_pro.parallel_check import cases_for, compare, grad_norm_catches, read_result, tolerance_note
+
+    reference = read_result(results["single"])
+    dps = sorted({int(c.settings.get("parallel.data_parallel", 1)) for c in cases_for("ascend", ROOT)} - {1})
+    assert dps[0] == 2
+    for dp in dps:
+        result = {**reference, "name": f"dp{dp}", "grad_norm": {s: v / dp for s, v in reference["grad_norm"].items()}}
+        verdict = compare(reference, result)
+        assert grad_norm_catches(dp) and not verdict.passed
+        assert verdict.problems == [f"grad_norm off by {1 - 1 / dp:.2e} > 5e-02"]
+    assert "at dp 2 here, so it fails" in tolerance_note(dps)
+    assert "would NOT fail" in tolerance_note([2], tolerance=0.6)
+
+
+def moments(scale=1.0, step=3):
+    return {"adam_m.w": scale * INIT["w"] * 1e-3, "adam_v.w": scale ** 2 * INIT["w"] ** 2 * 1e-6,
+            "adam_step": np.array(step, np.int32)}
+
+
+def test_optimizer_moments_are_compared(tmp_path, results):
+    """Moments within tolerance pass; moments of a 1/dp gradient (m / dp, v / dp^2), or an update count that
+    counted a skipped step, fail; a run that saved none fails."""
+    from pangu_pro.parallel_check import compare, read_result
+
+    save_file(moments(), str(tmp_path / "ref_opt.safetensors"))
+    reference = {**read_result(results["single"]), "moments": str(tmp_path / "ref_opt.safetensors")}
+    for name, kw, problems in (("close", {"scale": 1.001}, []),
+                               ("dp2", {"scale": 0.5}, ["adam_m off by 5.00e-01 > 5e-02",
+                                                         "adam_v off by 7.50e-01 > 5e-02"]),
+                               ("counted", {"step": 4}, ["adam_step 4, expected 3"])):
+        save_file(moments(**kw), str(tmp_path / f"{name}.safetensors"))
+        verdict = compare(reference, {**reference, "name": name, "moments": str(tmp_path / f"{name}.safetensors")})
+        assert verdict.problems == problems, name
+    assert compare(reference, {**reference, "moments": None}).problems == ["moments: the run saved no optimizer state"]
+
+
+def test_an_overflow_step_must_be_skipped_on_every_rank(tmp_path, results):
+    """The fp16 overflow cases: the reference and the case skip step 1 (its non-finite norm is not compared);
+    a run that applied it, or a data-parallel rank whose weights differ (it applied the step alone), fails;
+    through `verdicts`, a case of the table that skipped nothing fails even against a reference that did not."""
+    from pangu_pro.parallel_check import case_verdicts, compare, read_result
+
+    base = read_result(results["single"])
+    reference = {**base, "name": "single_fp16_overflow", "skipped": [1],
+                 "grad_norm": {**base["grad_norm"], "1": float("inf")}}
+    same = {r: DIGEST_A for r in range(2)}
+    assert compare(reference, {**reference, "name": "fp16_overflow_dp2", "digests": same}).passed
+    applied = compare(reference, {**reference, "skipped": []})
+    assert applied.problems == ["skipped steps [], the reference skipped [1]"]
+    alone = compare(reference, {**reference, "digests": {0: DIGEST_A, 1: DIGEST_B}})
+    assert alone.problems == ["the data-parallel ranks' weights differ (2 digests over 2 ranks)"]
+    for name, skipped in (("single_fp16_overflow", []), ("fp16_overflow_dp2", [])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**base, "name": name, "skipped": skipped,
+                                                           "weights": str(tmp_path.parent / "x.safetensors")}))
+    save_file(INIT, str(tmp_path.parent / "x.safetensors"))
+    note, verdicts = case_verdicts("cpu", ROOT, tmp_path)
+    by_name = {v.name: v for v in verdicts}
+    assert note.startswith("grad_norm tolerance 5e-02")
+    assert by_name["single_fp16_overflow"].problems == ["skipped steps [], the case needs [1] skipped"]
+    assert by_name["fp16_overflow_dp2"].problems == ["skipped steps [], the case needs [1] skipped"]
+    assert set(by_name) == {"single_fp16_overflow", "fp16_overflow_dp2"}  # no results for the others: left out
+
+
+def test_kernel_comparison_names_the_gradient_that_differs():
+    from pangu_pro.parallel_check import compare_kernels
+
+    grads = {"a": np.ones((3, 3), np.float32), "b": np.arange(4, dtype=np.float32)}
+    assert compare_kernels((2.0, grads), (2.01, {k: v * 1.01 for k, v in grads.items()})).passed
+    off = compare_kernels((2.0, grads), (2.0, {**grads, "b": grads["b"] * 1.2}))
+    assert off.problems == ["gradient of b off by 2.00e-01 > 5e-02"]
+    nan = compare_kernels((2.0, grads), (float("nan"), grads))
+    assert not nan.passed and nan.problems[0].startswith("loss nan")
+
+
+@pytest.mark.slow
+def test_the_kernel_case_on_the_cpu_says_nothing_was_fused(tmp_path):
+    """On the CPU the config runs unfused fp32 on both sides: equal, but the case must not PASS."""
+    from pangu_pro.parallel_check import kernels_check, write_data, write_init
+
+    config = str(ROOT / "configs" / "parallel_check.yaml")
+    write_init(config, tmp_path / "init.safetensors")
+    data = write_data(tmp_path / "d.mindrecord", 1024, 128, 4)
+    verdict = kernels_check(config, str(tmp_path / "init.safetensors"), str(data), 128)
+    assert verdict.differences == {"loss": 0.0, "grads": 0.0}
+    assert verdict.problems == ["on CPU the config runs unfused fp32: nothing fused was compared"]
+
+
+def test_a_run_resumed_into_a_new_output_folder_starts_its_metrics(tmp_path):
+    """The resume cases (and any resume onto another layout, which needs a new train.output_dir) open
+    the new folder's metrics log with nothing to truncate; it used to fail with 'no metrics file'."""
+    from pangu_pro.train.metrics import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path / "new" / "metrics.jsonl", fresh=False)
+    log.truncate_after(2)
+    log.write({"type": "train", "step": 3, "loss": 1.0})
+    log.close()
+    assert [r["step"] for r in read_metrics(tmp_path / "new")] == [3]

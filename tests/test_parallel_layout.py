@@ -214,7 +214,7 @@ def test_parallel_context_kwargs():
         "comm_fusion": {kind: {"mode": "size", "config": 32} for kind in ("allreduce", "allgather", "reducescatter")}}
     pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)
     assert parallel_context_kwargs(pipe, "out/strategy/strategy_rank_3.ckpt") == {
-        "parallel_mode": "semi_auto_parallel", "device_num": 8, "gradients_mean": True, "full_batch": True,
+        "parallel_mode": "semi_auto_parallel", "device_num": 8, "gradients_mean": False, "full_batch": True,
         "pipeline_stages": 2, "pipeline_config": {"pipeline_interleave": False, "pipeline_scheduler": "1f1b"},
         "strategy_ckpt_config": {"save_file": "out/strategy/strategy_rank_3.ckpt", "only_trainable_params": False},
         "comm_fusion": {kind: {"mode": "auto", "config": None} for kind in ("allreduce", "allgather", "reducescatter")}}

@@ -66,7 +66,12 @@ def check(config: Config) -> StudentPlan:
 
 def store_teacher(teacher, dtype: str, say=print):
     """Keep the teacher's matmul weights in `dtype` (bfloat16: half the memory of a frozen teacher on
-    Ascend; every Linear casts its weight to the compute dtype anyway). Embedding, norms and SIAF stay fp32."""
+    Ascend; every Linear casts its weight to the compute dtype anyway). Embedding, norms and SIAF stay fp32.
+
+    The weights' float32 values are kept on the host (`teacher.fp32_weights`, 4 bytes per matmul weight
+    in host memory, none on the device), so that `teacher_state` (the scores and the student) reads the
+    checkpoint's values, not their bfloat16 rounding."""
+    teacher.fp32_weights = {}
     if dtype == "float32":
         return teacher
     import mindspore as ms
@@ -75,17 +80,21 @@ def store_teacher(teacher, dtype: str, say=print):
 
     for _, cell in teacher.cells_and_names():
         if isinstance(cell, Linear):
+            teacher.fp32_weights[cell.weight.name] = np.array(cell.weight.asnumpy(), np.float32)
             cell.weight.set_dtype(ms.bfloat16)  # later set_data casts to it
-    say("teacher matmul weights kept in bfloat16 (frozen)")
+    say("teacher matmul weights kept in bfloat16 (frozen); their float32 values stay on the host")
     return teacher
 
 
 def teacher_state(teacher) -> dict:
-    """Every teacher weight as a float32 numpy array (bfloat16 storage included)."""
+    """Every teacher weight as a float32 numpy array: the float32 values `store_teacher` kept for the
+    weights stored in bfloat16, the parameters themselves for the rest."""
     import mindspore as ms
     from mindspore import ops
 
-    return {p.name: ops.cast(p, ms.float32).asnumpy() for p in teacher.trainable_params()}
+    kept = getattr(teacher, "fp32_weights", {})
+    return {p.name: kept[p.name] if p.name in kept else ops.cast(p, ms.float32).asnumpy()
+            for p in teacher.trainable_params()}
 
 
 def load_teacher(config: Config, plan: StudentPlan, device: str, say=print):

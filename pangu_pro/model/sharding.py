@@ -275,6 +275,31 @@ def parallel_mode(parallel_cfg: ParallelConfig) -> str:
     return "data_parallel" if parallel_cfg.data_parallel > 1 else "stand_alone"
 
 
+def gradients_mean(mode: str) -> bool:
+    """Whether the gradient all-reduce must divide by the group size, from how the loss is reduced.
+
+    `mode` is the MindSpore parallel mode the step runs under. The rule (docs/parallel.md, "Gradient
+    scale"): divide when a rank's loss is a mean over its own samples only, never when it already is
+    the mean over the global batch.
+
+    - data_parallel: the loss cell runs unchanged on each rank, a mean over that rank's batch; the
+      gradient all-reduce sums dp such gradients, so it must divide by dp: True.
+    - semi_auto_parallel / auto_parallel (tensor/pipeline parallel, ZeRO, one-graph accumulation): the
+      graph has global semantics. The loss is the mean over the global batch (its ReduceSum is
+      sharded, the framework all-reduces the partial sums); the framework divides the scalar loss's
+      sensitivity by the stage's device count (`loss_repeated_mean`, on by default) and the backward
+      of that all-reduce sums it back, so each rank's gradient is its share of the global gradient and
+      the mirror all-reduce (or ZeRO's reduce-scatter) has to sum, not average: False. With True the
+      framework's mirror backward multiplies by 1/(mirror group size) once more
+      (`ops/_grad_experimental/grad_comm_ops.py`, `_MirrorOperator`/`_MirrorMicroStepOperator`/AllGather).
+    """
+    if mode == "data_parallel":
+        return True
+    if mode in PARALLEL_MODES:
+        return False
+    raise ValueError(f"gradients_mean has no meaning for parallel mode {mode!r}")
+
+
 def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optional[str] = None) -> dict:
     """The keyword arguments of `ms.set_auto_parallel_context` for this layout (a pure function).
 
@@ -285,7 +310,7 @@ def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optiona
     mode = parallel_mode(parallel_cfg)
     if mode == "stand_alone":
         return {"parallel_mode": mode}
-    kwargs = {"parallel_mode": mode, "device_num": parallel_cfg.device_num, "gradients_mean": True}
+    kwargs = {"parallel_mode": mode, "device_num": parallel_cfg.device_num, "gradients_mean": gradients_mean(mode)}
     if mode == "semi_auto_parallel":
         kwargs["full_batch"] = True
         kwargs["pipeline_stages"] = parallel_cfg.pipeline_stage

@@ -160,6 +160,8 @@ class MetricsLog:
         self._handle = None
 
     def truncate_after(self, step: int) -> None:
+        if not self.path.is_file():  # resumed into a new output folder (e.g. under another layout): nothing to drop
+            return
         kept = [json.dumps(r) + "\n" for r in read_metrics(self.path) if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(kept))
 

@@ -35,6 +35,8 @@ from typing import Sequence
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from pangu_pro.model.sharding import gradients_mean
+
 
 @dataclass
 class StepOutput:
@@ -66,7 +68,7 @@ class GradientUpdate(nn.Cell):
         self.grad_clip = float(grad_clip)
         self.world = world
         if reducer is None and world > 1:
-            reducer = nn.DistributedGradReducer(optimizer.params, mean=True, degree=world)
+            reducer = nn.DistributedGradReducer(optimizer.params, mean=gradients_mean("data_parallel"), degree=world)
         self.reducer = reducer
 
     def construct(self, grads, lr, grad_scale, loss):

@@ -31,7 +31,7 @@ from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
                                         load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
-from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
+from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler, check_overflow_detectable
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
@@ -118,12 +118,14 @@ def setup_parallel(config: Config) -> Parallel:
         return Parallel()
     from mindspore.communication import get_group_size, get_rank, init
 
+    from pangu_pro.model.sharding import gradients_mean
+
     init()
     world, rank = get_group_size(), get_rank()
     if par.data_parallel not in (1, world):
         raise ConfigError("parallel.data_parallel", f"is {par.data_parallel} but {world} workers were launched")
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                                 device_num=world)
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,
+                                 gradients_mean=gradients_mean("data_parallel"), device_num=world)
     return Parallel(rank, world)
 
 
@@ -132,7 +134,7 @@ def _setup_semi_auto(config: Config) -> Parallel:
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
-    from pangu_pro.model.sharding import dataset_shard, set_parallel_context, strategy_file_path
+    from pangu_pro.model.sharding import dataset_shard, gradients_mean, set_parallel_context, strategy_file_path
 
     par = config.parallel
     init()
@@ -141,6 +143,7 @@ def _setup_semi_auto(config: Config) -> Parallel:
     kwargs = set_parallel_context(par, device_num=world, strategy_file=strategy, config=config)
     if kwargs["parallel_mode"] != "semi_auto_parallel":  # ZeRO over data parallel alone: each rank its shard
         ms.set_auto_parallel_context(parallel_mode="semi_auto_parallel", full_batch=False,
+                                     gradients_mean=gradients_mean("semi_auto_parallel"),
                                      strategy_ckpt_config={"save_file": strategy, "only_trainable_params": False})
     shards, shard_id = dataset_shard(par, rank)
     micro = par.micro_batch_num if par.pipeline_stage > 1 else 1
@@ -288,6 +291,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     tc = config.train
     target = init_mindspore()
+    check_overflow_detectable(config, target)  # fp16 where only the NPU float status could see an overflow
     apply_device_config(config.device, target)
     par = setup_parallel(config)
     lead = par.rank == par.writer
