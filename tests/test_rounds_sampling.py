@@ -260,3 +260,25 @@ def test_round_two_steps_are_round_one_steps(shuffle):
     assert round_two == expected
     order = unit_order(scores["meta"], n)
     assert sorted(order.tolist()) == list(range(n)) and (shuffle or order.tolist() == list(range(n)))
+
+
+def test_the_temperature_sets_the_drawn_sets_distribution():
+    """#25: at T = 2 the drawn pairs follow sequential softmax(l / 2) draws without replacement,
+    P({i, j}) = p_i p_j / (1 - p_i) + p_j p_i / (1 - p_j); the same draws at T = 1 would be far off."""
+    scores, temperature, trials = np.array([0.0, 1.0, 2.0, 3.0]), 2.0, 20000
+    counts = {}
+    for seed in range(trials):
+        pair = frozenset(sampling.gumbel_top_k(scores, 2, temperature, seed).tolist())
+        counts[pair] = counts.get(pair, 0) + 1
+
+    def pair_probabilities(t):
+        p = sampling.softmax_probabilities(scores, t)
+        return {frozenset((i, j)): p[i] * p[j] / (1 - p[i]) + p[j] * p[i] / (1 - p[j])
+                for i in range(4) for j in range(i + 1, 4)}
+
+    want, untempered = pair_probabilities(temperature), pair_probabilities(1.0)
+    assert sum(want.values()) == pytest.approx(1.0)
+    for pair, p in want.items():
+        observed = counts.get(pair, 0) / trials
+        assert abs(observed - p) < 5 * np.sqrt(p * (1 - p) / trials), (sorted(pair), observed, p)
+    assert max(abs(counts.get(pair, 0) / trials - p) for pair, p in untempered.items()) > 0.05
