@@ -315,7 +315,8 @@ def format_table(result: dict) -> str:
                               for r, c in zip(runs, conv)) + "."]
         gaps = [s["losses"] for s in learned if s.get("losses")]
         if gaps:
-            lines.append("Masked teacher (soft masks as learned) vs student at step 0: "
+            lines.append(f"Masked teacher (noise-free soft masks as learned) vs student, mean loss on the first "
+                         f"{gaps[0]['batches']} training batches (not held out, unlike the table): "
                          + "; ".join(f"{g['masked_teacher_soft']:.3f} vs {g['student']:.3f}" for g in gaps) + ".")
     lines += ["", f"Paired differences over {n} seeds (row − column criterion, same seed and teacher; negative: "
               f"the row is lower). **Bold**: exceeds seed noise (two-sided paired t-test, p < 0.05).", ""]

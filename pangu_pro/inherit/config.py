@@ -68,6 +68,7 @@ class InheritConfig:
     checkpoint_every: int = 50  # steps between mask-learning checkpoints (resumable)
     keep_checkpoints: int = 2  # mask-learning checkpoints kept
     output_dir: str = "runs/inherit"  # masks/, student/ (config.yaml, model.safetensors) and metrics
+    student_schedule: Literal["official", "preset"] = "official"  # the student's continued pretraining: official = the repo's from a pruned checkpoint (lr 1e-4, 3% warm-up, floor 1e-5); preset = the target's own
 
     def validate(self) -> None:
         require(bool(self.target_config.strip()), "target_config", "empty path")
