@@ -47,12 +47,12 @@ def leaf_commands(parser, words=()):
             yield w, p, h or helps.get(name, "")
 
 
-def _bench_parser(words, parser):
-    """`bench NAME` passes its arguments on to the benchmark module's own parser: document that one."""
-    if len(words) != 2 or words[0] != "bench":
+def _module_parser(words, parser):
+    """`bench NAME` and `study NAME` pass their arguments on to the module's own parser: document that one."""
+    if len(words) != 2 or words[0] not in ("bench", "study"):
         return parser
-    module = importlib.import_module(f"pangu_pro.bench.{words[1]}")
-    inner = argparse.ArgumentParser(prog=f"pangu-pro bench {words[1]}", description=parser.description)
+    module = importlib.import_module(f"pangu_pro.{words[0]}.{words[1]}")
+    inner = argparse.ArgumentParser(prog=f"pangu-pro {words[0]} {words[1]}", description=parser.description)
     module.add_arguments(inner)
     return inner
 
@@ -97,7 +97,7 @@ def cli_markdown(parser: argparse.ArgumentParser) -> str:
            "Every tool is `pangu-pro COMMAND ...` (`python -m pangu_pro.cli` is the same). ",
            f"{OVERRIDE_HELP} Commands that read a config say so below.\n"]
     for words, sub, summary in leaf_commands(parser):
-        sub = _bench_parser(words, sub)
+        sub = _module_parser(words, sub)
         name = " ".join(words)
         out.append(f"\n## pangu-pro {name}\n\n")
         if summary:
@@ -122,7 +122,7 @@ def undocumented_arguments(parser: argparse.ArgumentParser) -> list[str]:
     """`command --flag` of every argument without a help string."""
     missing = []
     for words, sub, _ in leaf_commands(parser):
-        sub = _bench_parser(words, sub)
+        sub = _module_parser(words, sub)
         for a in sub._actions:
             if a.dest != "help" and not a.help:
                 missing.append(f"{' '.join(words)} {a.option_strings[0] if a.option_strings else a.dest}")
