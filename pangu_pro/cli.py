@@ -19,7 +19,7 @@ import sys
 
 from pangu_pro.configtools import ConfigError
 
-STAGES = ["model", "data", "tokenizer", "train", "rounds", "inherit", "convert", "eval", "bench"]
+STAGES = ["model", "data", "tokenizer", "train", "rounds", "inherit", "convert", "eval", "bench", "study"]
 
 OVERRIDES_DEST = "overrides"
 OVERRIDE_HELP = ("Config overrides: section.key=value (the value is read as YAML, e.g. train.steps=100 "

@@ -28,10 +28,10 @@ def test_bench_helpers(tmp_path):
     with pytest.raises(ValueError, match="mask_steps"):
         merge_results([result, {**result, "setup": {**setup, "mask_steps": 5}, "runs": [run(3, 1, 1)]}])
     d = paired_difference(merged["runs"], "l1", "l2", "loss_k")  # -0.5, -0.3, -0.7: consistent
-    assert d["mean"] == pytest.approx(-0.5) and d["sd"] == pytest.approx(0.2) and d["significant"]
+    assert d["mean"] == pytest.approx(-0.5) and d["sd"] == pytest.approx(0.2) and d["exceeds_noise"]
     assert d["a_lower"] == 3
     noisy = [run(1, 3.0, 3.5), run(2, 3.6, 3.1), run(3, 3.0, 3.2)]  # signs disagree
-    assert not paired_difference(noisy, "l1", "l2", "loss_k")["significant"]
+    assert not paired_difference(noisy, "l1", "l2", "loss_k")["exceeds_noise"]
     text = format_table(merged)
     assert "**-0.500 ± 0.200**" in text and "l1 − l2 -0.500" in text
     assert "no difference exceeds seed noise" not in text.split("after 3 steps:")[-1]

@@ -54,7 +54,7 @@ def test_results_files(tmp_path):
     for name in ("speed_depth.png", "speed_modules.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "speed.md").read_text()
-    assert "| 8 | 256 | 768 | 1.00M | 6.00 (7.00) | 666.7 | 12.0 | 1.0 |" in md
+    assert "| 8 | 256 | 768 | 1.00M | 6.00 (7.00) | 666.7 | 12.0 | 1.0 | 6.00 |" in md
     assert "Deepest/shallowest per-token latency: 2.00x (strictly increasing with depth" in md
     assert "| siaf | 1.00M | 5.50 (6.50) | +10.0% | 7.76 | +2.6% |" in md
     speed_ax, latency_ax = speed.depth_figure(results).axes

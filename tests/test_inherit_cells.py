@@ -47,3 +47,32 @@ def test_cosine_scores_hand_the_compressed_flash_mask_whole():
         expected.append((1.0 - cos).mean())
         x = y
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_counted_keep_gradient_through_the_clamp_is_the_modelled_one():
+    """#25: the counted-keep simulation (test_inherit_math) uses `hardconcrete.counted_keep_grad`; here
+    MindSpore's own gradient through a mask's clamp: full inside, half exactly at ±4.6 (the tie split by
+    clip_by_value's Maximum and Minimum), zero beyond — not the zero at the bound the simulation assumed."""
+    import mindspore as ms
+
+    from pangu_pro.inherit import hardconcrete as hc
+    from pangu_pro.inherit.cells import HardConcrete
+
+    values = np.array([-4.7, -4.6, -4.5, -1.0, 0.0, 2.0, 4.5, 4.6, 4.7], np.float32)
+    mask = HardConcrete("probe", values.shape, 0.5)
+    mask.log_alpha.set_data(Tensor(values))
+
+    class Total(nn.Cell):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell = cell
+
+        def construct(self):
+            return self.cell.counted_keep().sum()
+
+    got = ms.grad(Total(mask), grad_position=None, weights=mask.trainable_params())()[0].asnumpy()
+    want = hc.counted_keep_grad(values)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
+    full = hc.counted_keep_grad(np.array([4.6 - 1e-4, -4.6 + 1e-4]))
+    np.testing.assert_allclose(got[[7, 1]], 0.5 * full, rtol=2e-3)  # at the bound: half
+    assert got[0] == 0.0 and got[-1] == 0.0  # beyond it: nothing

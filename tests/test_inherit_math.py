@@ -68,8 +68,9 @@ def test_constraint_pushes_sparsity_toward_target_from_both_sides(start_keep, ta
 
 def settle_two_group_layers(count, count_grad, steps: int = 4000) -> np.ndarray:
     """The per-layer constraint alone (descent on log_alpha, ascent on the shared lambdas) on 6 layers of
-    2 head groups, 4 of them decided (one group at each end of the clamp, where the gradient is 0), 2
-    undecided; returns every layer's sparsity at the end."""
+    2 head groups, 4 of them decided (one group at each end of the clamp, where MindSpore's gradient
+    is half the full one, `keep_probability_grad`), 2 undecided; returns every layer's sparsity at
+    the end."""
     la = np.array([[4.6, -4.6]] * 4 + [[0.4, -0.3], [-0.2, 0.6]])
     t, l1, l2 = 0.5, 0.0, 0.0
     for _ in range(steps):

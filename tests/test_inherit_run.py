@@ -213,6 +213,10 @@ def test_real_inheritance_configs_give_the_preset_student(name):
     assert (plan.student.aug_shortcut_ratio, plan.student.aug_shortcut_dim) == (32, preset.model.hidden_size // 32)
     assert plan.pruned_types() == ["heads", "neurons", "hidden", "layers", "bottleneck"]
     written = student_config(plan, config.inherit.target_config, Path("student/model.safetensors"))
+    assert config.inherit.student_schedule == "official"  # #25: the repo's schedule from a pruned checkpoint
     assert written.model == preset.model and written.train == dataclasses.replace(
-        preset.train, init_weights="student/model.safetensors")
+        preset.train, init_weights="student/model.safetensors", lr=1e-4, warmup_steps=0, warmup_fraction=0.03,
+        min_lr_ratio=0.1)
+    kept = student_config(plan, config.inherit.target_config, Path("student/model.safetensors"), "preset")
+    assert kept.train == dataclasses.replace(preset.train, init_weights="student/model.safetensors")
     assert count_parameters(plan.student).total == count_parameters(preset.model).total

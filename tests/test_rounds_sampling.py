@@ -224,3 +224,61 @@ def test_select_cli_writes_the_index_and_fails_clearly(tmp_path, capsys):
     save_scores(tmp_path / "nan.npz", np.array([1.0, np.nan, 2.0, 1.0, 1.0]), sample_loss, 4, {})
     assert cli_main(["select", "--scores", str(tmp_path / "nan.npz"), "--rate", "0.5", "--seed", "3"]) == 2
     assert "non-finite value(s) (NaN/inf), the first at index 1" in capsys.readouterr().err
+
+
+def optimizer_step_sets(num_samples: int, batch: int, world: int, accum: int, **order) -> list[frozenset]:
+    """The samples of each optimizer step of a data-parallel run (`sample_order` per rank; a step is
+    `accum` micro-batches of `batch` rows on each of `world` ranks), as sets of sample ids."""
+    from pangu_pro.data.dataset import sample_order
+
+    per_rank = [sample_order(num_samples, batch, rank=r, world=world, **order) for r in range(world)]
+    rows = accum * batch
+    steps = min(len(p) for p in per_rank) // rows
+    return [frozenset(np.concatenate([p[t * rows:(t + 1) * rows] for p in per_rank]).tolist()) for t in range(steps)]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_round_two_steps_are_round_one_steps(shuffle):
+    """#25: with round 1 shuffled, every optimizer step of round 2 reads exactly the samples of one
+    optimizer step of round 1 (2 ranks x 2 micro-batches of 3 rows = 12 samples a step; units of 2
+    steps). Units cut from corpus order failed this: round 2 read contiguous corpus slices."""
+    from pangu_pro.rounds.scoring import unit_order
+
+    n, batch, world, accum, seed = 101, 3, 2, 2, 7
+    unit = 2 * batch * world * accum
+    round_one = optimizer_step_sets(n, batch, world, accum, shuffle=shuffle, seed=seed)
+    units = sampling.num_units(n, unit)
+    unit_loss = np.random.default_rng(0).normal(size=units)
+    scores = {"unit_loss": unit_loss, "sample_loss": np.zeros(n), "unit_size": unit, "num_samples": n,
+              "meta": {"unit_order": {"shuffle": shuffle, "seed": seed}}}
+    index, chosen, _ = select_from_scores(scores, 0.5, seed=3)
+    round_two = optimizer_step_sets(n, batch, world, accum, indices=index)
+    assert len(round_two) == 2 * int((chosen != units - 1).sum())  # every whole unit fills two steps
+    assert set(round_two) <= set(round_one)
+    # unit u is round 1's steps 2u and 2u + 1, read in the unit order the selection chose
+    expected = [round_one[2 * u + i] for u in chosen if u != units - 1 for i in (0, 1)]
+    assert round_two == expected
+    order = unit_order(scores["meta"], n)
+    assert sorted(order.tolist()) == list(range(n)) and (shuffle or order.tolist() == list(range(n)))
+
+
+def test_the_temperature_sets_the_drawn_sets_distribution():
+    """#25: at T = 2 the drawn pairs follow sequential softmax(l / 2) draws without replacement,
+    P({i, j}) = p_i p_j / (1 - p_i) + p_j p_i / (1 - p_j); the same draws at T = 1 would be far off."""
+    scores, temperature, trials = np.array([0.0, 1.0, 2.0, 3.0]), 2.0, 20000
+    counts = {}
+    for seed in range(trials):
+        pair = frozenset(sampling.gumbel_top_k(scores, 2, temperature, seed).tolist())
+        counts[pair] = counts.get(pair, 0) + 1
+
+    def pair_probabilities(t):
+        p = sampling.softmax_probabilities(scores, t)
+        return {frozenset((i, j)): p[i] * p[j] / (1 - p[i]) + p[j] * p[i] / (1 - p[j])
+                for i in range(4) for j in range(i + 1, 4)}
+
+    want, untempered = pair_probabilities(temperature), pair_probabilities(1.0)
+    assert sum(want.values()) == pytest.approx(1.0)
+    for pair, p in want.items():
+        observed = counts.get(pair, 0) / trials
+        assert abs(observed - p) < 5 * np.sqrt(p * (1 - p) / trials), (sorted(pair), observed, p)
+    assert max(abs(counts.get(pair, 0) / trials - p) for pair, p in untempered.items()) > 0.05

@@ -3,6 +3,7 @@ and 2 data-parallel msrun workers equal to one process."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,16 +58,19 @@ def setup(tmp_path_factory):
 
 
 def reference(config, weights, data):
-    """Batch scores by PanGuPiWithLoss on each batch, sample scores by PanGuPiWithLoss on each row."""
+    """Unit scores by PanGuPiWithLoss on each batch of BATCH samples of round 1's first-pass order (the
+    config shuffles: `epoch_order` with data.seed), sample scores by PanGuPiWithLoss on each row."""
     import mindspore as ms
 
-    from pangu_pro.data.dataset import read_samples
+    from pangu_pro.data.dataset import epoch_order, read_samples
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.weights import build_model
 
     net = PanGuPiWithLoss(build_model(config.model, weights=weights))
     rows = read_samples(data)
-    batches = [float(net(ms.Tensor(rows[i:i + BATCH])).asnumpy()) for i in range(0, len(rows), BATCH)]
+    assert config.data.shuffle
+    order = epoch_order(len(rows), shuffle=True, seed=config.data.seed)
+    batches = [float(net(ms.Tensor(rows[order[i:i + BATCH]])).asnumpy()) for i in range(0, len(rows), BATCH)]
     samples = [float(net(ms.Tensor(rows[i:i + 1])).asnumpy()) for i in range(len(rows))]
     return np.array(batches), np.array(samples)
 
@@ -162,7 +166,10 @@ def test_non_finite_scores_fail_clearly(setup, tmp_path):
     tensors, meta = load_tensors(weights)
     tensors["lm_head.weight"] = np.full_like(tensors["lm_head.weight"], np.nan)
     save_tensors(tmp_path / "nan.safetensors", tensors, meta)
-    with pytest.raises(ValueError, match="non-finite loss on unit 0 \\(samples \\[0, 1, 2, 3\\]\\)"):
+    from pangu_pro.data.dataset import epoch_order
+
+    first = epoch_order(N, shuffle=True, seed=config.data.seed)[:BATCH].tolist()  # unit 0: round 1's first batch
+    with pytest.raises(ValueError, match=f"non-finite loss on unit 0 \\(samples {re.escape(str(first))}\\)"):
         score(config, tmp_path / "nan.safetensors", out=tmp_path / "s.npz", unit_samples=BATCH, progress=False,
               announce=None)
 
@@ -204,15 +211,19 @@ def test_a_part_with_a_repeated_unit_id_is_refused(tmp_path):
 
 
 def test_units_of_k_batches_are_exact(setup, expected, tmp_path):
-    """unit = 2 batches of 4: unit loss = token mean over its 8 samples (every row counts SEQ tokens)."""
+    """unit = 2 batches of 4: unit loss = token mean over its 8 samples of round 1's first-pass order
+    (every row counts SEQ tokens)."""
+    from pangu_pro.data.dataset import epoch_order
+
     _, _, config, weights = setup
     got = load_scores(Path(score(config, weights, out=tmp_path / "s.npz", unit_samples=2 * BATCH,
                                  progress=False, announce=None)["scores"]))
-    samples = expected[1]
+    samples = expected[1][epoch_order(N, shuffle=True, seed=config.data.seed)]
     want = [samples[i:i + 2 * BATCH].mean() for i in range(0, N, 2 * BATCH)]
     assert got["unit_size"] == 2 * BATCH and got["unit_loss"].size == 3  # 18 samples: 8 + 8 + 2
     np.testing.assert_allclose(got["unit_loss"], want, rtol=1e-5)
-    np.testing.assert_allclose(got["sample_loss"], samples, rtol=1e-5)
+    np.testing.assert_allclose(got["sample_loss"], expected[1], rtol=1e-5)  # by sample id
+    assert got["meta"]["unit_order"] == {"shuffle": True, "seed": config.data.seed}
     with pytest.raises(ValueError, match="must be a positive multiple of the rows"):
         score(config, weights, out=tmp_path / "t.npz", unit_samples=6, progress=False, announce=None)
 

@@ -22,28 +22,39 @@ BENCHMARKS = {
 
 
 def register(subparsers) -> None:
-    bench = subparsers.add_parser("bench", help="benchmarks (results under benchmarks/results/)",
-                                  description="Run a benchmark; its options follow its name.")
-    inner = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for name, summary in BENCHMARKS.items():
+    register_modules(subparsers, "bench", BENCHMARKS, help="benchmarks (results under benchmarks/results/)",
+                     description="Run a benchmark; its options follow its name.", metavar="BENCHMARK")
+
+
+def register_modules(subparsers, command: str, table: dict[str, str], *, help: str, description: str,
+                     metavar: str) -> None:
+    """`pangu-pro COMMAND NAME [options]` for every NAME of `table`: module `pangu_pro.COMMAND.NAME`
+    with `add_arguments(parser)` and `run(args)`, imported only when it runs (`args.argv` holds its
+    options as given). The chosen NAME is `args.<metavar in lower case>`."""
+    outer = subparsers.add_parser(command, help=help, description=description)
+    inner = outer.add_subparsers(dest=metavar.lower(), metavar=metavar, required=True)
+    for name, summary in table.items():
         # no option prefix of its own: everything after the name, options included, is passed on as is
         p = inner.add_parser(name, help=summary, add_help=False, prefix_chars="\x01")
-        p.add_argument("bench_args", nargs="*")
-        p.set_defaults(func=_runner(name, summary))
+        p.add_argument(f"{command}_args", nargs="*")
+        p.set_defaults(func=_runner(command, name, summary))
 
 
-def _runner(name: str, summary: str):
+def _runner(command: str, name: str, summary: str):
     def run(args) -> int:
         try:
-            module = importlib.import_module(f"pangu_pro.bench.{name}")
+            module = importlib.import_module(f"pangu_pro.{command}.{name}")
         except ModuleNotFoundError as err:
-            if err.name != f"pangu_pro.bench.{name}":
+            if err.name != f"pangu_pro.{command}.{name}":
                 raise
-            raise ValueError(f"benchmark '{name}' is not available yet (no module pangu_pro.bench.{name})") from None
+            raise ValueError(f"{command} '{name}' is not available yet (no module pangu_pro.{command}.{name})") from None
         from pangu_pro.cli import parse_command_line
 
-        parser = argparse.ArgumentParser(prog=f"pangu-pro bench {name}", description=summary)
+        argv = getattr(args, f"{command}_args")
+        parser = argparse.ArgumentParser(prog=f"pangu-pro {command} {name}", description=summary)
         module.add_arguments(parser)
-        return module.run(parse_command_line(parser, args.bench_args)) or 0
+        parsed = parse_command_line(parser, argv)
+        parsed.argv = list(argv)
+        return module.run(parsed) or 0
 
     return run

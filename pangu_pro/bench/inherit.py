@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pangu_pro.study import stats
+
 BYTE_OFFSET = 3  # ids 0, 1, 2 = pad, bos, eos; byte b -> b + 3
 VOCAB = 256 + BYTE_OFFSET
 CRITERIA = ("random", "l1", "l2", "taylor", "learned")
@@ -259,21 +261,9 @@ def merge_results(results: list[dict]) -> dict:
     return merged
 
 
-def mean_sd(values) -> tuple[float, float]:
-    values = np.asarray(values, np.float64)
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def paired_difference(runs: list[dict], a: str, b: str, key: str) -> dict:
-    """a − b of `key` per seed: mean, sd, and whether it exceeds seed noise (two-sided paired t-test, 5%)."""
-    from scipy import stats
-
-    diffs = np.array([r["students"][a][key] - r["students"][b][key] for r in runs], np.float64)
-    mean, sd = mean_sd(diffs)
-    n = diffs.size
-    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n > 1 and sd > 0 else float("nan")
-    return {"mean": mean, "sd": sd, "n": n, "p": p, "significant": bool(n > 1 and p < 0.05),
-            "a_lower": int(np.sum(diffs < 0))}
+    """a − b of `key` per seed (`study.stats.paired_difference`: mean, sd, whether it exceeds seed noise)."""
+    return stats.paired_difference([r["students"][a][key] for r in runs], [r["students"][b][key] for r in runs])
 
 
 def format_table(result: dict) -> str:
@@ -287,7 +277,7 @@ def format_table(result: dict) -> str:
         "",
         f"Teacher: {setup['teacher']} ({result['teacher_parameters']:,} parameters), pretrained "
         f"{setup['teacher_steps']} steps, held-out loss "
-        "{:.3f} ± {:.3f}. ".format(*mean_sd([r["teacher_heldout_loss"] for r in runs]))
+        "{:.3f} ± {:.3f}. ".format(*stats.mean_sd([r["teacher_heldout_loss"] for r in runs]))
         + f"Student: {setup['student']} ({result['student_parameters']:,} parameters). Data: {setup['data']}. "
         f"Seeds {seeds}: each its own teacher, data order, mask noise and random selection.",
         "",
@@ -301,7 +291,7 @@ def format_table(result: dict) -> str:
         "|---|---|---|---|",
     ]
     for name in names:
-        cells = [mean_sd([r["students"][name][key] for r in runs]) for key in ("loss_0", "loss_k", "derive_seconds")]
+        cells = [stats.mean_sd([r["students"][name][key] for r in runs]) for key in ("loss_0", "loss_k", "derive_seconds")]
         lines.append(f"| {name} | {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.3f} ± {cells[1][1]:.3f} | "
                      f"{cells[2][0]:.1f} |")
     learned = [r["students"]["learned"] for r in runs if "learned" in r["students"]]
@@ -315,7 +305,8 @@ def format_table(result: dict) -> str:
                               for r, c in zip(runs, conv)) + "."]
         gaps = [s["losses"] for s in learned if s.get("losses")]
         if gaps:
-            lines.append("Masked teacher (soft masks as learned) vs student at step 0: "
+            lines.append(f"Masked teacher (noise-free soft masks as learned) vs student, mean loss on the first "
+                         f"{gaps[0]['batches']} training batches (not held out, unlike the table): "
                          + "; ".join(f"{g['masked_teacher_soft']:.3f} vs {g['student']:.3f}" for g in gaps) + ".")
     lines += ["", f"Paired differences over {n} seeds (row − column criterion, same seed and teacher; negative: "
               f"the row is lower). **Bold**: exceeds seed noise (two-sided paired t-test, p < 0.05).", ""]
@@ -331,7 +322,7 @@ def format_table(result: dict) -> str:
                     continue
                 d = paired_difference(runs, a, b, key)
                 text = f"{d['mean']:+.3f} ± {d['sd']:.3f}"
-                if d["significant"]:
+                if d["exceeds_noise"]:
                     significant.setdefault(key, []).append(f"{a} − {b} {d['mean']:+.3f}")
                     text = f"**{text}**"
                 cells.append(text)
@@ -339,7 +330,7 @@ def format_table(result: dict) -> str:
         lines.append("")
     scratch = [paired_difference(runs, x, "random init", "loss_k") for x in inherited]
     lines.append("Against random init after {} steps: ".format(k) + "; ".join(
-        f"{x} {d['mean']:+.3f} ± {d['sd']:.3f}{' (exceeds noise)' if d['significant'] else ''}"
+        f"{x} {d['mean']:+.3f} ± {d['sd']:.3f}{' (exceeds noise)' if d['exceeds_noise'] else ''}"
         for x, d in zip(inherited, scratch)) + ".")
     for key, label in (("loss_0", "at step 0"), ("loss_k", f"after {k} steps")):
         found = significant.get(key)

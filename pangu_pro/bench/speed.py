@@ -200,15 +200,20 @@ def speed_markdown(results: dict) -> str:
              "between tokens (median of the runs in parentheses). Random weights (speed does not depend on "
              "them). On a shared machine other jobs add noise of tens of percent to single runs "
              "(`runs_per_token_ms` in speed.json has them all): differences of a few percent, such as the "
-             "paper's SIAF and AugShortcut overheads, are below what this setting resolves.", "",
-             f"## Depth x width at ~{s['budget_non_embedding'] / 1e6:.1f}M non-embedding parameters", "",
-             "| layers | hidden | ffn | params (non-emb.) | ms/token | tokens/s | first token ms | compile s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results["depth_width"]:
-        lines.append(f"| {r['layers']} | {r['hidden']} | {r['ffn']} | {r['non_embedding_params'] / 1e6:.2f}M | "
-                     f"{r['per_token_ms']:.2f} ({r['median_per_token_ms']:.2f}) | {r['tokens_per_s']:.1f} | "
-                     f"{r['first_token_ms']:.1f} | {r['compile_s']:.1f} |")
+             "paper's SIAF and AugShortcut overheads, are below what this setting resolves.", ""]
     rows = results["depth_width"]
+    sizes = [r["non_embedding_params"] / 1e6 for r in rows]
+    lines += [f"## Depth x width at {min(sizes):.2f}M–{max(sizes):.2f}M non-embedding parameters", "",
+              f"Each depth takes the hidden size (a multiple of the head dim) nearest a budget of "
+              f"{s['budget_non_embedding'] / 1e6:.1f}M, so the rows' sizes differ by up to "
+              f"{max(sizes) / min(sizes) - 1:.0%}: the last column divides the latency by the size.", "",
+              "| layers | hidden | ffn | params (non-emb.) | ms/token | tokens/s | first token ms | compile s | "
+              "ms/token per M params |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r, size in zip(rows, sizes):
+        lines.append(f"| {r['layers']} | {r['hidden']} | {r['ffn']} | {size:.2f}M | "
+                     f"{r['per_token_ms']:.2f} ({r['median_per_token_ms']:.2f}) | {r['tokens_per_s']:.1f} | "
+                     f"{r['first_token_ms']:.1f} | {r['compile_s']:.1f} | {r['per_token_ms'] / size:.2f} |")
     slow = max(rows, key=lambda r: r["per_token_ms"])
     fast = min(rows, key=lambda r: r["per_token_ms"])
     monotone = all(a["per_token_ms"] < b["per_token_ms"] for a, b in zip(rows, rows[1:]))

@@ -84,6 +84,16 @@ def load_indices(indices: Indices, num_samples: int) -> Optional[np.ndarray]:
     return array
 
 
+def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int = 0) -> np.ndarray:
+    """The global sample order of one epoch (int64 [num_samples]): ``default_rng([seed, epoch])``'s
+    permutation, or ascending ids without shuffling. Global batch t of that epoch is the set
+    ``order[t*G:(t+1)*G]`` for G samples per global batch, whatever the number of ranks (rank r reads
+    ``order[r::w]``), which is what multi-round scoring units are cut from."""
+    if shuffle:
+        return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64)
+    return np.arange(num_samples, dtype=np.int64)
+
+
 def sample_segments(num_samples: int, batch_size: int, *, shuffle: bool = True, seed: int = 1234, rank: int = 0,
                     world: int = 1, skip_batches: int = 0, indices: Optional[np.ndarray] = None,
                     num_epochs: int = 1) -> list[np.ndarray]:
@@ -96,12 +106,7 @@ def sample_segments(num_samples: int, batch_size: int, *, shuffle: bool = True, 
     to_skip = skip_batches * batch_size
     segments = []
     for epoch in range(num_epochs):
-        if indices is not None:
-            order = indices
-        elif shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(num_samples)
-        else:
-            order = np.arange(num_samples)
+        order = indices if indices is not None else epoch_order(num_samples, shuffle=shuffle, seed=seed, epoch=epoch)
         per_rank = len(order) // world
         segment = order[rank::world][:per_rank].astype(np.int64)
         dropped = min(to_skip, len(segment))

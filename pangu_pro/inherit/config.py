@@ -56,8 +56,8 @@ class InheritConfig:
     lr_weights: float = 0.0  # 0: the teacher's weights stay frozen while the masks learn (a 7B teacher must)
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # matmul weights; auto: bf16 frozen on Ascend
     warmup_fraction: float = 0.2  # the target sparsity ramps up over this share of the steps
-    init_keep_probability: float = 0.9979  # the start: log_alpha = ln 99 as Sheared-LLaMA's (drop rate 0.01),
-    # just inside the clamp at 4.6 (at the clamp the gradient is 0)
+    init_keep_probability: float = 0.9979  # the start: log_alpha 4.565, just inside the clamp at 4.6 (Sheared-LLaMA: ln 99 = 4.595)
+    # at the clamp the gradient halves and beyond it is 0 (hardconcrete.keep_probability_grad)
     grad_clip: float = 1.0  # global-norm clip of the weight gradients
     fold_mask_values: bool = True  # multiply the kept units' mask values into the student weights
     taylor_form: Literal["abs_sum", "sum_abs"] = "abs_sum"  # per unit |sum w*g| or sum |w*g| (docs/inherit.md)
@@ -68,6 +68,7 @@ class InheritConfig:
     checkpoint_every: int = 50  # steps between mask-learning checkpoints (resumable)
     keep_checkpoints: int = 2  # mask-learning checkpoints kept
     output_dir: str = "runs/inherit"  # masks/, student/ (config.yaml, model.safetensors) and metrics
+    student_schedule: Literal["official", "preset"] = "official"  # the student's continued pretraining: official = the repo's from a pruned checkpoint (lr 1e-4, 3% warm-up, floor 1e-5); preset = the target's own
 
     def validate(self) -> None:
         require(bool(self.target_config.strip()), "target_config", "empty path")

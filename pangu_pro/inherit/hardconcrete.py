@@ -22,7 +22,15 @@ pruned unit a keep probability of 0.047 and a kept one 0.998, so a layer whose m
 reads 2.3 points below a 50% target. The shared multiplier then piles that deficit onto the layers
 still undecided; with 2 head groups per layer one such layer sat at 0.575 for good (docs/inherit.md).
 `counted_keep` rescales the keep probability to the clamp's range, so decided masks meet the target
-exactly and the expected size is the size of the model that will be materialised.
+exactly. The expected size equals the size top-k materialises exactly when, in every layer, the
+units' counted keep sums to the number of units top-k keeps there: always once every unit is decided
+(at or beyond the clamp), otherwise only as an expectation — a unit whose noise-free mask is already 0
+(log_alpha <= beta * ln(1/11) = -1.6) still counts up to 0.476.
+
+The clamp is in the forward pass and the parameter is not clamped after a step (Sheared-LLaMA clamps
+the parameter, so a unit at the bound keeps its full gradient): here a unit at exactly ±4.6 gets half
+its gradient and one an optimizer step carried beyond gets none, so it stays decided
+(`keep_probability_grad`).
 """
 from __future__ import annotations
 
@@ -134,11 +142,16 @@ def constraint_grads(s, t, lambda1, lambda2):
 
 
 def keep_probability_grad(log_alpha):
-    """d keep_probability / d log_alpha (zero where log_alpha is clamped)."""
+    """d keep_probability / d log_alpha as MindSpore computes it through the masks' clamp
+    (`ops.clip_by_value`, a Maximum then a Minimum, on float32 parameters): the full derivative inside
+    the clamp, half of it exactly at ±4.6 (each of the two ops splits a tie's gradient between its
+    inputs), zero beyond. `tests/test_inherit_cells.py` measures it. Sheared-LLaMA instead clamps the
+    parameter after each step and gives the full gradient at the bound."""
     la = np.asarray(log_alpha, dtype=np.float64)
     p = keep_probability(la)
-    inside = np.abs(la) < LOG_ALPHA_LIMIT
-    return p * (1.0 - p) * inside
+    magnitude, limit = np.abs(la.astype(np.float32)), np.float32(LOG_ALPHA_LIMIT)
+    weight = np.where(magnitude < limit, 1.0, np.where(magnitude == limit, 0.5, 0.0))
+    return p * (1.0 - p) * weight
 
 
 def counted_keep_grad(log_alpha):

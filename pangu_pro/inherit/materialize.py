@@ -163,22 +163,33 @@ def materialize(tensors: Mapping[str, np.ndarray], plan: StudentPlan, sel: Selec
     return slice_tensors(tensors, plan, sel)
 
 
-def student_config(plan: StudentPlan, preset: Optional[str], weights: Path):
-    """The student's config.yaml: the target preset's whole config (training schedule, data, parallel
-    layout) with the model section the inheritance decided and `train.init_weights` set to the student,
-    so `pangu-pro train OUT/student/config.yaml` continues from it; without a preset, the model only."""
+def student_config(plan: StudentPlan, preset: Optional[str], weights: Path, schedule: str = "official"):
+    """The student's config.yaml: the target preset's whole config (data, parallel layout, steps) with
+    the model section the inheritance decided and `train.init_weights` set to the student, so
+    `pangu-pro train OUT/student/config.yaml` continues from it; without a preset, the model only.
+    `schedule` official: the official repository's schedule for training from a pruned checkpoint
+    (lr 1e-4, 3% warm-up, cosine to 1e-5) replaces the preset's from-scratch one; preset: kept."""
     import dataclasses
 
     from pangu_pro.config import Config, load_config
+    from pangu_pro.train.schedule import (OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_MIN_LR_RATIO,
+                                          OFFICIAL_CONTINUED_WARMUP_FRACTION)
 
     if preset is None:
         return Config(model=plan.student)
     config = load_config(preset)
-    return dataclasses.replace(config, model=plan.student, train=dataclasses.replace(config.train, init_weights=str(weights)))
+    train = dataclasses.replace(config.train, init_weights=str(weights))
+    if schedule == "official":
+        train = dataclasses.replace(train, lr=OFFICIAL_CONTINUED_LR, warmup_steps=0,
+                                    warmup_fraction=OFFICIAL_CONTINUED_WARMUP_FRACTION,
+                                    min_lr_ratio=OFFICIAL_CONTINUED_MIN_LR_RATIO)
+    elif schedule != "preset":
+        raise ValueError(f"student schedule must be official or preset, got {schedule!r}")
+    return dataclasses.replace(config, model=plan.student, train=train)
 
 
 def write_student(out_dir: str | Path, tensors: Mapping[str, np.ndarray], plan: StudentPlan, sel: Selection,
-                  metadata: Optional[dict] = None, preset: Optional[str] = None) -> Path:
+                  metadata: Optional[dict] = None, preset: Optional[str] = None, schedule: str = "official") -> Path:
     """Write ``out_dir/model.safetensors``, ``out_dir/config.yaml`` (`student_config`) and
     ``out_dir/selection.json``; returns `out_dir`."""
     from pangu_pro.config import save_config
@@ -189,6 +200,6 @@ def write_student(out_dir: str | Path, tensors: Mapping[str, np.ndarray], plan: 
     meta = {"format": "pangu-pro student", "layers": ",".join(str(int(i)) for i in sel.layers)}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     save_tensors(out_dir / WEIGHTS_NAME, tensors, meta)
-    save_config(student_config(plan, preset, out_dir / WEIGHTS_NAME), out_dir / "config.yaml")
+    save_config(student_config(plan, preset, out_dir / WEIGHTS_NAME, schedule), out_dir / "config.yaml")
     atomic_write_json(out_dir / "selection.json", {**sel.as_json(), **(metadata or {})})
     return out_dir

@@ -342,7 +342,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         write_student(Path(ic.output_dir) / STUDENT_DIR, tensors, plan, sel,
                       {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
                        "teacher_checkpoint": ic.teacher_checkpoint or "random init"},
-                      preset=ic.target_config)
+                      preset=ic.target_config, schedule=ic.student_schedule)
         summary["seconds"] = round(time.perf_counter() - began, 1)
         atomic_write_json(Path(ic.output_dir) / "inherit.json", summary)
     say(f"student written to {summary['student']} ({summary['student_parameters']:,} parameters)")

@@ -11,8 +11,6 @@ Order = Literal["shuffle", "draw", "corpus"]
 RoundSchedule = Literal["official", "round1"]
 
 OFFICIAL_UNIT_TOKENS = 2 ** 21  # the official repository scores one training batch of ~2M tokens
-# The official continued-training schedule (RethinkTinyLM): peak lr 1e-4, 3% warm-up, cosine to 1e-5.
-OFFICIAL_ROUND_LR, OFFICIAL_ROUND_WARMUP_FRACTION, OFFICIAL_ROUND_MIN_LR_RATIO = 1e-4, 0.03, 0.1
 
 
 @dataclass
@@ -29,7 +27,7 @@ class MultiRoundConfig:
     order: Order = "shuffle"  # how the next round reads its units: seeded shuffle, draw order, corpus order
     score_unit_tokens: int = OFFICIAL_UNIT_TOKENS  # tokens per scoring unit, rounded to whole global batches
     round_steps: Optional[int] = None  # steps of rounds 2..; default round(rate * train.steps)
-    round_schedule: RoundSchedule = "official"  # lr schedule of rounds 2.. (the keys below override it)
+    round_schedule: RoundSchedule = "official"  # lr schedule of rounds 2..: official = the repo's schedule from a pruned checkpoint (ours to use here)
     round_lr: Optional[float] = None  # peak lr of rounds 2..
     round_warmup_steps: Optional[int] = None  # warm-up of rounds 2.., in steps ...
     round_warmup_fraction: Optional[float] = None  # ... or as a fraction of the round's steps

@@ -41,8 +41,9 @@ import numpy as np
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
-from pangu_pro.rounds.config import OFFICIAL_ROUND_LR, OFFICIAL_ROUND_MIN_LR_RATIO, OFFICIAL_ROUND_WARMUP_FRACTION
 from pangu_pro.rounds.sampling import num_units, unit_size
+from pangu_pro.train.schedule import (OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_MIN_LR_RATIO,
+                                      OFFICIAL_CONTINUED_WARMUP_FRACTION)
 
 STATE_NAME = "rounds_state.json"
 SUMMARY_NAME = "rounds_summary"
@@ -66,11 +67,12 @@ def round_steps(config: Config, k: int) -> int:
 
 def round_schedule(config: Config, steps: int) -> dict:
     """Peak lr, warm-up and floor of a later round of `steps` steps (docs/multi_round.md, "Schedule"):
-    `multi_round.round_schedule` official = the official continued-training schedule (lr 1e-4, 3%
-    warm-up, floor 1e-5), round1 = round 1's own; round_lr / round_warmup_* / round_min_lr_ratio override."""
+    `multi_round.round_schedule` official = the official repository's schedule for training on from a
+    pruned checkpoint (lr 1e-4, 3% warm-up, floor 1e-5; applying it to later rounds is our choice),
+    round1 = round 1's own; round_lr / round_warmup_* / round_min_lr_ratio override."""
     mr, tc = config.multi_round, config.train
     if mr.round_schedule == "official":
-        lr, fraction, floor = OFFICIAL_ROUND_LR, OFFICIAL_ROUND_WARMUP_FRACTION, OFFICIAL_ROUND_MIN_LR_RATIO
+        lr, fraction, floor = OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_WARMUP_FRACTION, OFFICIAL_CONTINUED_MIN_LR_RATIO
         warmup = None
     else:
         lr, warmup, fraction, floor = tc.lr, tc.warmup_steps, tc.warmup_fraction, tc.min_lr_ratio

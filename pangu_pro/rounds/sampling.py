@@ -17,7 +17,7 @@ global state: every process (every data-parallel rank) that computes a selection
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 
@@ -99,9 +99,11 @@ def order_units(drawn: np.ndarray, order: Literal["shuffle", "draw", "corpus"], 
 
 
 def unit_samples(units: np.ndarray, unit: Literal["batch", "sample"], unit_size: int,
-                 num_samples: int) -> np.ndarray:
-    """Sample indices of `units`, in the units' order. Batch unit b is samples
-    ``[b * unit_size, min((b + 1) * unit_size, num_samples))`` in their original order."""
+                 num_samples: int, order: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sample indices of `units`, in the units' order. Batch unit b is the samples at positions
+    ``[b * unit_size, min((b + 1) * unit_size, num_samples))`` of `order` — round 1's first-pass sample
+    order (`data.dataset.epoch_order`; ascending ids when None), so a unit is k consecutive global
+    batches of round 1 — in that order. Sample unit s is sample s."""
     units = np.asarray(units, dtype=np.int64)
     if unit == "sample":
         limit = num_samples
@@ -114,19 +116,21 @@ def unit_samples(units: np.ndarray, unit: Literal["batch", "sample"], unit_size:
     bad = np.flatnonzero((units < 0) | (units >= limit))
     if bad.size:
         raise ValueError(f"{unit} index {units[bad[0]]} is outside the data's {limit} {unit} units")
-    if unit == "sample":
+    if unit == "sample" or units.size == 0:
         return units.copy()
-    if units.size == 0:
-        return units.copy()
+    if order is not None and len(order) != num_samples:
+        raise ValueError(f"the unit order holds {len(order)} samples, the data {num_samples}")
     starts = units * unit_size
     stops = np.minimum(starts + unit_size, num_samples)
-    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(starts, stops)])
+    positions = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in zip(starts, stops)])
+    return positions if order is None else np.asarray(order, dtype=np.int64)[positions]
 
 
 def unit_size(unit_tokens: int, global_batch: int, seq_length: int) -> int:
     """Samples per scoring unit: k whole global training batches of `global_batch` samples of
-    `seq_length` tokens, k = round(unit_tokens / batch tokens), at least 1. Training step t reads samples
-    ``[t*G, (t+1)*G)`` of an unshuffled pass, so unit u is exactly training batches ``u*k .. u*k + k-1``."""
+    `seq_length` tokens, k = round(unit_tokens / batch tokens), at least 1. Round 1's optimizer step t
+    reads the samples at positions ``[t*G, (t+1)*G)`` of its first-pass order, so unit u (those
+    positions of the same order, `unit_samples`) is exactly round 1's steps ``u*k .. u*k + k-1``."""
     if unit_tokens < 1 or global_batch < 1 or seq_length < 1:
         raise ValueError(f"unit tokens, global batch and sequence length must be positive, got "
                          f"{unit_tokens}, {global_batch}, {seq_length}")

@@ -1,11 +1,13 @@
 """`pangu-pro score`: the frozen model's loss on every scoring unit and every sample of the training set.
 
 Units. Sample i is row i of the training files (counted across `data.train_files` in order, as the
-data loader counts). Scoring unit u is samples ``[u*U, min((u+1)*U, N))`` — consecutive samples in
-corpus order, the last unit possibly short. U (`--unit-samples`) is a whole number of global training
-batches: `multi_round.score_unit_tokens` (default ~2M tokens, the official unit) rounded to whole
-batches (`driver.score_unit_samples`), so a unit is k consecutive training batches of an unshuffled
-pass. The model runs `--batch-size` rows at a time (default train.batch_size, the compiled training
+data loader counts). Scoring unit u is the samples at positions ``[u*U, min((u+1)*U, N))`` of round 1's
+first-pass order — `data.dataset.epoch_order` with the config's `data.shuffle` and `data.seed`, the
+order the trainer read (ascending ids without shuffling) — the last unit possibly short. U
+(`--unit-samples`) is a whole number of global training batches: `multi_round.score_unit_tokens`
+(default ~2M tokens, the official unit) rounded to whole batches (`driver.score_unit_samples`), so a
+unit is exactly k consecutive optimizer steps' batches of round 1 (as sets of samples), shuffled or
+not. The order's recipe is recorded in the meta (`unit_order`). The model runs `--batch-size` rows at a time (default train.batch_size, the compiled training
 shape), U being a multiple of it. A sample's score is its token-mean next-token loss; a unit's score is
 the token-mean loss over its samples (= `PanGuPiWithLoss` on the whole unit).
 
@@ -23,7 +25,8 @@ OUT (a .npz file) holds
     unit_loss    float64 [num_units]   indexed by unit id
     sample_loss  float64 [N]           indexed by sample id
     unit_size, num_samples             int64 scalars
-    meta         JSON string: checkpoint, files, unit size, scorers, and the fingerprint of the weights
+    meta         JSON string: checkpoint, files, unit size, unit order (shuffle, seed), scorers, and the
+                 fingerprint of the weights
 
 plus OUT with suffix .json: a readable summary. Every part records the unit ids it holds; merging
 refuses a part whose ids are not exactly the ones its rank owes (a repeated, missing or foreign id),
@@ -44,6 +47,7 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json, read_json
+from pangu_pro.rounds import sampling
 from pangu_pro.rounds.sampling import num_units as count_units
 
 PARTS_SUFFIX = ".parts"
@@ -87,6 +91,16 @@ def unit_lengths(ids: np.ndarray, unit_size: int, num_samples: int) -> np.ndarra
     """Samples in each unit of `ids` (unit_size, or fewer for the last unit)."""
     ids = np.asarray(ids, np.int64)
     return np.minimum((ids + 1) * unit_size, num_samples) - ids * unit_size
+
+
+def unit_order(meta: dict, num_samples: int) -> np.ndarray:
+    """The order of `num_samples` samples that units are cut from (module doc), rebuilt from a scores
+    file's meta. Files written before the order was recorded cut their units from corpus order, and
+    get that."""
+    from pangu_pro.data.dataset import epoch_order
+
+    spec = meta.get("unit_order", {"shuffle": False, "seed": 0})
+    return epoch_order(num_samples, shuffle=bool(spec["shuffle"]), seed=int(spec["seed"]))
 
 
 def parts_dir(out: Path) -> Path:
@@ -152,9 +166,10 @@ def _first_repeat(ids: np.ndarray) -> Optional[int]:
     return int(values[counts > 1][0]) if (counts > 1).any() else None
 
 
-def merge_parts(parts: list[dict], num_units: int, unit_size: int, num_samples: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Assemble the ranks' parts by unit id into (unit_loss [num_units], sample_loss [N]).
+def merge_parts(parts: list[dict], num_units: int, unit_size: int, num_samples: int,
+                order: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Assemble the ranks' parts by unit id into (unit_loss [num_units], sample_loss [N] by sample id);
+    a part's sample losses follow its units' samples in `order` (`unit_order`; ascending when None).
 
     Every unit must appear exactly once over all parts (a part repeating an id inside itself included);
     ValueError otherwise, naming the unit and the part."""
@@ -179,7 +194,9 @@ def merge_parts(parts: list[dict], num_units: int, unit_size: int, num_samples: 
         unit_loss[ids] = part["unit_loss"]
         offset = 0
         for u, length in zip(ids, lengths):
-            sample_loss[u * unit_size:u * unit_size + length] = part["sample_loss"][offset:offset + length]
+            positions = slice(u * unit_size, u * unit_size + length)
+            sample_loss[positions if order is None else order[positions]] = \
+                part["sample_loss"][offset:offset + length]
             offset += length
     if (seen != 1).any():
         bad = int(np.flatnonzero(seen != 1)[0])
@@ -264,7 +281,9 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
     n_units = count_units(total, unit)
     out = Path(out or Path(config.train.output_dir) / "scores.npz")
     meta = {**weights_fingerprint(weights), "files": [str(Path(p).resolve()) for p in paths],
-            "num_samples": total, "unit_size": unit, "scorers": scorers}
+            "num_samples": total, "unit_size": unit, "scorers": scorers,
+            "unit_order": {"shuffle": bool(config.data.shuffle), "seed": int(config.data.seed)}}
+    first_pass = unit_order(meta, total)
 
     if out.is_file() and not overwrite:
         existing = load_scores(out)
@@ -302,7 +321,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
         if todo.size:
             if done:
                 say(f"resuming: {done} of scorer {scorer}'s {mine.size} units already scored")
-            order = np.concatenate([np.arange(u * unit, min((u + 1) * unit, total)) for u in todo])
+            order = sampling.unit_samples(todo, "batch", unit, total, first_pass)
             dataset = create_dataset(paths, rows, shuffle=False, indices=order, drop_remainder=False)
             device_config = dataclasses.replace(config, model=adapt_to_device(config.model, target, say))
             net = scoring_network(device_config, par, weights)
@@ -327,7 +346,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
                 unit_value = s.sum() / max(c.sum(), 1.0)
                 if not (np.isfinite(per_sample).all() and math.isfinite(unit_value)):
                     flush(False)
-                    bad = [u * unit + int(i) for i in np.flatnonzero(~np.isfinite(per_sample))]
+                    bad = [int(first_pass[u * unit + i]) for i in np.flatnonzero(~np.isfinite(per_sample))]
                     raise ValueError(f"non-finite loss on unit {u} (samples {bad[:8]}): the checkpoint "
                                      f"{weights} cannot score the data")
                 unit_losses.append(unit_value)
@@ -343,7 +362,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
 
     parts = [wait_for_part(part_path(out, r, scorers), meta, rank_units(n_units, r, scorers), merge_timeout)
              for r in range(scorers)]
-    unit_loss, sample_loss = merge_parts(parts, n_units, unit, total)
+    unit_loss, sample_loss = merge_parts(parts, n_units, unit, total, first_pass)
     summary = save_scores(out, unit_loss, sample_loss, unit, meta)
     for r in range(scorers):
         part_path(out, r, scorers).unlink(missing_ok=True)

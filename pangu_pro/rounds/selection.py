@@ -3,9 +3,10 @@
 The output OUT.npy is an int64 array of **sample** indices, in the order the next round reads them
 (`DataConfig.index_file`, or `create_dataset(indices=...)`): the drawn units arranged by `order`
 (default: a seeded shuffle of the units; a drawn short last unit is moved to the end), each unit
-expanded to its consecutive samples in their original order. A unit is k whole global training batches
-(`scoring`), so with the next round's global batch equal to round 1's, every optimizer step of the
-next round reads samples of one selected unit only, and each unit fills exactly k steps. OUT with suffix .json records how the draw was made.
+expanded to its samples in round 1's order (`scoring.unit_order`). A unit is k whole optimizer-step
+batches of round 1 (`scoring`), so with the next round's global batch equal to round 1's, every
+optimizer step of the next round reads exactly the samples of one of round 1's steps, and each unit
+fills exactly k steps. OUT with suffix .json records how the draw was made.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json
 from pangu_pro.rounds import sampling
-from pangu_pro.rounds.scoring import load_scores
+from pangu_pro.rounds.scoring import load_scores, unit_order
 
 
 def select_from_scores(scores: dict, rate: float, *, seed: int = 0, temperature: float = 1.0,
@@ -29,7 +30,8 @@ def select_from_scores(scores: dict, rate: float, *, seed: int = 0, temperature:
     units = sampling.select(values, rate, seed=seed, temperature=temperature, order=order)
     if unit == "batch":
         units = short_unit_last(units, scores["num_samples"], scores["unit_size"])
-    samples = sampling.unit_samples(units, unit, scores["unit_size"], scores["num_samples"])
+    first_pass = unit_order(scores.get("meta", {}), scores["num_samples"]) if unit == "batch" else None
+    samples = sampling.unit_samples(units, unit, scores["unit_size"], scores["num_samples"], first_pass)
     probs = sampling.softmax_probabilities(values, temperature)
     report = {"unit": unit, "rate": rate, "seed": seed, "temperature": temperature, "order": order,
               "units_total": int(values.size), "units_selected": int(units.size),

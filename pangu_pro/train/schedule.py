@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import math
 
+# The official repository's schedule for training on from a pruned (inherited) checkpoint (RethinkTinyLM
+# `configs/LLM1B.py`, which its README gives for that step): peak lr 1e-4, 3% warm-up, cosine to 1e-5.
+OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_WARMUP_FRACTION, OFFICIAL_CONTINUED_MIN_LR_RATIO = 1e-4, 0.03, 0.1
+
 
 def lr_at(step: int, *, lr: float, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
     """The learning rate of update number `step` (1-based) under linear warmup then cosine decay."""
