@@ -8,7 +8,9 @@ start with ``<s>``; a LLaMA teacher imported with ``convert from-hf`` was traine
 A shard set records its convention in ``summary.json`` under `CONVENTION_KEY`. Shard sets written
 before that key existed hold ``text </s>`` with no ``<s>`` (`OLD_CONVENTION`): a model trained on
 them and scored with ``<s>`` first (or the other way round) sees inputs it never saw in training.
-`check_shard_convention` refuses such data, naming it and `pangu-pro preprocess` as the fix.
+`check_shard_convention` refuses such data, naming it and `pangu-pro preprocess` as the fix;
+`checkpoint_convention_problem` finds a checkpoint trained on such data (through the shard sets its
+state.json's config snapshot names), which the tools that load a checkpoint warn about.
 """
 from __future__ import annotations
 
@@ -31,7 +33,11 @@ def document_ids(text_ids: Sequence[int], bos_id: int, eos_id: int) -> list[int]
     return [bos_id, *text_ids, eos_id]
 
 
-def convention_problem(summary: dict, where: str, wanted: str = TOKEN_CONVENTION) -> Optional[str]:
+PREPROCESS_FIX = "Re-run `pangu-pro preprocess` on the source text to rewrite the shards."
+
+
+def convention_problem(summary: dict, where: str, wanted: str = TOKEN_CONVENTION,
+                       fix: str = PREPROCESS_FIX) -> Optional[str]:
     """Why data described by `summary` (a shard set's summary.json, at `where`) does not fit the
     convention `wanted`, or None when it does. A summary without the key is the old convention."""
     have = summary.get(CONVENTION_KEY, OLD_CONVENTION)
@@ -41,7 +47,7 @@ def convention_problem(summary: dict, where: str, wanted: str = TOKEN_CONVENTION
                 else f"has no {CONVENTION_KEY!r}: written before the convention was recorded, so {have!r}")
     return (f"{where} {recorded} ({DESCRIPTIONS.get(have, 'unknown')}), but pangu-pro trains and scores "
             f"with {wanted!r} ({DESCRIPTIONS.get(wanted, 'unknown')}); a model would be scored on inputs it "
-            f"never saw in training. Re-run `pangu-pro preprocess` on the source text to rewrite the shards.")
+            f"never saw in training. {fix}")
 
 
 def shard_summaries(files: Iterable[str | Path]) -> list[Path]:
@@ -64,3 +70,22 @@ def check_shard_convention(files: Iterable[str | Path]) -> None:
         problem = convention_problem(read_json(summary), str(summary))
         if problem:
             raise ValueError(problem)
+
+
+def checkpoint_convention_problem(checkpoint: str | Path) -> Optional[str]:
+    """Why the model in `checkpoint` (a training checkpoint folder or its weights file) was trained
+    under another convention, or None: the shard sets its state.json's config snapshot trained on, as
+    their summaries read now. Weights without a state.json (imported, inherited) are not judged."""
+    from pangu_pro.io import read_json
+
+    path = Path(checkpoint)
+    state = (path if path.is_dir() else path.parent) / "state.json"
+    if not state.is_file():
+        return None
+    files = ((read_json(state).get("config") or {}).get("data") or {}).get("train_files") or []
+    for summary in shard_summaries(files):
+        problem = convention_problem(read_json(summary), str(summary), fix=(
+            "Retrain (or continue training) on shards re-made by `pangu-pro preprocess`."))
+        if problem:
+            return f"{checkpoint} was trained on old data: {problem}"
+    return None

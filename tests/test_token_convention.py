@@ -90,3 +90,24 @@ def test_one_string_gives_the_same_ids_in_every_tool(export, tmp_path, monkeypat
     # the exported tokenizer, as a Hugging Face client calls it
     assert transformers.AutoTokenizer.from_pretrained(str(hf_dir))(text)["input_ids"] == expected
     assert load_config(hf_dir.parent / "model.yaml").model.bos_token_id == sp.bos_id()
+
+
+def test_generate_warns_about_a_checkpoint_trained_on_old_shards(export, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from pangu_pro.cli import main
+    from pangu_pro.model import generation
+
+    hf_dir, _, _ = export
+    old = tmp_path / "old_shards"
+    old.mkdir()
+    (old / "summary.json").write_text(json.dumps({"documents": 1}))  # written before token_convention existed
+    step = tmp_path / "step_00000010"
+    step.mkdir()
+    shutil.copyfile(hf_dir.parent / "w.safetensors", step / "model.safetensors")
+    (step / "state.json").write_text(json.dumps({"step": 10, "config": {"data": {"train_files": [str(old)]}}}))
+    monkeypatch.setattr(generation.Generator, "generate", lambda self, prompts, sampling: [[] for _ in prompts])
+    assert main(["generate", str(hf_dir.parent / "model.yaml"), "--checkpoint", str(step), "--prompt-ids", "1 5",
+                 "--max-new-tokens", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {step} was trained on old data: {old / 'summary.json'} has no 'token_convention'" in err

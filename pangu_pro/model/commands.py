@@ -72,6 +72,12 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--prompt-ids must be space-separated integers, got {args.prompt_ids}") from None
     if args.checkpoint is None:
         print("note: no --checkpoint given, generating with random weights", file=sys.stderr)
+    else:
+        from pangu_pro.tokens import checkpoint_convention_problem
+
+        problem = checkpoint_convention_problem(args.checkpoint)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
     model = build_model(model_cfg, args.checkpoint, seed=args.seed)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed,
