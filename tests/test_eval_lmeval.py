@@ -45,7 +45,7 @@ print(json.dumps({"loglik": [[float(r[0]) for r in s["filtered_resps"]] for s in
 
 
 def write_task(folder, data_file):
-    """The lm-eval task of docs/eval.md: local JSON lines, the context and the choices as our PIQA loader builds them."""
+    """The lm-eval task of docs/eval.md: local JSON lines; context and choices as our PIQA loader builds them."""
     folder.mkdir()
     (folder / f"{TASK}.yaml").write_text(yaml.safe_dump({
         "task": TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"validation": str(data_file)}},

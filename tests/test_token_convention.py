@@ -18,8 +18,8 @@ from tests.test_convert import export_with_tokenizer, train_spm  # noqa: E402
 pytestmark = pytest.mark.hf
 
 # the usual edge cases of a SentencePiece-compatible tokenizer
-EDGE_CASES = ["", " ", "  leading spaces", "several    spaces inside", "trailing space ", "two\nlines",
-              "\nnewline first", "ends with a newline\n", "tab\tinside", "\ttab first", "a\r\nb",
+EDGE_CASES = ["", " ", "  leading spaces", "several    spaces inside", "trailing space ",
+              "two\nlines", "\nnewline first", "ends with a newline\n", "tab\tinside", "\ttab first", "a\r\nb",
               "unseen wörds: ŝ ∑ ‽", "emoji 🙂🚀 and ⚡", "🙂", "数据 中文字符 测试", "日本語とCJK、混ぜて。",
               "def convert(x):  return x * 2  # twice", "12345 numbers!"]
 

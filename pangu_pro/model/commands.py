@@ -7,6 +7,7 @@ import time
 
 from pangu_pro.cli import add_config_overrides
 from pangu_pro.config import load_config
+from pangu_pro.tokens import checkpoint_convention_problem, prompt_ids
 
 
 def register(subparsers) -> None:
@@ -62,8 +63,6 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError("--prompt needs a tokenizer: pass --tokenizer or set data.tokenizer in the config")
         import sentencepiece as spm
         tokenizer = spm.SentencePieceProcessor(model_file=path)
-        from pangu_pro.tokens import prompt_ids
-
         prompts = [prompt_ids(tokenizer.encode(text), model_cfg.bos_token_id) for text in args.prompt]
     else:
         try:
@@ -73,8 +72,6 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         print("note: no --checkpoint given, generating with random weights", file=sys.stderr)
     else:
-        from pangu_pro.tokens import checkpoint_convention_problem
-
         problem = checkpoint_convention_problem(args.checkpoint)
         if problem:
             print(f"warning: {problem}", file=sys.stderr)

@@ -14,12 +14,12 @@ compact tokenizer's); a mismatch is refused, naming the tokenizer file and the o
 
 Choices: `add_bos_token` is True and `add_eos_token` False, so ``tok(text)`` gives ``<s>`` then
 SentencePiece's `encode(text)`: the token convention of `pangu_pro.tokens` (every training document
-starts with ``<s>``), which HF clients such as lm-eval expect of a LLaMA tokenizer. `legacy=True` reproduces SentencePiece's dummy prefix exactly (our tokenizers are trained
-with identity normalisation, so no charsmap is lost). Special-token names are the model's own
-pieces (`id_to_piece` of the unk/bos/eos/pad ids). The pad token is the piece at the config's
-`pad_token_id` (default 0, `<unk>`: our tokenizers have no pad piece, and packed data never uses
-`<unk>` as a target), with left padding, so `tok(prompts, padding=True)` batches for generation and
-config.json's pad_token_id names the same token.
+starts with ``<s>``), which HF clients such as lm-eval expect of a LLaMA tokenizer. `legacy=True`
+reproduces SentencePiece's dummy prefix exactly (our tokenizers are trained with identity normalisation,
+so no charsmap is lost). Special-token names are the model's own pieces (`id_to_piece` of the
+unk/bos/eos/pad ids). The pad token is the piece at the config's `pad_token_id` (default 0, `<unk>`: our
+tokenizers have no pad piece, and packed data never uses `<unk>` as a target), with left padding, so
+`tok(prompts, padding=True)` batches for generation and config.json's pad_token_id names the same token.
 
 Unigram models are refused: transformers' converter gives unigram models a `tokenizers` Unigram
 model whose Viterbi segmentation differs from SentencePiece's on some lines (about 1 in 600 of a
