@@ -23,6 +23,9 @@ setup(
     extras_require={
         "test": ["pytest", "rouge-score"],
         "hf": ["torch==2.13.0", "transformers==4.57.1"],
+        # EleutherAI's harness as a client of exports (docs/eval.md); 0.4.13 keeps the torch, transformers,
+        # numpy<2 and datasets pins above as they are
+        "lmeval": ["lm-eval[hf]==0.4.13"],
     },
     entry_points={"console_scripts": ["pangu-pro=pangu_pro.cli:main"]},
 )

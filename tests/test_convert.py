@@ -217,6 +217,7 @@ def test_tokenizer_files_give_sentencepiece_ids(tmp_path):
     samples = LINES[:4] + ["  leading spaces", "unseen wörds: ŝ ∑ 🙂", "fox\ndog", "x  y   z"]
     for sample in samples:
         assert tokenizer(sample, add_special_tokens=False)["input_ids"] == sp.encode(sample), sample
+        assert tokenizer(sample)["input_ids"] == [sp.bos_id()] + sp.encode(sample), sample  # <s> text
     # special tokens are the model's own pieces, the pad token is config.json's pad_token_id
     hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (hf_config["bos_token_id"], hf_config["eos_token_id"])
@@ -232,7 +233,7 @@ def test_export_pads_a_batch_and_batched_greedy_generation_equals_each_prompt(tm
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
     prompts = ["The quick brown fox jumps over", "Tiny"]
     batch = tokenizer(prompts, padding=True, return_tensors="pt")
-    lengths = [len(sp.encode(p)) for p in prompts]
+    lengths = [1 + len(sp.encode(p)) for p in prompts]  # <s> first
     assert tokenizer.padding_side == "left" and batch["input_ids"].shape[1] == max(lengths)
     assert batch["attention_mask"].sum(1).tolist() == lengths
     settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)

@@ -44,8 +44,9 @@ def encoder(spm_model):
 
 
 def expected_samples(encoder, docs: list[str], seq: int = SEQ) -> np.ndarray:
-    """The packing spec written out independently: tokens + EOS per document, cut into rows of seq + 1."""
-    stream = [t for doc in docs for t in encoder.encode(doc) + [encoder.eos_id()]]
+    """The packing spec written out independently: BOS + tokens + EOS per document (LLaMA's convention),
+    cut into rows of seq + 1."""
+    stream = [t for doc in docs for t in [encoder.bos_id()] + encoder.encode(doc) + [encoder.eos_id()]]
     rows = len(stream) // (seq + 1)
     return np.array(stream[:rows * (seq + 1)], dtype=np.int32).reshape(rows, seq + 1)
 
@@ -95,12 +96,12 @@ def test_corpus_cli(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ preprocess
 
-def test_packed_samples_are_the_eos_joined_token_stream(corpus, packed, encoder):
+def test_packed_samples_are_the_bos_eos_joined_token_stream(corpus, packed, encoder):
     docs = (corpus / "train.txt").read_text(encoding="utf-8").splitlines()
     expected = expected_samples(encoder, docs)
     np.testing.assert_array_equal(read_samples(packed), expected)
     summary = json.loads((packed / "summary.json").read_text())
-    tokens = sum(len(encoder.encode(doc)) + 1 for doc in docs)
+    tokens = sum(len(encoder.encode(doc)) + 2 for doc in docs)
     assert summary["documents"] == len(docs) and summary["tokens"] == tokens
     assert summary["samples"] == len(expected) == count_samples(packed)
     assert summary["dropped_tail_tokens"] == tokens - expected.size
@@ -108,7 +109,28 @@ def test_packed_samples_are_the_eos_joined_token_stream(corpus, packed, encoder)
         [len(expected) % 50] if len(expected) % 50 else [])
     assert resolve_files(packed) == [str(packed / s["file"]) for s in summary["shards"]]
     assert summary["skipped_total"] == 0
-    assert encoder.bos_id() not in expected  # no BOS
+    assert summary["token_convention"] == "llama" and summary["tokenizer"]["bos_id"] == encoder.bos_id()
+    starts = np.flatnonzero(read_samples(packed).reshape(-1) == encoder.bos_id())
+    assert starts[0] == 0 and (read_samples(packed).reshape(-1)[starts[1:] - 1] == encoder.eos_id()).all()
+
+
+def test_loader_refuses_a_shard_set_of_the_old_convention(packed, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(packed, old)
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["token_convention"]  # as written before the key existed: no BOS in the shards
+    (old / "summary.json").write_text(json.dumps(summary))
+    for files in (old, resolve_files(old)[:1]):  # the folder, or one of its shard files
+        with pytest.raises(ValueError, match=r"summary.json has no 'token_convention'.*'eos-only'.*'llama'.*"
+                                             r"pangu-pro preprocess"):
+            create_dataset(files, 4, shuffle=False)
+    summary["token_convention"] = "chatml"
+    (old / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="records token_convention = 'chatml'"):
+        create_dataset(old, 4, shuffle=False)
+    assert create_dataset(packed, 4, shuffle=False).get_dataset_size() > 0
 
 
 def test_skipped_lines_are_counted_by_reason(tmp_path, spm_model, encoder):

@@ -24,8 +24,10 @@ NEW2OLD = np.concatenate([[0, 1, 2], np.arange(27, 64)]).astype(np.int64)
 COMPACT_SHA = "c0" * 32
 
 
-def write_data(folder: Path, rows: np.ndarray, tokenizer_sha: str, vocab: int, summary: bool = True):
-    """A preprocess folder: shards plus (`summary`) the summary.json naming the tokenizer that made them."""
+def write_data(folder: Path, rows: np.ndarray, tokenizer_sha: str, vocab: int, summary: bool = True,
+               convention: str | None = "llama"):
+    """A preprocess folder: shards plus (`summary`) the summary.json naming the tokenizer that made them
+    and (unless `convention` is None, as before it was recorded) the token convention."""
     from pangu_pro.data.preprocess import ShardWriter
 
     folder.mkdir()
@@ -35,7 +37,8 @@ def write_data(folder: Path, rows: np.ndarray, tokenizer_sha: str, vocab: int, s
     if summary:
         (folder / "summary.json").write_text(json.dumps({
             "tokenizer": {"path": f"tok/{tokenizer_sha[:4]}.model", "sha256": tokenizer_sha, "vocab_size": vocab,
-                          "eos_id": 2}, "seq_length": rows.shape[1] - 1, "samples": len(rows)}))
+                          "eos_id": 2}, "seq_length": rows.shape[1] - 1, "samples": len(rows),
+            **({"token_convention": convention} if convention else {})}))
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,7 @@ def setup(tmp_path_factory):
     big[:, ::3] = 50  # ids the compact vocabulary does not have
     write_data(root / "big", big.astype(np.int32), "b1" * 32, 64)
     write_data(root / "unlabelled", big.astype(np.int32), "", 64, summary=False)
+    write_data(root / "no_bos", rows.astype(np.int32), COMPACT_SHA, 40, convention=None)
     np.save(root / "compact.new2old.npy", NEW2OLD)
     (root / "compact.new2old.json").write_text(json.dumps({
         "source_sha256": "b1" * 32, "compact_sha256": COMPACT_SHA, "compact_tokenizer": "tok/compact.model",
@@ -93,6 +97,13 @@ def test_check_refuses_data_of_another_tokenizer_naming_both_files(setup, capsys
     assert main(["inherit", str(write_inherit(setup, "raw", "unlabelled", vocab_map=str(bare))), "--check"]) == 2
     err = capsys.readouterr().err
     assert "maximum id 50" in err and str(setup / "unlabelled") in err and str(bare) in err
+
+
+def test_check_refuses_data_of_the_old_token_convention(setup, capsys):
+    assert main(["inherit", str(write_inherit(setup, "old", "no_bos")), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert str(setup / "no_bos" / "summary.json") in err and "no 'token_convention'" in err
+    assert "'eos-only'" in err and "'llama'" in err and "pangu-pro preprocess" in err
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ def test_hf_tokenizer_matches_sentencepiece(work, tmp_path):
     hf = AutoTokenizer.from_pretrained(out)
     sp = processor(work["ours"].model_path)
     texts = MIXED + work["held"][:1000]
-    assert [hf.encode(t) for t in texts] == [sp.encode(t) for t in texts]
+    assert [hf.encode(t) for t in texts] == [[sp.bos_id()] + sp.encode(t) for t in texts]  # <s> text
     assert hf.decode(sp.encode(MIXED[2])) == MIXED[2]
 
 

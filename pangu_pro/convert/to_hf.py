@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 from pangu_pro.progress import progress_bar
@@ -21,6 +22,7 @@ from pangu_pro.convert.checkpoints import open_checkpoint
 from pangu_pro.convert.names import STORAGE_CODES, TORCH_DTYPES, expected_shapes, hf_config, is_pangu, to_hf_name
 from pangu_pro.convert.safetensors_stream import ITEM_SIZES, cast_for_storage, write_safetensors
 from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, atomic_write_text
+from pangu_pro.tokens import checkpoint_convention_problem
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -103,6 +105,9 @@ def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, 
         raise FileNotFoundError(f"{tokenizer}: tokenizer model not found")
     source = open_checkpoint(checkpoint)
     expected = check_checkpoint(source, cfg)
+    problem = checkpoint_convention_problem(checkpoint)
+    if problem:  # the export's tokenizer puts <s> first, which this model never saw
+        print(f"warning: {problem}", file=sys.stderr)
     tokenizer_values = None
     if tokenizer is not None:
         tokenizer_values = tokenizer_checks(checkpoint, cfg, config_source)

@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from pangu_pro.data.preprocess import SHARD_PREFIX, SHARD_SUFFIX
+from pangu_pro.tokens import check_shard_convention
 
 Files = Union[str, Path, Sequence[Union[str, Path]]]
 Indices = Union[None, str, Path, Sequence[int], np.ndarray]
@@ -127,13 +128,15 @@ def create_dataset(files: Files, batch_size: int, *, shuffle: bool = True, seed:
                    num_epochs: int = 1, num_parallel_workers: int = 2):
     """A MindDataset yielding ``input_ids`` int32 [batch_size, seq_length + 1], ordered by `sample_order`.
 
-    `files`: shard files or preprocess folders. `indices`: a subset (array or .npy path) read in its
+    `files`: shard files or preprocess folders (a shard set written under another token convention is
+    refused: `pangu_pro.tokens.check_shard_convention`). `indices`: a subset (array or .npy path) read in its
     own order instead of a shuffle. Raises ValueError when nothing is left to read (e.g. `skip_batches`
     past the end), naming the numbers.
     """
     import mindspore.dataset as ds
 
     paths = resolve_files(files)
+    check_shard_convention(paths)
     total = count_samples(paths)
     segments = sample_segments(total, batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
                                skip_batches=skip_batches, indices=load_indices(indices, total),

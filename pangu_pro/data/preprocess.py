@@ -8,8 +8,9 @@ Inputs
     path order (other files, e.g. a pretty-printed ``manifest.json``, are listed in the summary as
     ignored).
 
-Every document is encoded with SentencePiece (no BOS) and followed by the EOS id; the token streams of
-all documents, in input order, are concatenated and cut into samples of exactly ``seq_length + 1``
+Every document becomes ``<s> text </s>`` (SentencePiece's ids of the text between the BOS and EOS ids:
+LLaMA's convention, `pangu_pro.tokens`, recorded in summary.json as ``token_convention``); the token
+streams of all documents, in input order, are concatenated and cut into samples of exactly ``seq_length + 1``
 tokens (the last, incomplete sample is dropped and counted). Samples go to MindRecord shards
 ``data_00000.mindrecord, ...`` of `--shard-size` samples each, schema ``input_ids: int32 [-1]``.
 
@@ -44,6 +45,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 import numpy as np
 
 from pangu_pro.io import atomic_write_json, file_sha256
+from pangu_pro.tokens import CONVENTION_KEY, TOKEN_CONVENTION, document_ids
 from pangu_pro.tokenizer.counting import save_counts
 
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
@@ -152,7 +154,7 @@ def read_chunks(files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES) -> Iterat
 
 @dataclass
 class ChunkResult:
-    """Tokens of a chunk's documents (each followed by EOS) and what was skipped where."""
+    """Tokens of a chunk's documents (each ``<s> text </s>``) and what was skipped where."""
 
     tokens: np.ndarray
     documents: int
@@ -161,7 +163,7 @@ class ChunkResult:
     nbytes: int
 
 
-def tokenize_chunk(chunk: Chunk, encode: Callable[[list[str]], list[list[int]]], eos_id: int,
+def tokenize_chunk(chunk: Chunk, encode: Callable[[list[str]], list[list[int]]], bos_id: int, eos_id: int,
                    text_field: str) -> ChunkResult:
     """Parse and encode one chunk; pure apart from `encode`."""
     docs: list[str] = []
@@ -175,10 +177,7 @@ def tokenize_chunk(chunk: Chunk, encode: Callable[[list[str]], list[list[int]]],
                 examples.append((reason, f"{chunk.path}:{chunk.first_line + offset}"))
         else:
             docs.append(text)
-    pieces = []
-    for ids in encode(docs):
-        pieces.append(np.asarray(ids, dtype=np.int32))
-        pieces.append(np.array([eos_id], dtype=np.int32))
+    pieces = [np.asarray(document_ids(ids, bos_id, eos_id), dtype=np.int32) for ids in encode(docs)]
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     return ChunkResult(tokens, len(docs), skipped, examples, chunk.nbytes)
 
@@ -212,9 +211,9 @@ def _init_worker(model_file: str) -> None:
     _ENCODE = lambda docs: processor.encode(docs, out_type=int, add_bos=False, add_eos=False, num_threads=1)
 
 
-def _work(job: tuple[Chunk, int, str]) -> ChunkResult:
-    chunk, eos_id, text_field = job
-    return tokenize_chunk(chunk, _ENCODE, eos_id, text_field)
+def _work(job: tuple[Chunk, int, int, str]) -> ChunkResult:
+    chunk, bos_id, eos_id, text_field = job
+    return tokenize_chunk(chunk, _ENCODE, bos_id, eos_id, text_field)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
@@ -340,9 +339,11 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
         processor = spm.SentencePieceProcessor(model_file=str(tokenizer))
     except (OSError, RuntimeError) as err:
         raise ValueError(f"{tokenizer}: not a SentencePiece model ({err})") from None
-    eos_id = processor.eos_id()
-    if eos_id < 0:
-        raise ValueError(f"{tokenizer}: the model has no EOS piece (eos_id = -1); train it with one")
+    bos_id, eos_id = processor.bos_id(), processor.eos_id()
+    for name, value in (("BOS", bos_id), ("EOS", eos_id)):
+        if value < 0:
+            raise ValueError(f"{tokenizer}: the model has no {name} piece ({name.lower()}_id = -1); documents are "
+                             f"packed as <s> text </s>, so train it with one")
     workers = workers or os.cpu_count() or 1
     out = Path(out)
     files, ignored = discover_inputs(inputs)
@@ -361,7 +362,7 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
         documents = tokens = 0
         skipped = dict.fromkeys(REASONS, 0)
         examples: dict[str, list[str]] = {reason: [] for reason in REASONS}
-        jobs = ((chunk, eos_id, text_field) for chunk in read_chunks(files, chunk_bytes))
+        jobs = ((chunk, bos_id, eos_id, text_field) for chunk in read_chunks(files, chunk_bytes))
         total = sum(path.stat().st_size for path in files)
         with progress_bar(total=total, unit="B", unit_scale=True, desc="preprocess", disable=not progress) as bar:
             for result in ordered_map(_work, jobs, workers, _init_worker, (str(tokenizer),)):
@@ -385,7 +386,8 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
                        for p in files],
             "ignored_files": ignored,
             "tokenizer": {"path": str(tokenizer), "sha256": file_sha256(tokenizer),
-                          "vocab_size": processor.get_piece_size(), "eos_id": eos_id},
+                          "vocab_size": processor.get_piece_size(), "bos_id": bos_id, "eos_id": eos_id},
+            CONVENTION_KEY: TOKEN_CONVENTION,
             "text_field": text_field,
             "seq_length": seq_length,
             "sample_length": seq_length + 1,

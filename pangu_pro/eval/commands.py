@@ -74,6 +74,7 @@ def evaluate_checkpoint(config, checkpoint, tasks, args, log=print) -> dict:
     from pangu_pro.eval.report import markdown_table, paper_row_for
     from pangu_pro.model.weights import build_model
     from pangu_pro.runtime import adapt_to_device, init_mindspore
+    from pangu_pro.tokens import checkpoint_convention_problem
 
     init_mindspore()
     model_cfg = adapt_to_device(config.model, announce=log)
@@ -91,6 +92,9 @@ def evaluate_checkpoint(config, checkpoint, tasks, args, log=print) -> dict:
         if tokenizer.get_piece_size() > model_cfg.vocab_size:
             raise ValueError(f"{path}: {tokenizer.get_piece_size()} pieces do not fit the model's vocab_size "
                              f"{model_cfg.vocab_size}")
+    problem = checkpoint_convention_problem(checkpoint)
+    if problem:
+        log(f"warning: {problem}")
     model = build_model(model_cfg, weights=checkpoint)
     model.set_train(False)
     backend = MindSporeBackend(model, args.batch_size)

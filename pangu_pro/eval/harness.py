@@ -14,6 +14,7 @@ import numpy as np
 
 from pangu_pro.eval.scoring import (Request, choice_value, make_request, pick, score_requests)
 from pangu_pro.eval.tasks import Group, build_context, check_shots
+from pangu_pro.tokens import document_ids, prompt_ids
 
 
 def evaluate_choice(groups: Sequence[Group], backend, tokenizer, shots: int = 0, rule: str = "prompt",
@@ -72,7 +73,7 @@ def evaluate_generation(pairs: Sequence[tuple[str, str]], generate: Callable[[li
 
     if not pairs:
         raise ValueError("no generation items")
-    prompts = [[bos_id] + list(tokenizer.encode(p))[-(max_prompt_tokens - 1):] for p, _ in pairs]
+    prompts = [prompt_ids(list(tokenizer.encode(p))[-(max_prompt_tokens - 1):], bos_id) for p, _ in pairs]
     outputs: list[str] = []
     for start in progress_bar(range(0, len(prompts), batch_size), desc="generate", unit="batch", disable=not progress):
         batch = prompts[start:start + batch_size]
@@ -118,7 +119,7 @@ def text_perplexity(paths: Sequence[str | Path], backend, tokenizer, bos_id: int
             raise FileNotFoundError(f"{path}: held-out text file not found (expected UTF-8 text, one document a line)")
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                stream.extend([bos_id] + list(tokenizer.encode(line)) + [eos_id])
+                stream.extend(document_ids(tokenizer.encode(line), bos_id, eos_id))
     if len(stream) < 2:
         raise ValueError(f"{', '.join(map(str, paths))}: no text to evaluate")
     requests = text_windows(stream, backend.max_length)

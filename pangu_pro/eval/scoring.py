@@ -1,6 +1,7 @@
 """Log-likelihood scoring on static shapes, and the choice rule.
 
-A *request* is one token sequence ``[BOS] + tokens(context + continuation)`` and the number of its
+A *request* is one token sequence ``[BOS] + tokens(context + continuation)`` (the prompt of
+`pangu_pro.tokens`, as every document starts in training) and the number of its
 last tokens that belong to the continuation. A *backend* (``token_logprobs``) gives, for a batch of
 ids ``[B, T]`` and the next tokens ``[B, T]``, ``log p(next | prefix)`` per position. Here:
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
+
+from pangu_pro.tokens import prompt_ids
 
 MIN_BUCKET = 16
 SCORING_RULES = ("prompt", "mean", "sum")
@@ -79,8 +82,7 @@ def make_request(tokenizer, context: str, continuation: str, bos_id: int, max_le
         raise ValueError(f"empty continuation after context {context[-40:]!r}")
     if n_cont + 1 > max_length:
         raise ValueError(f"a continuation of {n_cont} tokens does not fit the maximum length {max_length}")
-    keep = max_length - 1
-    return Request(tuple([bos_id] + whole[-keep:]), n_cont)
+    return Request(tuple(prompt_ids(whole[-(max_length - 1):], bos_id)), n_cont)
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

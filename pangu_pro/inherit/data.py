@@ -3,12 +3,14 @@
 With `inherit.vocab_map` the teacher is remapped to the compact vocabulary first (its embedding and
 head rows gathered through `new2old`, `pangu_pro.tokenizer.remap`), so the data must be made with the
 compact tokenizer: ids in [0, len(new2old)). Without a map the data's ids index the teacher's own
-vocabulary. Two checks, each error naming the data file and the file it disagrees with:
+vocabulary. Three checks, each error naming the data file and the file it disagrees with:
 
 - the tokenizer: a preprocess folder's ``summary.json`` records the tokenizer's SHA-256 and size; it
   must be the compact tokenizer recorded in the map's ``.json`` (written beside the ``.npy`` by
   `tokenizer compress`), not its source, and its size must be the vocabulary the model is fed
   (without a map: at most that vocabulary, which may be padded);
+- the token convention the summary records must be the one the teacher is scored with
+  (`pangu_pro.tokens`; a summary without it is the old one, with no ``<s>``);
 - the maximum id of up to `MAX_ID_SAMPLES` sequences spread evenly over the data (every folder or file)
   must be below that vocabulary.
 """
@@ -21,6 +23,7 @@ import numpy as np
 
 from pangu_pro.configtools import ConfigError
 from pangu_pro.io import read_json
+from pangu_pro.tokens import convention_problem
 
 MAX_ID_SAMPLES = 512
 
@@ -55,7 +58,11 @@ def check_data_vocabulary(files: Sequence[str], vocab_size: int, model_file: str
         path = Path(raw)
         summary = path / "summary.json" if path.is_dir() else None
         if summary is not None and summary.is_file():
-            tok = read_json(summary).get("tokenizer") or {}
+            data_summary = read_json(summary)
+            problem = convention_problem(data_summary, str(summary))
+            if problem:
+                raise ConfigError("data.train_files", problem, source)
+            tok = data_summary.get("tokenizer") or {}
             made_with = f"{tok.get('path', '?')} (sha256 {str(tok.get('sha256', '?'))[:12]}…)"
             if record is not None and tok.get("sha256") not in (None, record.get("compact_sha256")):
                 which = ("the teacher's full tokenizer" if tok.get("sha256") == record.get("source_sha256")

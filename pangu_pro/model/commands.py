@@ -7,6 +7,7 @@ import time
 
 from pangu_pro.cli import add_config_overrides
 from pangu_pro.config import load_config
+from pangu_pro.tokens import checkpoint_convention_problem, prompt_ids
 
 
 def register(subparsers) -> None:
@@ -23,8 +24,10 @@ def register(subparsers) -> None:
     g.add_argument("--checkpoint", help="weights file or checkpoint folder (random weights if omitted)")
     g.add_argument("--tokenizer", help="SentencePiece .model (default: data.tokenizer of the config)")
     source = g.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    source.add_argument("--prompt-ids", action="append", help="prompt as space-separated token ids (repeatable)")
+    source.add_argument("--prompt", action="append", help="prompt text, fed as <s> text like a training "
+                        "document's start (repeat for a batch)")
+    source.add_argument("--prompt-ids", action="append", help="prompt as space-separated token ids, fed as given "
+                        "(start with the BOS id, as training documents do; repeatable)")
     g.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: no limit)")
@@ -60,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError("--prompt needs a tokenizer: pass --tokenizer or set data.tokenizer in the config")
         import sentencepiece as spm
         tokenizer = spm.SentencePieceProcessor(model_file=path)
-        prompts = [tokenizer.encode(text) for text in args.prompt]
+        prompts = [prompt_ids(tokenizer.encode(text), model_cfg.bos_token_id) for text in args.prompt]
     else:
         try:
             prompts = [[int(t) for t in ids.split()] for ids in args.prompt_ids]
@@ -68,6 +71,10 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ValueError(f"--prompt-ids must be space-separated integers, got {args.prompt_ids}") from None
     if args.checkpoint is None:
         print("note: no --checkpoint given, generating with random weights", file=sys.stderr)
+    else:
+        problem = checkpoint_convention_problem(args.checkpoint)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
     model = build_model(model_cfg, args.checkpoint, seed=args.seed)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed,

@@ -9,6 +9,8 @@ Graph mode compiles one graph per input shape, so decoding keeps every shape fix
 - the step returns the greedy token beside the logits, so greedy decoding feeds it back as the
   next input without a round trip through NumPy, and never copies [B, V] logits to the host.
 Left padding is exact: RoPE sees only relative positions, and padded keys are masked out.
+Prompts are token ids as given; a text prompt starts with BOS (`pangu_pro.tokens.prompt_ids`), as
+every training document does.
 """
 from __future__ import annotations
 

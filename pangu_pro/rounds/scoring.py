@@ -49,6 +49,7 @@ import numpy as np
 from pangu_pro.io import atomic_path, atomic_write_json, read_json
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.sampling import num_units as count_units
+from pangu_pro.tokens import checkpoint_convention_problem
 
 PARTS_SUFFIX = ".parts"
 
@@ -268,6 +269,9 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
     if paths is None:
         raise ValueError("no training data to score: set data.train_files or pass --data")
     weights = resolve_weights(checkpoint)
+    problem = checkpoint_convention_problem(weights)
+    if problem:  # the data itself is checked by the loader
+        say(f"warning: {problem}")
     rows = (batch_size or config.train.batch_size) * (par.read_factor if par.semi_auto else 1)
     if config.multi_round is None:
         from pangu_pro.rounds.config import MultiRoundConfig

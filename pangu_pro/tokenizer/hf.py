@@ -2,21 +2,24 @@
 
 `write_hf_tokenizer` converts with transformers' own Llama converter (LlamaTokenizerFast built
 from the slow tokenizer) and saves tokenizer.json, tokenizer_config.json, special_tokens_map.json
-and a copy of tokenizer.model, so `AutoTokenizer.from_pretrained(out_dir)` loads it.
+and a copy of tokenizer.model, so `AutoTokenizer.from_pretrained(out_dir)` loads it. The fast
+tokenizer is self-sufficient: tokenizer_config.json carries no key that makes transformers rebuild it
+from tokenizer.model (`SLOW_REBUILD_KEYS`; that rebuild needs sentencepiece and protobuf in the
+client), so a client needs transformers alone.
 
 Checks against the model (plain values from the model config and the checkpoint, so this module
 needs neither): the tokenizer's size must equal `vocab_size`, its `<s>`/`</s>` ids the config's
 bos/eos ids, and its SHA-256 the digest the checkpoint records (a remapped checkpoint records its
 compact tokenizer's); a mismatch is refused, naming the tokenizer file and the other source.
 
-Choices: `add_bos_token` and `add_eos_token` are False, so the Hugging Face ids equal
-SentencePiece's `encode(text)` (which adds neither); callers add `<s>` themselves, as our packed
-data does. `legacy=True` reproduces SentencePiece's dummy prefix exactly (our tokenizers are trained
-with identity normalisation, so no charsmap is lost). Special-token names are the model's own
-pieces (`id_to_piece` of the unk/bos/eos/pad ids). The pad token is the piece at the config's
-`pad_token_id` (default 0, `<unk>`: our tokenizers have no pad piece, and packed data never uses
-`<unk>` as a target), with left padding, so `tok(prompts, padding=True)` batches for generation and
-config.json's pad_token_id names the same token.
+Choices: `add_bos_token` is True and `add_eos_token` False, so ``tok(text)`` gives ``<s>`` then
+SentencePiece's `encode(text)`: the token convention of `pangu_pro.tokens` (every training document
+starts with ``<s>``), which HF clients such as lm-eval expect of a LLaMA tokenizer. `legacy=True`
+reproduces SentencePiece's dummy prefix exactly (our tokenizers are trained with identity normalisation,
+so no charsmap is lost). Special-token names are the model's own pieces (`id_to_piece` of the
+unk/bos/eos/pad ids). The pad token is the piece at the config's `pad_token_id` (default 0, `<unk>`: our
+tokenizers have no pad piece, and packed data never uses `<unk>` as a target), with left padding, so
+`tok(prompts, padding=True)` batches for generation and config.json's pad_token_id names the same token.
 
 Unigram models are refused: transformers' converter gives unigram models a `tokenizers` Unigram
 model whose Viterbi segmentation differs from SentencePiece's on some lines (about 1 in 600 of a
@@ -91,12 +94,27 @@ def write_hf_tokenizer(spm_model_path: str | Path, out_dir: str | Path, *, vocab
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".hf-") as tmp:
+        # TOKEN_CONVENTION "llama": <s> before every text, no </s> after a prompt
         tokenizer = LlamaTokenizerFast(vocab_file=str(spm_model_path), from_slow=True, legacy=True,
-                                       add_bos_token=False, add_eos_token=False, padding_side="left",
+                                       add_bos_token=True, add_eos_token=False, padding_side="left",
                                        add_prefix_space=proto.normalizer_spec.add_dummy_prefix,
                                        **special_tokens(proto, pad_token_id))
         tokenizer.save_pretrained(tmp)
+        drop_slow_rebuild_keys(Path(tmp) / "tokenizer_config.json")
         for path in Path(tmp).iterdir():
             path.replace(out_dir / path.name)
         shutil.copyfile(spm_model_path, out_dir / "tokenizer.model")
     return out_dir
+
+
+# LlamaTokenizerFast rebuilds itself from tokenizer.model (sentencepiece + protobuf in the client) whenever
+# its config passes one of these, ignoring tokenizer.json; the conversion has already applied them.
+SLOW_REBUILD_KEYS = ("add_prefix_space", "from_slow")
+
+
+def drop_slow_rebuild_keys(config_path: Path) -> None:
+    """Remove `SLOW_REBUILD_KEYS` from a saved tokenizer_config.json, so tokenizer.json alone is loaded."""
+    from pangu_pro.io import atomic_write_json, read_json
+
+    config = read_json(config_path)
+    atomic_write_json(config_path, {k: v for k, v in config.items() if k not in SLOW_REBUILD_KEYS})
