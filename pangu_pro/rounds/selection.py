@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json
+from pangu_pro.provenance import selection_record
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.scoring import load_scores
 
@@ -81,7 +82,7 @@ def select_command(args) -> int:
     samples, units, report = select_from_scores(scores, args.rate, seed=args.seed, temperature=args.temperature,
                                                 unit=args.unit, order=args.order)
     out = Path(args.out) if args.out else Path(args.scores).with_name("selection.npy")
-    write_selection(out, samples, units, {**report, "scores": str(args.scores)})
+    write_selection(out, samples, units, {**report, **selection_record(args.scores, scores["meta"])})
     print(f"selected {report['units_selected']} of {report['units_total']} {args.unit} units "
           f"({report['samples_selected']} samples, {report['selected_fraction']:.1%}); mean score "
           f"{report['mean_score_selected']:.4f} vs {report['mean_score']:.4f} overall; wrote {out}")
