@@ -4,7 +4,8 @@ Every artefact records where it comes from, where it is made:
 
     shards      DIR/summary.json           tokenizer (path, SHA-256, vocabulary size), sample_length
     checkpoint  step_N/state.json          the run's config; "provenance": the data's tokenizer and
-                                           sample length (`data_record`)
+                                           sample length (`data_record`); a remapped weights file holds
+                                           its tokenizer's digest in its metadata (`checkpoint_tokenizer`)
     mask ckpt   masks/step_N/state.json    "teacher": the teacher's weights (`weights_record`)
     scores      round_K/scores.json        the shard files scored and their sample count
     selection   selection.json             "scores" and "data_files" (`selection_record`)
@@ -24,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pangu_pro.io import file_sha256, read_json
+from pangu_pro.io import WEIGHTS_NAME, file_sha256, read_json
 
 SUMMARY_NAME = "summary.json"  # written by `pangu-pro preprocess` beside its shards
 MINDRECORD_SUFFIX, MINDRECORD_INDEX = ".mindrecord", ".db"  # MindSpore writes X.mindrecord and X.mindrecord.db
@@ -159,10 +160,32 @@ def checkpoint_state(path: str | Path) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def check_tokenizer_for_checkpoint(tokenizer: str | Path, checkpoint: str | Path) -> None:
-    """Refuse `tokenizer` when the checkpoint records that its data was written with another one."""
+def checkpoint_tokenizer(checkpoint: str | Path) -> dict:
+    """The tokenizer a checkpoint's token ids belong to: its state.json's record of the training data
+    (`data_record`), else the `tokenizer_sha256` its weights file's metadata holds (written by
+    `tokenizer remap-checkpoint`); {} when neither records one."""
     state = checkpoint_state(checkpoint) or {}
     recorded = (state.get("provenance") or {}).get("data") or {}
+    if recorded.get("tokenizer_sha256"):
+        return recorded
+    path = Path(checkpoint)
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    if weights.is_file() and weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), framework="numpy") as handle:
+                digest = (handle.metadata() or {}).get("tokenizer_sha256")
+        except Exception:  # noqa: BLE001 - a damaged file is the loader's to report, naming it
+            return {}
+        if digest:
+            return {"tokenizer_sha256": digest, "tokenizer_path": f"recorded in {weights}"}
+    return {}
+
+
+def check_tokenizer_for_checkpoint(tokenizer: str | Path, checkpoint: str | Path) -> None:
+    """Refuse `tokenizer` when the checkpoint records that its token ids belong to another one."""
+    recorded = checkpoint_tokenizer(checkpoint)
     digest = recorded.get("tokenizer_sha256")
     if not digest or not Path(tokenizer).is_file():
         return
@@ -175,7 +198,7 @@ def check_tokenizer_for_checkpoint(tokenizer: str | Path, checkpoint: str | Path
 
 def check_checkpoint_data(files: Iterable[str], key: str, checkpoint: str | Path) -> None:
     """Refuse shards written with another tokenizer than the data a checkpoint was trained on."""
-    recorded = ((checkpoint_state(checkpoint) or {}).get("provenance") or {}).get("data") or {}
+    recorded = checkpoint_tokenizer(checkpoint)
     ours = data_record(files)
     theirs, mine = recorded.get("tokenizer_sha256"), ours.get("tokenizer_sha256")
     if theirs and mine and theirs != mine:
@@ -259,9 +282,9 @@ def _files(paths: list[str]) -> str:
 
 # ---------------------------------------------------------------- resuming a run
 
-# keys whose change would make a checkpoint's weights or data position mean something else
-BREAKING = ("model.", "data.train_files", "data.index_file", "data.shuffle", "data.seed", "data.allow_shorter_samples",
-            "train.batch_size", "train.grad_accum_steps")
+# keys whose change would make a checkpoint's weights or data position mean something else (and
+# train.batch_size when the samples read per micro step change, `micro_step_samples`)
+BREAKING = ("model.", "data.train_files", "data.index_file", "data.shuffle", "data.seed", "data.allow_shorter_samples")
 # numerics and kernels of the model section: the weights still fit, the arithmetic differs
 MODEL_NUMERICS = ("model.compute_dtype", "model.use_flash_attention", "model.use_fused_kernels")
 # bookkeeping that may change freely (parallel layouts are checked by the trainer, which merges)
@@ -286,15 +309,33 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) or key.startswith(p + ".") for p in patterns)
 
 
+def micro_step_samples(config: dict) -> Optional[int]:
+    """Samples all ranks read per micro step: train.batch_size x data_parallel x pipeline micro batches.
+    A checkpoint's data position (consumed_batches) counts in these units, so a resume must keep it;
+    the per-rank batch may change with the layout (docs/parallel.md, Resuming on another layout)."""
+    try:
+        p = config.get("parallel") or {}
+        micro = p.get("micro_batch_num", 1) if p.get("pipeline_stage", 1) > 1 else 1
+        return int(config["train"]["batch_size"]) * int(p.get("data_parallel", 1)) * int(micro)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def config_changes(recorded: dict, current: dict) -> tuple[list[str], list[str]]:
     """(breaking, deliberate): the changed keys from the recorded config to the current one, as
     "key: old -> new". Keys the recorded config lacks (added to pangu-pro since) are not compared."""
     old, new = flatten(recorded), flatten(current)
+    position_moves = micro_step_samples(recorded) != micro_step_samples(current)
     breaking, deliberate = [], []
     for key in sorted(set(old) & set(new)):
         if old[key] == new[key] or _matches(key, FREE):
             continue
         line = f"{key}: {old[key]!r} -> {new[key]!r}"
+        if key == "train.batch_size":
+            if position_moves:
+                breaking.append(f"{line} (samples per micro step, batch_size x data_parallel x pipeline micro "
+                                f"batches: {micro_step_samples(recorded)} -> {micro_step_samples(current)})")
+            continue
         (breaking if _matches(key, BREAKING) and not _matches(key, MODEL_NUMERICS) else deliberate).append(line)
     return breaking, deliberate
 

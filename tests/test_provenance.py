@@ -91,6 +91,11 @@ def test_eval_and_export_refuse_a_tokenizer_other_than_the_checkpoints(shards, t
         provenance.check_tokenizer_for_checkpoint(shards["tok_b"], ckpt / "model.safetensors")
     provenance.check_tokenizer_for_checkpoint(shards["tok_a"], ckpt)  # the same one passes
     provenance.check_tokenizer_for_checkpoint(shards["tok_b"], tmp_path)  # nothing recorded: nothing to compare
+    from pangu_pro.io import save_tensors  # a remapped weights file records its tokenizer in its metadata
+    save_tensors(tmp_path / "remapped.safetensors", {"w": np.zeros(2, np.float32)},
+                 {"tokenizer_sha256": file_sha256(shards["tok_a"])})
+    with pytest.raises(ProvenanceError, match="recorded in .*remapped.safetensors"):
+        provenance.check_tokenizer_for_checkpoint(shards["tok_b"], tmp_path / "remapped.safetensors")
     rc = main(["convert", "to-hf", "--checkpoint", str(ckpt), "--config", "configs/tiny_cpu.yaml", "--tokenizer",
                str(shards["tok_b"]), "--out", str(tmp_path / "hf"), "--quiet"])
     err = capsys.readouterr().err
@@ -107,6 +112,20 @@ def test_perplexity_refuses_shards_of_another_tokenizer_than_the_checkpoints(sha
     err = capsys.readouterr().err
     assert rc == 2 and "--data: the shards were written with the tokenizer" in err
     assert str(shards["tok_a"]) in err and str(shards["tok_b"]) in err
+
+
+def test_a_trained_checkpoint_records_its_datas_tokenizer_and_eval_compares(shards, tmp_path):
+    from pangu_pro.io import read_json
+    from pangu_pro.train.trainer import train
+
+    config = config_for({"train_files": [str(shards["a"])], "tokenizer": str(shards["tok_a"])}, tmp_path / "run",
+                        model={"num_layers": 1}, train={"steps": 1})
+    ckpt = Path(train(config, progress=False, announce=None)["checkpoint"])
+    recorded = read_json(ckpt / "state.json")["provenance"]["data"]
+    assert recorded["tokenizer_sha256"] == file_sha256(shards["tok_a"]) and recorded["sample_length"] == SEQ + 1
+    provenance.check_tokenizer_for_checkpoint(shards["tok_a"], ckpt / "model.safetensors")
+    with pytest.raises(ProvenanceError, match=f"is not the tokenizer checkpoint {ckpt}"):
+        provenance.check_tokenizer_for_checkpoint(shards["tok_b"], ckpt)
 
 
 def test_a_checkpoint_records_the_datas_tokenizer(shards):
@@ -131,7 +150,8 @@ def test_resume_config_changes_are_sorted_into_breaking_and_deliberate():
     new["train"]["output_dir"] = "runs/elsewhere"
     new["model"]["compute_dtype"] = "bfloat16"
     breaking, deliberate = provenance.config_changes(old, new)
-    assert breaking == ["train.batch_size: 8 -> 4"]
+    assert breaking == ["train.batch_size: 8 -> 4 (samples per micro step, batch_size x data_parallel x pipeline "
+                        "micro batches: 8 -> 4)"]
     assert deliberate == ["model.compute_dtype: 'float32' -> 'bfloat16'", "train.lr: 0.0001 -> 0.026"]
     with pytest.raises(ProvenanceError, match=r"break the model or the data position: train.batch_size: 8 -> 4"):
         provenance.check_resume_config(old, new, "ck", allow_changes=True)
@@ -141,6 +161,10 @@ def test_resume_config_changes_are_sorted_into_breaking_and_deliberate():
     assert provenance.check_resume_config(old, new, "ck", allow_changes=True)[-1] == "train.lr: 0.0001 -> 0.026"
     assert provenance.check_resume_config(old, old, "ck", allow_changes=False) == []
     assert provenance.check_resume_config(None, new, "ck", allow_changes=False) == []  # written before records
+    # a new layout that keeps the samples per micro step (8 x 2 = 4 x 4) keeps the data position
+    old["parallel"]["data_parallel"], new["parallel"]["data_parallel"] = 2, 4
+    new["train"]["batch_size"] = 4
+    assert provenance.config_changes(old, new)[0] == []
 
 
 def test_train_resume_refuses_a_changed_batch_size_and_an_unflagged_lr(shards, tmp_path):
@@ -213,6 +237,8 @@ def test_inherit_resume_with_another_teacher_is_refused(setup, capsys):
     assert main(["inherit", str(path), "--no-progress", "--force"]) == 0
     state = read_json(root / "learned" / "masks" / "step_00000004" / "state.json")
     assert state["teacher"]["path"] == str((root / "teacher.safetensors").resolve())
+    selection = read_json(root / "learned" / "student" / "selection.json")
+    assert selection["teacher"] == state["teacher"]  # the student records its teacher the same way
     other = build_model(load_config_from(TEACHER, root / "teacher2.yaml").model, seed=1)
     save_weights(other, root / "teacher2.safetensors")
     capsys.readouterr()
