@@ -263,16 +263,19 @@ def selection_data(index_file: str | Path) -> tuple[Optional[list[str]], str]:
     return None, f"{report_path} names no scores"
 
 
+def check_same_shards(recorded: list[str], data_files: list[str], what: str, key: str) -> None:
+    """Refuse when `what` was made on other shard files (`recorded`) than `data_files` (`key`)."""
+    ours = [str(Path(p).resolve()) for p in data_files]
+    if [str(Path(p).resolve()) for p in recorded] != ours:
+        raise ProvenanceError(f"{what} was made on other data ({_files(recorded)}) than {key} ({_files(ours)}): its "
+                              "indices would pick other samples")
+
+
 def check_selection(index_file: str | Path, data_files: list[str]) -> None:
     """Refuse an index file selected on other shards than `data_files` (resolved shard files)."""
     selected, via = selection_data(index_file)
-    if selected is None:
-        return
-    ours = [str(Path(p).resolve()) for p in data_files]
-    if [str(Path(p).resolve()) for p in selected] != ours:
-        raise ProvenanceError(f"data.index_file: {index_file} was selected on other data ({via}: "
-                              f"{_files(selected)}) than data.train_files ({_files(ours)}): its indices would "
-                              "pick other samples")
+    if selected is not None:
+        check_same_shards(selected, data_files, f"data.index_file: {index_file} ({via})", "data.train_files")
 
 
 def _files(paths: list[str]) -> str:

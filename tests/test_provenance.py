@@ -103,7 +103,7 @@ def test_eval_and_export_refuse_a_tokenizer_other_than_the_checkpoints(shards, t
     assert not (tmp_path / "hf").exists()
 
 
-def test_perplexity_refuses_shards_of_another_tokenizer_than_the_checkpoints(shards, tmp_path, capsys):
+def test_perplexity_and_score_refuse_shards_of_another_tokenizer_than_the_checkpoints(shards, tmp_path, capsys):
     ckpt = fake_checkpoint(tmp_path / "step_00000002", tokenizer_sha256=file_sha256(shards["tok_b"]),
                            tokenizer_path=str(shards["tok_b"]))
     config = tmp_path / "config.yaml"
@@ -112,6 +112,9 @@ def test_perplexity_refuses_shards_of_another_tokenizer_than_the_checkpoints(sha
     err = capsys.readouterr().err
     assert rc == 2 and "--data: the shards were written with the tokenizer" in err
     assert str(shards["tok_a"]) in err and str(shards["tok_b"]) in err
+    rc = main(["score", str(config), "--checkpoint", str(ckpt), "--data", str(shards["a"]), "--out",
+               str(tmp_path / "scores.npz")])  # multi-round scoring: the same check
+    assert rc == 2 and "--data: the shards were written with the tokenizer" in capsys.readouterr().err
 
 
 def test_a_trained_checkpoint_records_its_datas_tokenizer_and_eval_compares(shards, tmp_path):
@@ -197,7 +200,8 @@ def test_an_index_file_selected_on_other_shards_is_refused(shards, tmp_path):
     meta = {"files": [str(Path(p).resolve()) for p in other], "num_samples": 24}
     (tmp_path / "selection.json").write_text(json.dumps(provenance.selection_record("scores.npz", meta)))
     config = config_for({"train_files": [str(shards["a"])], "index_file": str(index)}, tmp_path / "run")
-    with pytest.raises(ProvenanceError, match=r"data.index_file: .*selection.npy was selected on other data") as err:
+    with pytest.raises(ProvenanceError, match=r"data.index_file: .*selection.npy \(.*selection.json\) was made on "
+                                              r"other data") as err:
         train_dataset(config, Parallel(), 0)
     assert str(shards["a2"]) in str(err.value) and str(shards["a"]) in str(err.value)
     # an older selection names only its scores: the chain is followed to scores.json
@@ -208,6 +212,20 @@ def test_an_index_file_selected_on_other_shards_is_refused(shards, tmp_path):
     # the selection's own data passes
     config = config_for({"train_files": [str(shards["a2"])], "index_file": str(index)}, tmp_path / "run")
     assert train_dataset(config, Parallel(), 0) is not None
+
+
+def test_select_refuses_scores_of_other_shards(shards, tmp_path, capsys):
+    from pangu_pro.data.dataset import resolve_files
+    from pangu_pro.rounds.scoring import save_scores
+
+    meta = {"files": [str(Path(p).resolve()) for p in resolve_files([str(shards["a2"])])], "num_samples": 24}
+    scores = tmp_path / "scores.npz"
+    save_scores(scores, np.arange(6, dtype=np.float64), np.arange(24, dtype=np.float64), 4, meta)
+    assert main(["select", "--scores", str(scores), "--rate", "0.5", "--seed", "1", "--data", str(shards["a"])]) == 2
+    assert f"{scores} was made on other data (1 shard(s) in {shards['a2']})" in capsys.readouterr().err
+    assert main(["select", "--scores", str(scores), "--rate", "0.5", "--seed", "1", "--data", str(shards["a2"])]) == 0
+    written = json.loads((tmp_path / "selection.json").read_text())
+    assert (written["scores"], written["data_files"]) == (str(scores), meta["files"])  # the selection's record
 
 
 # ---------------------------------------------------------------- 4. inheritance resumed with another teacher

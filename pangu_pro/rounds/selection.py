@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json
-from pangu_pro.provenance import selection_record
+from pangu_pro.provenance import check_same_shards, selection_record
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.scoring import load_scores
 
@@ -73,8 +73,10 @@ def write_selection(out: str | Path, samples: np.ndarray, units: np.ndarray, rep
 def select_command(args) -> int:
     scores = load_scores(args.scores)
     if args.data:
-        from pangu_pro.data.dataset import count_samples
+        from pangu_pro.data.dataset import count_samples, resolve_files
 
+        if scores["meta"].get("files"):
+            check_same_shards(scores["meta"]["files"], resolve_files(args.data), f"{args.scores}", "--data")
         n = count_samples(args.data)
         if n != scores["num_samples"]:
             raise ValueError(f"{args.scores}: scored {scores['num_samples']} samples, but {args.data} holds {n}; "
