@@ -27,9 +27,9 @@ from typing import Optional
 
 import numpy as np
 
+from pangu_pro import provenance
 from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro import provenance
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
                                         load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
