@@ -367,12 +367,19 @@ def test_shards_of_a_larger_vocabulary_are_refused_before_the_graph(shards, tmp_
         train(config, progress=False, announce=None)
 
 
-def test_an_output_dir_that_is_a_file_is_refused(shards, tmp_path):
+def test_an_output_dir_that_is_a_file_is_refused(shards, tmp_path, capsys):
     from pangu_pro.train.trainer import train
 
     (tmp_path / "run").write_text("")
     with pytest.raises(ProvenanceError, match=rf"train.output_dir: {tmp_path / 'run'} exists and is not a folder"):
         train(config_for({"train_files": [str(shards["a"])]}, tmp_path / "run"), progress=False, announce=None)
+    config = tmp_path / "rounds.yaml"  # multi-round training and inheritance say the same
+    config.write_text(yaml.safe_dump({"model": dict(MODEL), "data": {"train_files": [str(shards["a"])]},
+                                      "train": {"output_dir": str(tmp_path / "run")}, "multi_round": {}}))
+    assert main(["rounds", str(config)]) == 2
+    assert f"train.output_dir: {tmp_path / 'run'} exists and is not a folder" in capsys.readouterr().err
+    assert main(["inherit", "configs/inherit_tiny_cpu.yaml", f"inherit.output_dir={tmp_path / 'run'}"]) == 2
+    assert f"inherit.output_dir: {tmp_path / 'run'} exists and is not a folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- issue 28 item 5: shorter samples

@@ -233,7 +233,7 @@ def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Pa
 def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner] = None,
                announce=print) -> dict:
     """Run or continue the multi-round schedule of `config` (module doc); returns the summary."""
-    from pangu_pro.provenance import selection_record
+    from pangu_pro.provenance import check_output_folder, selection_record
     from pangu_pro.rounds.scoring import load_scores
     from pangu_pro.rounds.selection import check_fits, select_from_scores, write_selection
 
@@ -244,6 +244,7 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
         raise ConfigError("data.train_files", "no training data given")
     runner = runner or StageRunner(workers)
     root = Path(config.train.output_dir)
+    check_output_folder(root, "train.output_dir")
     root.mkdir(parents=True, exist_ok=True)
     state = RoundsState(root / STATE_NAME, config_fingerprint(config))
     save_config(config, root / "config.yaml")
