@@ -1,13 +1,13 @@
 """Every artefact knows what made it, and every tool checks before it uses one (issue 30, issue 28 item 5).
 
-One test per case of the issue; the checks run before any graph is built, so no test here trains.
+One test per case of the issue; the checks run before any graph is built, so only two tests train
+(one step, to see what a checkpoint records; the inheritance resume, marked slow).
 The pure comparisons of `pangu_pro.provenance` are tested on hand-written records; the wiring through
 the commands on tiny shards (tests/test_train.py's) with a summary.json beside them.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
