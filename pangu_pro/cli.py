@@ -28,6 +28,7 @@ OVERRIDE_HELP = ("Config overrides: section.key=value (the value is read as YAML
                  "section.key=value must be attached to its option: --prompt='a.b=c'.")
 # a dotted key of identifiers, then '=': `train.steps=100`, `multi_round.rate=0.5` (never a path or a flag)
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=")
+_SECTIONLESS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")  # `steps=5`: an override without its section
 
 
 def add_config_overrides(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +92,37 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argp
         overrides, rest = split_overrides(argv[depth:])
     except ConfigError as err:
         command.error(str(err))
-    args = parser.parse_args(argv[:depth] + rest)
-    stray = getattr(args, OVERRIDES_DEST, None)
-    if stray:  # a positional `overrides` caught a word that is not section.key=value
+    args, unknown = parser.parse_known_args(argv[:depth] + rest)
+    stray = getattr(args, OVERRIDES_DEST, None) or []  # a positional `overrides` caught a non-override word
+    for word in unknown + stray:
+        if _SECTIONLESS.match(word):
+            command.error(sectionless_override(word))
+    if unknown:
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if stray:
         command.error(f"not an override (section.key=value): {' '.join(stray)}")
     setattr(args, OVERRIDES_DEST, overrides)
     return args
+
+
+def sectionless_override(word: str) -> str:
+    """The error for `steps=5`: an override needs its section; name the sections that have the key."""
+    import dataclasses
+    import typing
+
+    from pangu_pro.config import Config
+    from pangu_pro.inherit.config import InheritConfig
+    from pangu_pro.rounds.config import MultiRoundConfig
+
+    key, value = word.split("=", 1)
+    hints = typing.get_type_hints(Config)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "source"}
+    sections.update(multi_round=MultiRoundConfig, inherit=InheritConfig)
+    found = [name for name, cls in sections.items()
+             if dataclasses.is_dataclass(cls) and key in {f.name for f in dataclasses.fields(cls)}]
+    hint = (f"write {' or '.join(f'{name}.{key}={value}' for name in found)}" if found else
+            f"no config section has a key {key!r} (sections: {', '.join(sections)})")
+    return f"override {word!r} names no section: overrides are section.key=value; {hint}"
 
 
 def _document_overrides(parser: argparse.ArgumentParser) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pangu_pro.rounds.config import MultiRoundConfig
-from pangu_pro.configtools import (ConfigError, apply_overrides, from_mapping, read_yaml, require,
-                                   to_mapping)
+from pangu_pro.configtools import (ConfigError, apply_overrides, blame_override, from_mapping, read_yaml,
+                                   require, to_mapping)
 
 DType = Literal["float32", "bfloat16", "float16"]
 
@@ -185,6 +185,7 @@ class DataConfig:
     shuffle: bool = True  # a seeded permutation per epoch; ignored with index_file
     seed: int = 1234  # shuffle seed
     index_file: Optional[str] = None  # .npy of sample indices read in that order (multi-round)
+    allow_shorter_samples: bool = False  # train on shards packed shorter than model.seq_length (else refused)
 
     def validate(self) -> None:
         for name in ("train_files", "eval_files"):
@@ -348,9 +349,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     data = read_yaml(path)
     try:
         apply_overrides(data, overrides)
+        return config_from_dict(data, str(path))
     except ConfigError as err:
-        raise err.within(source=str(path)) from None
-    return config_from_dict(data, str(path))
+        raise blame_override(err, overrides, str(path)) from None
 
 
 def save_config(config: Config, path: str | Path) -> None:

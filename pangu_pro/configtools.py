@@ -108,10 +108,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        choices = [arg for arg in args if arg is not type(None)]
+        if len(choices) == 1:  # Optional[X]: X's own error, with its dotted key (multi_round.rate)
+            return _coerce(value, choices[0], key)
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in choices:
             try:
                 return _coerce(value, arg, key)
             except ConfigError as err:
@@ -219,6 +220,21 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
                 raise ConfigError(dotted, f"'{part}' is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return data
+
+
+def override_key(item: str) -> str:
+    """The dotted key of an override ``section.key=value``."""
+    return item.split("=", 1)[0].strip()
+
+
+def blame_override(err: ConfigError, overrides: list[str] | None, source: str) -> ConfigError:
+    """`err`, raised reading `source` with `overrides`, blamed on the command-line override that set its
+    key (the last one, as it won), or on `source` when no override did."""
+    for item in reversed(overrides or []):
+        dotted = override_key(item)
+        if err.key and (err.key == dotted or err.key.startswith(dotted + ".")):
+            return ConfigError(err.key, err.message, f"command-line override {item!r} (on {source})")
+    return err.within(source=source)
 
 
 def require(condition: bool, key: str, message: str) -> None:

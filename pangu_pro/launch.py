@@ -5,10 +5,11 @@
     python -m pangu_pro.launch failure LOG_DIR              (after msrun failed)
 
 `check` refuses, in about a second and before any worker starts, what cannot run: no training data,
-a layout whose data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan
-that does not fit the device (`--tool inherit`: the config read with its `inherit:` section, the
-mask-learning plan of `inherit/plan.py`). Every problem is listed in one message with the fix. It imports no
-MindSpore (the memory plan is pure arithmetic), so it stays fast.
+shards that do not fit the model or the tokenizer (`provenance.data_problems`), a layout whose
+data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan that does not
+fit the device (`--tool inherit`: the config read with its `inherit:` section, the mask-learning plan
+of `inherit/plan.py`). Every problem is listed in one message with the fix. It imports no MindSpore
+(the memory plan is pure arithmetic), so it stays fast.
 
 `failure` names the rank that failed first. msrun polls its workers and, at the first one that exited
 with an error, logs "Worker process <pid> exit with exception. Error code: <code>" and SIGKILLs the
@@ -64,7 +65,11 @@ def data_problems(config) -> list[str]:
     if missing:
         return [f"data.train_files: {missing[:3]} not found (paths are relative to the directory the "
                 f"launcher runs in, {os.getcwd()}; every node needs them)"]
-    return []
+    from pangu_pro.provenance import data_problems as shard_problems  # the trainer's own check of the shards
+
+    return shard_problems(files, "data.train_files", seq_length=config.model.seq_length,
+                          vocab_size=config.model.vocab_size, tokenizer=config.data.tokenizer,
+                          allow_shorter_samples=config.data.allow_shorter_samples)
 
 
 def layout_problems(config, workers: int) -> list[str]:

@@ -130,7 +130,7 @@ def test_train_resume_skips_a_damaged_checkpoint(tmp_path):
     flip_bytes(out / "checkpoints" / "step_00000004" / "model.safetensors")
     said = []
     summary = train(make_config(data, out, layers=1, steps=6, save_every=2, warmup_steps=0), resume="auto",
-                    progress=False, announce=said.append)
+                    progress=False, announce=said.append, allow_changes=True)  # train.steps 4 -> 6
     assert said[0].startswith(f"skipping checkpoint {out / 'checkpoints' / 'step_00000004'}: ")
     assert f"resuming from {out / 'checkpoints' / 'step_00000002'} at step 2" in said
     assert summary["step"] == 6

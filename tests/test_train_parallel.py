@@ -224,7 +224,7 @@ def test_trainer_dp2_mp2_pp2_on_eight_npus(tmp_path):
     data = write_shard(tmp_path / "train.mindrecord", rows)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "PANGU_PRO_DEVICE": "ascend"}
-    for steps, extra in ((2, []), (4, ["--", "--resume", "auto"])):
+    for steps, extra in ((2, []), (4, ["--", "--resume", "auto", "--allow-changes"])):  # train.steps 2 -> 4
         config = tmp_path / f"c{steps}.yaml"
         config.write_text(WORKER_CONFIG % (data, steps, tmp_path / "run"))
         cmd = ["bash", str(root / "scripts/run_distribute.sh"), str(config), "--workers", "8", "--master-port",

@@ -10,8 +10,11 @@ from pangu_pro.cli import add_config_overrides
 def _to_hf(args: argparse.Namespace) -> int:
     from pangu_pro.config import load_config
     from pangu_pro.convert.to_hf import export_to_hf
+    from pangu_pro.provenance import check_tokenizer_for_checkpoint
 
     cfg = load_config(args.config, args.overrides).model
+    if args.tokenizer:
+        check_tokenizer_for_checkpoint(args.tokenizer, args.checkpoint)
     summary = export_to_hf(args.checkpoint, cfg, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
                            max_shard_size=args.max_shard_size, overwrite=args.overwrite, progress=not args.quiet,
                            config_source=args.config)

@@ -378,6 +378,8 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
                 writer.write(rows)
                 bar.update(result.nbytes)
         writer.close()
+        if documents == 0:
+            raise ValueError(no_documents(files, text_field, skipped))
         save_counts(tmp / COUNTS_FILE, counts, tokenizer, [str(out / shard["file"]) for shard in writer.shards],
                     "mindrecord")
         samples = sum(shard["samples"] for shard in writer.shards)
@@ -409,6 +411,28 @@ def preprocess(inputs: Sequence[str | Path], tokenizer: str | Path, seq_length: 
         if tmp.exists():
             shutil.rmtree(tmp)
     return PreprocessResult(summary, time.perf_counter() - start)
+
+
+def no_documents(files: Sequence[Path], text_field: str, skipped: dict[str, int], lines: int = 5) -> str:
+    """Why a run found no document: the skip counts, and for JSON lines the fields the first lines have."""
+    counts = ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "the input is empty"
+    message = f"no documents in {', '.join(map(str, files[:3]))} (skipped lines: {counts}); nothing written"
+    fields: dict[str, None] = {}
+    for path in files:
+        if not is_jsonl(path):
+            continue
+        with open(path, "rb") as handle:
+            for _, raw in zip(range(lines), handle):
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    fields.update(dict.fromkeys(map(str, record)))
+    if fields:
+        message += (f"; --text-field is {text_field!r} but the first lines have the fields "
+                    f"{', '.join(repr(f) for f in fields)}")
+    return message
 
 
 def format_summary(summary: dict, seconds: float) -> str:

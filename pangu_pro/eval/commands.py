@@ -73,6 +73,7 @@ def evaluate_checkpoint(config, checkpoint, tasks, args, log=print) -> dict:
     from pangu_pro.eval.harness import run_tasks, text_perplexity
     from pangu_pro.eval.report import markdown_table, paper_row_for
     from pangu_pro.model.weights import build_model
+    from pangu_pro.provenance import check_tokenizer_for_checkpoint
     from pangu_pro.runtime import adapt_to_device, init_mindspore
     from pangu_pro.tokens import checkpoint_convention_problem
 
@@ -88,6 +89,7 @@ def evaluate_checkpoint(config, checkpoint, tasks, args, log=print) -> dict:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: tokenizer model not found")
+        check_tokenizer_for_checkpoint(path, checkpoint)
         tokenizer = spm.SentencePieceProcessor(model_file=str(path))
         if tokenizer.get_piece_size() > model_cfg.vocab_size:
             raise ValueError(f"{path}: {tokenizer.get_piece_size()} pieces do not fit the model's vocab_size "

@@ -33,6 +33,7 @@ def _inherit(args) -> int:
     from pangu_pro.inherit.config import load_inherit_config
     from pangu_pro.inherit.run import check, run_inherit
     from pangu_pro.model.params import count_parameters
+    from pangu_pro.provenance import check_output_folder
 
     config = load_inherit_config(args.config, args.overrides)
     if args.check:
@@ -52,5 +53,6 @@ def _inherit(args) -> int:
               f"{count_parameters(plan.student).total:,} parameters (aug_shortcut_ratio "
               f"{plan.student.aug_shortcut_ratio}, vocab {plan.student.vocab_size})")
         return 0
+    check_output_folder(config.inherit.output_dir, "inherit.output_dir")
     run_inherit(config, resume=args.resume, progress=not args.no_progress, force=args.force)
     return 0

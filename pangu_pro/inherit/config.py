@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pangu_pro.config import Config, config_from_dict
-from pangu_pro.configtools import ConfigError, apply_overrides, from_mapping, read_yaml, require
+from pangu_pro.configtools import ConfigError, apply_overrides, blame_override, read_yaml, require
 
 Criterion = Literal["random", "l1", "l2", "taylor", "learned"]
 LayerSelection = Literal["cosine", "learned", "uniform"]
@@ -141,11 +141,10 @@ def load_inherit_config(path: str | Path, overrides: list[str] | None = None):
             raise ConfigError("inherit.teacher_config", f"{teacher_path} has no model section", str(path))
         data["model"] = teacher_data["model"]
         section["teacher_config"] = teacher_path
-    try:  # checked on its own first: through Optional[...] an error would lose its dotted key
-        from_mapping(InheritConfig, section, "inherit")
+    try:
+        config = config_from_dict(data, str(path), InheritRunConfig)
     except ConfigError as err:
-        raise err.within(source=str(path)) from None
-    config = config_from_dict(data, str(path), InheritRunConfig)
+        raise blame_override(err, overrides, str(path)) from None
     config.inherit.target_config = _resolve(config.inherit.target_config, path.parent)
     if config.inherit.vocab_map is not None:
         config.inherit.vocab_map = _resolve(config.inherit.vocab_map, path.parent)

@@ -129,6 +129,16 @@ def _frozen(params):
         p.requires_grad = False
 
 
+def teacher_record(checkpoint: Optional[str], seed: int) -> dict:
+    """What mask checkpoints record of their teacher (`provenance.weights_record`; a random one by seed)."""
+    from pangu_pro.io import resolve_weights
+    from pangu_pro.provenance import weights_record
+
+    if checkpoint is None:
+        return {"path": f"random init (inherit.seed {seed})", "bytes": None, "sha256": None}
+    return weights_record(resolve_weights(checkpoint))
+
+
 def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optional[np.ndarray], par,
                 resume: Optional[str] = None, progress: bool = True, announce=print) -> LearnedMasks:
     """Train masks (and optionally the teacher's weights); see the module doc."""
@@ -140,8 +150,9 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     from pangu_pro.inherit.run import agree
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import apply_recompute
+    from pangu_pro.provenance import check_same_weights
     from pangu_pro.train.checkpoint import (checkpoint_name, clean_partial, latest_checkpoint, load_checkpoint,
-                                            prune_checkpoints, resolve_resume, save_checkpoint)
+                                            prune_checkpoints, read_state, resolve_resume, save_checkpoint)
     from pangu_pro.train.metrics import MetricsLog
     from pangu_pro.train.trainer import train_dataset
 
@@ -169,12 +180,14 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
 
     out = Path(ic.output_dir)
     ckpt_root = out / MASKS_DIR
+    teacher_origin = teacher_record(ic.teacher_checkpoint, ic.seed)  # recorded in each mask checkpoint
 
     def prepare():
         """(first step, metrics log); some checks and writes run on rank 0 only."""
         start = 0
         if resume is not None:
             path = resolve_resume(ckpt_root if resume == "auto" else resume)
+            check_same_weights(read_state(path).get("teacher"), teacher_origin, "the teacher", path)
             state = load_checkpoint(path, loss, group)
             if state.get("world", 1) != par.world:
                 raise ValueError(f"{path}: written by {state.get('world')} ranks, resumed with {par.world}")
@@ -239,7 +252,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
             if lead and (step % ic.checkpoint_every == 0 or step == ic.steps):
                 # masks, lambdas and their optimizer state; the teacher's weights only if they train
                 state = {"step": step, "consumed_batches": step * accum, "world": par.world, "types": types,
-                         "weights_trained": ic.lr_weights > 0,
+                         "weights_trained": ic.lr_weights > 0, "teacher": teacher_origin,
                          "rng": {"seed": ic.seed, "data_seed": config.data.seed}}
                 save_checkpoint(ckpt_root / checkpoint_name(step), loss, group, state)
                 prune_checkpoints(ckpt_root, ic.keep_checkpoints)

@@ -329,6 +329,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
                        layer_sparsity=learned.layer_sparsity, convergence=report.as_json(),
                        forced=bool(force and not report.converged))
     if lead:
+        from pangu_pro.inherit.learn import teacher_record
         from pangu_pro.inherit.materialize import fold_values
 
         if learned is not None and config.data.train_files:
@@ -341,7 +342,8 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
         save_final_masks(Path(ic.output_dir) / "masks_final.npz", scores, fold, sel.binary_masks(plan.teacher))
         write_student(Path(ic.output_dir) / STUDENT_DIR, tensors, plan, sel,
                       {"criterion": ic.criterion, "layer_selection": ic.layer_selection,
-                       "teacher_checkpoint": ic.teacher_checkpoint or "random init"},
+                       "teacher_checkpoint": ic.teacher_checkpoint or "random init",
+                       "teacher": teacher_record(ic.teacher_checkpoint, ic.seed)},  # provenance.weights_record
                       preset=ic.target_config, schedule=ic.student_schedule)
         summary["seconds"] = round(time.perf_counter() - began, 1)
         atomic_write_json(Path(ic.output_dir) / "inherit.json", summary)

@@ -48,11 +48,23 @@ def run_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def ignored_sampling_options(temperature: float, top_k: int, top_p: float) -> list[str]:
+    """The sampling options that greedy decoding (temperature 0) would silently ignore."""
+    if temperature != 0:
+        return []
+    return ([f"--top-k {top_k}"] if top_k else []) + ([f"--top-p {top_p:g}"] if top_p != 1.0 else [])
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from pangu_pro.model.generation import Generator, SamplingConfig
     from pangu_pro.model.weights import build_model
+    from pangu_pro.provenance import check_tokenizer_for_checkpoint
     from pangu_pro.runtime import adapt_to_device, init_mindspore
 
+    ignored = ignored_sampling_options(args.temperature, args.top_k, args.top_p)
+    if ignored:
+        raise ValueError(f"--temperature 0 decodes greedily, so {' and '.join(ignored)} would have no effect: "
+                         "pass --temperature > 0 to sample with them, or leave them out")
     config = load_config(args.config, args.overrides)
     init_mindspore(seed=args.seed)
     model_cfg = adapt_to_device(config.model, announce=lambda m: print(m, file=sys.stderr))
@@ -62,6 +74,8 @@ def run_generate(args: argparse.Namespace) -> int:
         if not path:
             raise ValueError("--prompt needs a tokenizer: pass --tokenizer or set data.tokenizer in the config")
         import sentencepiece as spm
+        if args.checkpoint:
+            check_tokenizer_for_checkpoint(path, args.checkpoint)
         tokenizer = spm.SentencePieceProcessor(model_file=path)
         prompts = [prompt_ids(tokenizer.encode(text), model_cfg.bos_token_id) for text in args.prompt]
     else:

@@ -235,6 +235,7 @@ def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Pa
 def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner] = None,
                announce=print) -> dict:
     """Run or continue the multi-round schedule of `config` (module doc); returns the summary."""
+    from pangu_pro.provenance import check_output_folder, selection_record
     from pangu_pro.rounds.scoring import load_scores
     from pangu_pro.rounds.selection import check_fits, select_from_scores, write_selection
 
@@ -245,6 +246,7 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
         raise ConfigError("data.train_files", "no training data given")
     runner = runner or StageRunner(workers)
     root = Path(config.train.output_dir)
+    check_output_folder(root, "train.output_dir")
     root.mkdir(parents=True, exist_ok=True)
     state = RoundsState(root / STATE_NAME, config_fingerprint(config))
     save_config(config, root / "config.yaml")
@@ -299,11 +301,13 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
                         "mean_sample_loss": float(scores["sample_loss"].mean()), "unit_size": scores["unit_size"],
                         "num_samples": scores["num_samples"], "num_units": int(scores["unit_loss"].size)}
             else:  # select
-                scores = load_scores(state.done(k, "score")["scores"])
+                scores_path = state.done(k, "score")["scores"]
+                scores = load_scores(scores_path)
                 samples, units, report = select_from_scores(scores, mr.rate, seed=mr.seed + k,
                                                             temperature=mr.temperature, unit=mr.unit,
                                                             order=mr.order)
-                out = write_selection(rdir / "selection.npy", samples, units, report)
+                out = write_selection(rdir / "selection.npy", samples, units,
+                                      {**report, **selection_record(scores_path, scores["meta"])})
                 info = {"selection": str(out), **report}
             state.record(k, stage, info)
             write_summary(root, state, mr.rounds)

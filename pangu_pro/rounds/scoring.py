@@ -398,8 +398,12 @@ def wait_for_part(path: Path, meta: dict, expected_ids: np.ndarray, timeout: flo
 
 def score_command(args) -> int:
     from pangu_pro.config import load_config
+    from pangu_pro.provenance import check_checkpoint_data, check_data
 
     config = load_config(args.config, args.overrides)
+    files, key = (args.data, "--data") if args.data else (config.data.train_files, "data.train_files")
+    check_data(config, files, key)  # the shards against the model, and against the checkpoint's tokenizer
+    check_checkpoint_data(files, key, args.checkpoint)
     score(config, args.checkpoint, out=args.out, files=args.data, unit_samples=args.unit_samples,
           batch_size=args.batch_size, flush_every=args.flush_every, overwrite=args.overwrite,
           progress=not args.no_progress)

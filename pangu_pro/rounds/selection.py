@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json
+from pangu_pro.provenance import check_same_shards, selection_record
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.scoring import load_scores, unit_order
 
@@ -74,8 +75,10 @@ def write_selection(out: str | Path, samples: np.ndarray, units: np.ndarray, rep
 def select_command(args) -> int:
     scores = load_scores(args.scores)
     if args.data:
-        from pangu_pro.data.dataset import count_samples
+        from pangu_pro.data.dataset import count_samples, resolve_files
 
+        if scores["meta"].get("files"):
+            check_same_shards(scores["meta"]["files"], resolve_files(args.data), f"{args.scores}", "--data")
         n = count_samples(args.data)
         if n != scores["num_samples"]:
             raise ValueError(f"{args.scores}: scored {scores['num_samples']} samples, but {args.data} holds {n}; "
@@ -83,7 +86,7 @@ def select_command(args) -> int:
     samples, units, report = select_from_scores(scores, args.rate, seed=args.seed, temperature=args.temperature,
                                                 unit=args.unit, order=args.order)
     out = Path(args.out) if args.out else Path(args.scores).with_name("selection.npy")
-    write_selection(out, samples, units, {**report, "scores": str(args.scores)})
+    write_selection(out, samples, units, {**report, **selection_record(args.scores, scores["meta"])})
     print(f"selected {report['units_selected']} of {report['units_total']} {args.unit} units "
           f"({report['samples_selected']} samples, {report['selected_fraction']:.1%}); mean score "
           f"{report['mean_score_selected']:.4f} vs {report['mean_score']:.4f} overall; wrote {out}")

@@ -165,7 +165,9 @@ def resolve_resume(path: str | Path) -> Path:
         latest = latest_checkpoint(root)
         if latest is not None:
             return latest
-    raise FileNotFoundError(f"{path}: no checkpoint to resume from (expected {CHECKPOINTS}/step_*/{STATE_NAME})")
+    where = "" if path.is_absolute() else f" = {path.resolve()}, relative to the working directory {os.getcwd()}"
+    raise FileNotFoundError(f"{path}: no checkpoint to resume from (looked for {path}/{CHECKPOINTS}/step_*/{STATE_NAME}"
+                            f"{where})")
 
 
 def intact_resume(chosen: Path, fallback: bool, announce=print) -> Path:

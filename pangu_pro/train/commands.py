@@ -17,6 +17,10 @@ def register(subparsers) -> None:
     p.add_argument("--resume", nargs="?", const=RESUME_AUTO, default=None, metavar="DIR",
                    help="continue from a checkpoint folder or run dir (default: the newest checkpoint of "
                    "train.output_dir)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept deliberately changed keys (lr, steps, schedule, ...) and print them; "
+                   "changes that break the model or the data position (model.*, batch size, data) are refused "
+                   "regardless (docs/training.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -47,11 +51,14 @@ def register(subparsers) -> None:
 
 def _train(args) -> int:
     from pangu_pro.config import load_config
+    from pangu_pro.provenance import check_run_location
     from pangu_pro.train.trainer import NonFiniteLossError, train
 
     config = load_config(args.config, args.overrides)
+    check_run_location(args.config, config.train.output_dir,
+                       any(o.split("=", 1)[0].strip() == "train.output_dir" for o in args.overrides))
     try:
-        summary = train(config, resume=args.resume, progress=not args.no_progress)
+        summary = train(config, resume=args.resume, progress=not args.no_progress, allow_changes=args.allow_changes)
     except NonFiniteLossError as err:
         print(f"pangu-pro train: error: {err}", file=sys.stderr)
         return 3
@@ -66,12 +73,16 @@ def _perplexity(args) -> int:
     import json
 
     from pangu_pro.config import load_config
+    from pangu_pro.provenance import check_checkpoint_data, check_data
     from pangu_pro.train.evaluate import perplexity
 
     config = load_config(args.config, args.overrides)
     data = args.data or config.data.eval_files
     if not data:
         raise ValueError("no held-out data: pass --data or set data.eval_files in the config")
+    key = "--data" if args.data else "data.eval_files"
+    check_data(config, data, key)
+    check_checkpoint_data(data, key, args.checkpoint)
     result = perplexity(config, args.checkpoint, data, args.batch_size, args.max_batches)
     print(json.dumps(result))
     return 0

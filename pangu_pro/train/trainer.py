@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from pangu_pro import provenance
 from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
@@ -174,11 +175,13 @@ def base_learning_rate(train_cfg, world: int) -> float:
 
 def train_dataset(config: Config, par: Parallel, skip_batches: int):
     """This rank's training batches, enough epochs for the whole run, the first `skip_batches` skipped."""
-    from pangu_pro.data.dataset import count_samples, create_dataset, load_indices
+    from pangu_pro.data.dataset import count_samples, create_dataset, load_indices, resolve_files
 
     data, tc = config.data, config.train
     if not data.train_files:
         raise ConfigError("data.train_files", "no training data given (MindRecord files or preprocess folders)")
+    if data.index_file:
+        provenance.check_selection(data.index_file, resolve_files(data.train_files))
     total = count_samples(data.train_files)
     indices = load_indices(data.index_file, total) if data.index_file else None
     per_rank = (total if indices is None else len(indices)) // par.num_shards
@@ -274,11 +277,13 @@ def merged_for_new_layout(rank_ckpt: Path, rank: int, wait_s: float = MERGE_WAIT
     return merged
 
 
-def train(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print) -> dict:
+def train(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print,
+          allow_changes: bool = False) -> dict:
     """Run (or continue) training as `config` says; returns a summary. See the module doc.
 
     `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
     train.output_dir; under semi-auto parallel, of this rank's `checkpoints/rank_<r>/`).
+    `allow_changes`: resume with deliberately changed keys (lr, steps, ...; `provenance.check_resume_config`).
     """
     from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
@@ -290,6 +295,10 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
     tc = config.train
+    # before anything is built: the output folder, and the data against the model and tokenizer
+    provenance.check_output_folder(tc.output_dir, "train.output_dir")
+    provenance.check_data(config)
+    provenance.check_data(config, config.data.eval_files, "data.eval_files")
     target = init_mindspore()
     check_overflow_detectable(config, target)  # fp16 where only the NPU float status could see an overflow
     apply_device_config(config.device, target)
@@ -316,6 +325,10 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         # semi-auto, where each rank checks only its own slice and all ranks must resume the same step)
         last_ckpt = intact_resume(last_ckpt, not par.semi_auto and last_ckpt != where, say)
         state = read_state(last_ckpt)
+        current = to_mapping(config)
+        current.pop("source", None)
+        for change in provenance.check_resume_config(state.get("config"), current, last_ckpt, allow_changes):
+            say(f"resuming with a changed {change}")
         # rank slices of another layout (or resumed without semi-auto): merge them, then load whole tensors
         if "layout" in state and (not par.semi_auto or state["layout"] != layout_of(config, par)):
             if last_ckpt.parent.parent.parent.resolve() == out.resolve():
@@ -339,6 +352,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume to continue that run, or "
                          f"choose another train.output_dir")
     elif tc.init_weights:  # a fresh run (new optimizer state and schedule) from given weights
+        provenance.check_checkpoint_data(config.data.train_files, "data.train_files", tc.init_weights)
         load_weights(model, tc.init_weights)
         say(f"initial weights from {tc.init_weights}")
     if start >= tc.steps:
@@ -365,6 +379,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                 else None)
 
     # 4. the loop
+    data_origin = provenance.data_record(config.data.train_files)  # recorded in each checkpoint
     lr0 = base_learning_rate(tc, par.replicas * par.micro_batches)
     peak = device_peak_flops(target, tc.peak_flops, par.world, say) if lead else None
     bar = progress_bar(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
@@ -375,9 +390,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         for step in range(start + 1, tc.steps + 1):
             micro = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
             seq = int(micro[0].shape[1]) - 1
-            if seq > model_cfg.seq_length:
-                raise ConfigError("model.seq_length", f"{model_cfg.seq_length} is shorter than the data's "
-                                  f"{seq}-token samples")
+            provenance.check_batch_length(seq, model_cfg.seq_length, config.data.allow_shorter_samples,
+                                          config.data.train_files)
             flops_per_token = flops_per_token or train_flops_per_token(model_cfg, seq)
             lr = lr_at(step, lr=lr0, total_steps=tc.steps,
                        warmup_steps=warmup_steps_of(tc.steps, tc.warmup_steps, tc.warmup_fraction),
@@ -423,7 +437,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                              "rng": {"seed": tc.seed, "data_seed": config.data.seed, "shuffle": config.data.shuffle,
                                      "note": "the step draws no random numbers; the data order is a function "
                                              "of data_seed and consumed_batches"},
-                             "config": to_mapping(config)}
+                             "config": to_mapping(config), "provenance": {"data": data_origin}}
                     state["config"].pop("source", None)
                     if par.semi_auto:  # this rank's slices; the strategy file says how they fit together
                         state.update(rank=par.rank, layout=layout_of(config, par),
