@@ -209,7 +209,8 @@ def test_parallel_context_kwargs():
     dp_only = ParallelConfig(data_parallel=8, optimizer_shard=True, optimizer_shard_threshold_kb=128)
     assert parallel_context_kwargs(dp_only) == {
         "parallel_mode": "data_parallel", "device_num": 8, "gradients_mean": True,
-        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128,
+        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"gradient_accumulation_shard": False,
+                                                                         "parallel_optimizer_threshold": 128,
                                                                          "optimizer_weight_shard_size": -1},
         "comm_fusion": {kind: {"mode": "size", "config": 32} for kind in ("allreduce", "allgather", "reducescatter")}}
     pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)

@@ -35,6 +35,7 @@ from mindspore import nn
 
 from pangu_pro.config import Config, ConfigError, ParallelConfig, check_layout
 from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+from pangu_pro.model.plan import GRADIENT_ACCUMULATION_SHARD
 
 PARALLEL_MODES = ("semi_auto_parallel", "auto_parallel")
 
@@ -296,6 +297,7 @@ def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optiona
     if parallel_cfg.optimizer_shard:
         kwargs["enable_parallel_optimizer"] = True
         kwargs["parallel_optimizer_config"] = {
+            "gradient_accumulation_shard": GRADIENT_ACCUMULATION_SHARD,  # explicit: 2.9 documents both defaults
             "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb,
             "optimizer_weight_shard_size": parallel_cfg.optimizer_weight_shard_size}
     # one buffer size for the gradient all-reduce and ZeRO's reduce-scatter (gradients) / all-gather (weights)
