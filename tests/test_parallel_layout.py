@@ -71,8 +71,13 @@ def expected_layout(model_cfg: ModelConfig, d: int, m: int, sp: bool, vp: bool) 
     out["model.embed_tokens.gather"] = (((m, 1) if vp else (1, 1)), (d, 1))
     head = ((d, 1), (m, 1)) if vp else ((d * m, 1), (1, 1))
     out["tied_matmul" if model_cfg.tie_word_embeddings else "lm_head.matmul"] = head
-    out.update({"loss.log_softmax": ((d, m, 1),), "loss.gather_d": ((d, m, 1), (d, m, 1)),
-                "loss.reduce_sum": ((d, m),)})
+    split, rows = (d, m), (d, 1)  # vocabulary-parallel cross-entropy on [tokens, V]; None: the other form's ops
+    vocab = {"logit_max": (split,), "sub_max": (split, rows), "exp": (split,), "sum_exp": (split,), "log": (rows,),
+             "one_hot": (split, (), ()), "mul_target": (split, split), "sum_target": (split,),
+             "sub_target": (rows, rows)}
+    out.update({f"loss.{k}": v if vp else None for k, v in vocab.items()})
+    out.update({"loss.log_softmax": None if vp else ((d, m, 1),),
+                "loss.gather_d": None if vp else ((d, m, 1), (d, m, 1)), "loss.reduce_sum": ((d, m),)})
     return out
 
 
@@ -112,7 +117,8 @@ def test_every_primitive_has_the_expected_strategy(semi_auto, model_cfg, dp, mp,
     found = read_strategies(network)
     sharded = {k: v for k, v in found.items() if k.rsplit(".", 1)[-1] not in UNSHARDED}
     assert sharded == expected
-    assert {k: v[0] for k, v in applied.items()} == expected
+    assert {k: v[0] for k, v in applied.items()} == {k: v for k, v in expected.items() if v is not None}
+    assert network.vocab_parallel is vp  # the loss computes the form its strategies are for
     assert all(v is None for k, v in found.items() if k.rsplit(".", 1)[-1] in UNSHARDED)
 
 
