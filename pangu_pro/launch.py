@@ -7,8 +7,9 @@
 `check` refuses, in about a second and before any worker starts, what cannot run: no training data,
 shards that do not fit the model or the tokenizer (`provenance.data_problems`), a layout whose
 data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan that does not
-fit the device (`--tool inherit`: the config read with its `inherit:` section, the mask-learning plan
-of `inherit/plan.py`). Every problem is listed in one message with the fix. It imports no MindSpore
+fit the device (the device's memory from `device_memory`, whose source every message names;
+`--tool inherit`: the config read with its `inherit:` section, the mask-learning plan of
+`inherit/plan.py`). Every problem is listed in one message with the fix. It imports no MindSpore
 (the memory plan is pure arithmetic), so it stays fast.
 
 `failure` names the rank that failed first. msrun polls its workers and, at the first one that exited
@@ -24,7 +25,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -32,6 +35,9 @@ from typing import Optional
 GIB = 1024 ** 3
 DEVICE_MEMORY_ENV = "PANGU_PRO_DEVICE_MEMORY_GIB"  # HBM per device; 910B: 64, 910A: 32
 DEFAULT_DEVICE_MEMORY_GIB = 64.0
+BUS_ID = re.compile(r"\b[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]\b")  # npu-smi chip rows
+USAGE_PAIR = re.compile(r"(\d+)\s*/\s*(\d+)")  # npu-smi "used / total"
+NPU_SMI_TIMEOUT_S = 15
 WORKERS_DIR = ".workers"  # inside the log dir: rank_<r>.json = {"rank", "pid", "host"}
 MSRUN_LOG = "msrun.log"
 FAILED_WORKER = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
@@ -92,16 +98,59 @@ def layout_problems(config, workers: int) -> list[str]:
     return []
 
 
-def over_budget(need_gib: float) -> Optional[str]:
-    """'needs N GiB per device, more than 85% of M GiB (...)' when a plan leaves less than 15% of the
-    device's memory (DEVICE_MEMORY_ENV) to the runtime and fragmentation; None when it fits."""
-    budget = float(os.environ.get(DEVICE_MEMORY_ENV, DEFAULT_DEVICE_MEMORY_GIB))
-    if need_gib <= 0.85 * budget:
+def npu_smi_hbm_gib(text: str) -> Optional[float]:
+    """The smallest HBM total of the chips in `npu-smi info` output, in GiB, or None when the table has no
+    HBM-Usage(MB) column. Each chip row carries a PCIe bus id (0000:C1:00.0) and ends with the
+    `used / total` HBM pair in MB (910B: 65536, 910A: 32768); the chip's other pairs come before it."""
+    if "HBM-Usage" not in text:
         return None
-    return f"needs {need_gib:.1f} GiB per device, more than 85% of {budget:g} GiB ({DEVICE_MEMORY_ENV})"
+    totals = [int(USAGE_PAIR.findall(line)[-1][1]) for line in text.splitlines()
+              if BUS_ID.search(line) and USAGE_PAIR.search(line)]
+    return min(totals) / 1024 if totals else None
 
 
-def memory_problems(config, device: str) -> list[str]:
+def read_npu_smi() -> Optional[str]:
+    """`npu-smi info` output, or None when the tool is missing or fails."""
+    if shutil.which("npu-smi") is None:
+        return None
+    try:
+        done = subprocess.run(["npu-smi", "info"], capture_output=True, text=True, timeout=NPU_SMI_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def device_memory(config) -> tuple[float, str]:
+    """(GiB per device, where that figure comes from) for the Ascend pre-flight check, first found of:
+    DEVICE_MEMORY_ENV; the smaller of the config's `device.max_device_memory_gb` (the memory pool the run
+    will get) and what `npu-smi info` reports; DEFAULT_DEVICE_MEMORY_GIB, assumed. The pre-flight check
+    imports no MindSpore, so `mindspore.hal.get_device_properties` (which needs the device) is not asked."""
+    if os.environ.get(DEVICE_MEMORY_ENV):
+        return float(os.environ[DEVICE_MEMORY_ENV]), DEVICE_MEMORY_ENV
+    found = []
+    cap = getattr(getattr(config, "device", None), "max_device_memory_gb", None)
+    if cap is not None:
+        found.append((float(cap), "device.max_device_memory_gb"))
+    text = read_npu_smi()
+    hbm = npu_smi_hbm_gib(text) if text is not None else None
+    if hbm is not None:
+        found.append((hbm, "npu-smi info"))
+    if found:
+        return min(found)
+    return DEFAULT_DEVICE_MEMORY_GIB, (f"assumed (910B); set {DEVICE_MEMORY_ENV} or device.max_device_memory_gb "
+                                       "when npu-smi cannot tell")
+
+
+def over_budget(need_gib: float, budget: tuple[float, str]) -> Optional[str]:
+    """'needs N GiB per device, more than 85% of M GiB (source)' when a plan leaves less than 15% of the
+    device's memory (`device_memory`) to the runtime and fragmentation; None when it fits."""
+    gib, source = budget
+    if need_gib <= 0.85 * gib:
+        return None
+    return f"needs {need_gib:.1f} GiB per device, more than 85% of {gib:g} GiB ({source})"
+
+
+def memory_problems(config, device: str, budget: tuple[float, str]) -> list[str]:
     """The memory plan (`model/plan.py`) against the device's memory; only on Ascend (on the CPU the
     model trains in host memory and the plan's bf16/flash-attention terms do not apply)."""
     if device != "ascend":
@@ -110,13 +159,13 @@ def memory_problems(config, device: str) -> list[str]:
 
     p = config.parallel
     worst = max(memory_plan(config), key=lambda s: s.total(p.recompute))
-    over = over_budget(worst.total(p.recompute) / GIB)
+    over = over_budget(worst.total(p.recompute) / GIB, budget)
     return [f"memory plan: pipeline stage {worst.stage} {over}: set parallel.recompute: selective or full, "
             f"parallel.optimizer_shard: true, a smaller train.batch_size with more train.grad_accum_steps, or "
             f"more pipeline stages (see `pangu-pro plan CONFIG`)"] if over else []
 
 
-def mask_memory_problems(config, device: str) -> list[str]:
+def mask_memory_problems(config, device: str, budget: tuple[float, str]) -> list[str]:
     """`inherit --tool`: the mask-learning plan (`inherit/plan.py`) against the device's memory, on Ascend;
     a tensor/pipeline layout, which mask learning refuses, as a problem."""
     from pangu_pro.config import ConfigError
@@ -126,7 +175,7 @@ def mask_memory_problems(config, device: str) -> list[str]:
         need = mask_plan(config).total / GIB
     except ConfigError as err:
         return [str(err)]
-    over = over_budget(need) if device == "ascend" else None
+    over = over_budget(need, budget) if device == "ascend" else None
     return [f"mask-learning plan {over}: lower inherit.batch_size (raise inherit.grad_accum_steps), set "
             f"parallel.recompute, or freeze the teacher (see `pangu-pro plan CONFIG`)"] if over else []
 
@@ -143,7 +192,11 @@ def check(config_path: str, workers: int, device: str, why: str, tool: str, tool
         print(f"error: {err}\n  [{where}]", file=sys.stderr)
         return 2
     problems = (data_problems(config) if tool == "train" else []) + layout_problems(config, workers)
-    problems += memory_problems(config, device) if tool == "train" else mask_memory_problems(config, device)
+    budget = device_memory(config) if device == "ascend" else None
+    if budget is not None:
+        where += f"; {budget[0]:g} GiB per device: {budget[1]}"
+    problems += memory_problems(config, device, budget) if tool == "train" else mask_memory_problems(config, device,
+                                                                                                     budget)
     if problems:
         print(f"error: {config_path} cannot start on {workers} workers [{where}]:", file=sys.stderr)
         for problem in problems:

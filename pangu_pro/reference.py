@@ -1,7 +1,9 @@
-"""The generated reference: docs/cli.md from the argparse parsers, docs/config.md from the config dataclasses.
+"""The generated reference: docs/cli.md from the argparse parsers, docs/config.md from the config dataclasses,
+and the memory-per-device tables of docs/parallel.md and docs/inherit.md from the shipped configs' plans
+(`pangu-pro plan`), each between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`.
 
-`python tools/gen_docs.py` writes both; `python tools/gen_docs.py --check` (and tests/test_docs.py) fails
-when they are stale. A config key's meaning is the comment on its line in the dataclass (two spaces, `#`).
+`python tools/gen_docs.py` writes them; `python tools/gen_docs.py --check` (and tests/test_docs.py) fails
+when one is stale. A config key's meaning is the comment on its line in the dataclass (two spaces, `#`).
 """
 from __future__ import annotations
 
@@ -251,8 +253,99 @@ def _global_batch(config) -> int:
     return t.batch_size * t.grad_accum_steps * p.data_parallel * (p.micro_batch_num if p.pipeline_stage > 1 else 1)
 
 
+# ------------------------------------------------------------------------------ memory per device
+
+PARALLEL_DOC = ROOT / "docs" / "parallel.md"
+INHERIT_DOC = ROOT / "docs" / "inherit.md"
+DEVICES_GIB = (("910B", 64), ("910A", 32))  # HBM per device of the Ascend 910 generations we target
+
+
+def shipped_configs() -> list[Path]:
+    """The presets whose memory the docs show: the top-level model and inheritance presets, configs/parallel/."""
+    configs = ROOT / "configs"
+    return sorted([*configs.glob("pangu_*.yaml"), *configs.glob("inherit_7b_*.yaml"),
+                   *(configs / "parallel").glob("*.yaml")], key=lambda p: (p.parent != configs, p.name))
+
+
+def layout_text(config) -> str:
+    p, t, seq = config.parallel, config.train, config.model.seq_length
+    axes = [f"dp {p.data_parallel}"] + [f"mp {p.model_parallel}"] * (p.model_parallel > 1)
+    axes += [f"pp {p.pipeline_stage} ({p.micro_batch_num} micro batches)"] * (p.pipeline_stage > 1)
+    flags = [name for name, on in (("sequence parallel", p.sequence_parallel), ("vocab parallel", p.vocab_parallel),
+                                   ("ZeRO", p.optimizer_shard)) if on]
+    batch = f"{t.batch_size} × {seq} tokens per rank" + (f" × {t.grad_accum_steps} accumulated"
+                                                          if t.grad_accum_steps > 1 else "")
+    return ", ".join([" × ".join(axes), *flags, batch])
+
+
+def _fits(gib_by_mode: dict) -> str:
+    """Per device generation, the lightest recompute mode whose plan fits 85% of its memory."""
+    cells = []
+    for name, memory in DEVICES_GIB:
+        mode = next((m for m, gib in gib_by_mode.items() if gib <= 0.85 * memory), None)
+        cells.append(mode if mode is not None else "does not fit")
+    return " | ".join(cells)
+
+
+def memory_rows(masks: bool) -> list[str]:
+    """Markdown rows: training presets (masks False) or mask-learning configs (masks True)."""
+    from pangu_pro.config import load_config
+    from pangu_pro.configtools import read_yaml
+    from pangu_pro.inherit.config import load_inherit_config
+    from pangu_pro.inherit.plan import mask_plan, teacher_dtype
+    from pangu_pro.model.plan import GIB, RECOMPUTE_MODES, memory_plan
+
+    rows = []
+    for path in shipped_configs():
+        name = f"`{path.relative_to(ROOT)}`"
+        if "inherit" in read_yaml(path):
+            if masks:
+                config = load_inherit_config(path)
+                ic, p = config.inherit, config.parallel
+                gib = mask_plan(config).total / GIB
+                accumulated = f" × {ic.grad_accum_steps} accumulated" if ic.grad_accum_steps > 1 else ""
+                layout = (f"dp {p.data_parallel}, {ic.batch_size} × {config.model.seq_length} tokens per rank"
+                          f"{accumulated}, {teacher_dtype(config)} teacher "
+                          f"({'frozen' if ic.lr_weights == 0 else 'trained'}), recompute {p.recompute}")
+                fits = " | ".join("yes" if gib <= 0.85 * memory else "no" for _, memory in DEVICES_GIB)
+                rows.append(f"| {name} | {layout} | {gib:.1f} | {fits} |")
+        elif not masks:
+            config = load_config(path)
+            stages = memory_plan(config)
+            gib = {m: max(s.total(m) for s in stages) / GIB for m in RECOMPUTE_MODES}
+            rows.append(f"| {name} | {layout_text(config)} | " + " / ".join(f"{gib[m]:.1f}" for m in RECOMPUTE_MODES)
+                        + f" | {_fits(gib)} |")
+    return rows
+
+
+def memory_table(masks: bool = False) -> str:
+    devices = " | ".join(f"{name} ({memory} GB)" for name, memory in DEVICES_GIB)
+    if masks:
+        head = f"| config | layout | GiB / device | fits {devices.replace(' | ', ' | fits ')} |\n|---|---|---|---|---|"
+    else:
+        head = (f"| config | layout | GiB / device, recompute none / selective / full | lightest recompute that "
+                f"fits: {devices} |\n|---|---|---|---|---|")
+    return "\n".join([head, *memory_rows(masks)]) + "\n"
+
+
+def fill_block(text: str, name: str, content: str, path: Path) -> str:
+    """`text` with the lines between `<!-- generated: NAME ... -->` and `<!-- end generated: NAME -->` replaced."""
+    pattern = re.compile(rf"(<!-- generated: {re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- end generated: {re.escape(name)} -->)",
+                         re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{path}: no `<!-- generated: {name} -->` ... `<!-- end generated: {name} -->` block")
+    return pattern.sub(lambda m: m.group(1) + content + m.group(3), text, count=1)
+
+
+def memory_docs() -> dict[Path, str]:
+    """docs/parallel.md and docs/inherit.md with their memory tables regenerated from the plans."""
+    return {PARALLEL_DOC: fill_block(PARALLEL_DOC.read_text(encoding="utf-8"), "memory-plan", memory_table(), PARALLEL_DOC),
+            INHERIT_DOC: fill_block(INHERIT_DOC.read_text(encoding="utf-8"), "mask-memory-plan", memory_table(masks=True),
+                                    INHERIT_DOC)}
+
+
 def generated() -> dict[Path, str]:
     from pangu_pro.cli import build_parser
 
     return {CLI_DOC: cli_markdown(build_parser()), CONFIG_DOC: config_markdown(),
-            ROUND_UNITS_DOC: round_units_markdown()}
+            ROUND_UNITS_DOC: round_units_markdown(), **memory_docs()}

@@ -8,10 +8,20 @@ import mindspore as ms
 DEVICE_ENV = "PANGU_PRO_DEVICE"
 
 
+# Why there is no GPU target (docs/ascend.md, "GPUs"): say it before MindSpore fails somewhere deeper.
+GPU_REFUSAL = (f"{DEVICE_ENV}=gpu: not supported. MindSpore 2.9's wheel still carries a GPU plugin (built for "
+               "CUDA 11.1 / 11.6 with cuDNN >= 7.6, mindspore/lib/plugin/gpu11.6), but its install pages list "
+               "Ascend and CPU builds only, and pangu-pro's Ascend kernels (flash attention, fused RoPE / RmsNorm, "
+               "bf16) and its tensor/pipeline/ZeRO layouts are untested there. Train on Ascend "
+               f"({DEVICE_ENV}=ascend) or, for small runs, on the CPU ({DEVICE_ENV}=cpu)")
+
+
 def device_target() -> str:
-    """'CPU' or 'Ascend', from the PANGU_PRO_DEVICE environment variable."""
+    """'CPU' or 'Ascend', from the PANGU_PRO_DEVICE environment variable ('gpu' is refused: GPU_REFUSAL)."""
     name = os.environ.get(DEVICE_ENV, "CPU").strip().lower()
     targets = {"cpu": "CPU", "ascend": "Ascend", "npu": "Ascend"}
+    if name in ("gpu", "cuda"):
+        raise ValueError(GPU_REFUSAL)
     if name not in targets:
         raise ValueError(f"{DEVICE_ENV}={name!r}: expected 'cpu' or 'ascend'")
     return targets[name]

@@ -13,6 +13,12 @@ detect_device() {
   fi
   PANGU_PRO_DEVICE="$(echo "$PANGU_PRO_DEVICE" | tr '[:upper:]' '[:lower:]')"
   [[ "$PANGU_PRO_DEVICE" == npu ]] && PANGU_PRO_DEVICE=ascend
+  if [[ "$PANGU_PRO_DEVICE" == gpu || "$PANGU_PRO_DEVICE" == cuda ]]; then  # pangu_pro/runtime.py GPU_REFUSAL
+    echo "error: PANGU_PRO_DEVICE=$PANGU_PRO_DEVICE: GPUs are not supported: MindSpore 2.9 ships only a legacy" \
+         "CUDA 11.1/11.6 plugin and lists Ascend and CPU builds; pangu-pro's kernels and layouts are" \
+         "Ascend's. Use PANGU_PRO_DEVICE=ascend, or cpu for small runs (docs/ascend.md, GPUs)" >&2
+    return 2
+  fi
   [[ "$PANGU_PRO_DEVICE" == cpu || "$PANGU_PRO_DEVICE" == ascend ]] || {
     echo "error: PANGU_PRO_DEVICE=$PANGU_PRO_DEVICE: expected cpu or ascend" >&2; return 2; }
   export PANGU_PRO_DEVICE

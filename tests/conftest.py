@@ -18,13 +18,23 @@ def pytest_configure(config):
     ms.set_device("Ascend" if _on_ascend() else "CPU")
 
 
+def _has_gpu() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
 def pytest_collection_modifyitems(config, items):
-    if _on_ascend():
-        return
-    skip = pytest.mark.skip(reason="needs an Ascend NPU (set PANGU_PRO_DEVICE=ascend on a cluster)")
+    skips = {}
+    if not _on_ascend():
+        skips["ascend"] = pytest.mark.skip(reason="needs an Ascend NPU (set PANGU_PRO_DEVICE=ascend on a cluster)")
+    if any("gpu" in item.keywords for item in items) and not _has_gpu():
+        skips["gpu"] = pytest.mark.skip(reason="needs an NVIDIA GPU (nvidia-smi -L lists none)")
     for item in items:
-        if "ascend" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

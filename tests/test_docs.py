@@ -1,6 +1,8 @@
-"""The documentation is checked against the code: the generated reference (docs/cli.md, docs/config.md)
-is current and complete."""
+"""The documentation is checked against the code: the generated reference (docs/cli.md, docs/config.md, the
+memory tables of docs/parallel.md and docs/inherit.md) is current and complete."""
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -20,6 +22,40 @@ def test_every_flag_and_key_has_a_meaning():
     assert not missing, f"add help= to: {', '.join(missing)}"
     assert not undocumented_keys(), ("add a `  # meaning` comment on the field's line: "
                                      + ", ".join(undocumented_keys()))
+
+
+HAND_TYPED_MEMORY = re.compile(r"\d+(?:\.\d+)?\s*GiB")
+
+
+def test_memory_figures_come_from_the_plan():
+    """The memory per device in docs and config comments is `pangu-pro plan`'s, written by gen_docs into a
+    marked block (docs/parallel.md, docs/inherit.md); no GiB figure is typed by hand outside the blocks
+    (the docs said 25.6 and the configs ~24 GiB for the 1B preset; the plan, with the accumulation buffer, 32.7)."""
+    from pangu_pro.config import load_config
+    from pangu_pro.model.plan import GIB, memory_plan
+    from pangu_pro.reference import PARALLEL_DOC, ROOT, memory_docs
+
+    generated_block = re.compile(r"<!-- generated: ([\w-]+).*?<!-- end generated: \1 -->", re.S)
+    typed = []
+    for path in [PARALLEL_DOC, ROOT / "docs" / "ascend.md", *sorted((ROOT / "configs").rglob("*.yaml"))]:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".yaml":
+            text = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+        typed += [f"{path.name}: {m.group(0)}" for m in HAND_TYPED_MEMORY.finditer(generated_block.sub("", text))]
+    assert not typed, typed
+    preset = load_config(ROOT / "configs" / "pangu_1b_pro.yaml")
+    gib = [max(s.total(m) for s in memory_plan(preset)) / GIB for m in ("none", "selective", "full")]
+    row = next(line for line in memory_docs()[PARALLEL_DOC].splitlines() if line.startswith("| `configs/pangu_1b_pro.yaml`"))
+    assert " / ".join(f"{g:.1f}" for g in gib) in row and row.endswith("| none | full |"), row
+
+
+def test_a_doc_without_its_generated_block_is_refused(tmp_path):
+    from pangu_pro.reference import fill_block
+
+    text = "a\n<!-- generated: memory-plan (gen_docs) -->\nold\n<!-- end generated: memory-plan -->\nb\n"
+    assert fill_block(text, "memory-plan", "new\n", tmp_path) == text.replace("old\n", "new\n")
+    with pytest.raises(ValueError, match="parallel.md: no `<!-- generated: memory-plan -->`"):
+        fill_block("a\n", "memory-plan", "new\n", tmp_path / "parallel.md")
 
 
 # ------------------------------------------------------------------------------ the shell examples

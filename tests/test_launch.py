@@ -154,3 +154,85 @@ def test_a_killed_rank_is_named_as_the_first_failure(tmp_path):
     assert f"last lines of {logs / 'worker_1.log'}" in stderr
     for log in logs.glob("worker_*.log"):
         assert "trained to step" not in log.read_text(errors="replace")
+
+
+NPU_SMI_910A = """\
++------------------------------------------------------------------------------------------------+
+| npu-smi 22.0.0                   Version: 22.0.2                                               |
++---------------------------+---------------+----------------------------------------------------+
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     910A                | OK            | 68.6        36                0    / 970           |
+| 0                         | 0000:C1:00.0  | 0           611  / 15171      1    / 32768         |
++===========================+===============+====================================================+
+| 1     910A                | OK            | 65.5        35                0    / 970           |
+| 0                         | 0000:81:00.0  | 0           1180 / 15171      1    / 30720         |
++===========================+===============+====================================================+
+| NPU     Chip              | Process id    | Process name             | Process memory(MB)      |
++===========================+===============+====================================================+
+| 0       0                 | 4242          | python                   | 3000                    |
++===========================+===============+====================================================+
+"""
+NPU_SMI_910B = """\
+| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|
+| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |
++===========================+===============+====================================================+
+| 0     910B3               | OK            | 93.5        41                0    / 0             |
+| 0                         | 0000:C1:00.0  | 0           0    / 0          3161 / 65536         |
+"""
+
+
+def test_npu_smi_hbm_is_the_smallest_chip_total():
+    from pangu_pro.launch import npu_smi_hbm_gib
+
+    assert npu_smi_hbm_gib(NPU_SMI_910A) == 30720 / 1024 == 30.0  # chip 1 has less HBM free to the user
+    assert npu_smi_hbm_gib(NPU_SMI_910B) == 64.0
+    assert npu_smi_hbm_gib("| 0 310P3 | OK |\n| 0 | 0000:01:00.0 | 0 1 / 21527 |\n") is None  # no HBM column
+
+
+@pytest.fixture
+def fake_npu_smi(tmp_path, monkeypatch):
+    """An `npu-smi` on PATH printing the 910A table above; no PANGU_PRO_DEVICE_MEMORY_GIB."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "npu-smi").write_text(f"#!/bin/sh\n[ \"$1\" = info ] || exit 1\ncat <<'TABLE'\n{NPU_SMI_910A}TABLE\n")
+    (folder / "npu-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.delenv("PANGU_PRO_DEVICE_MEMORY_GIB", raising=False)
+    return folder
+
+
+def test_a_32gb_910a_is_warned_from_npu_smi(tmp_path, fake_npu_smi, capsys):
+    """The 1B Pro preset plans 32.75 GiB per device: it fits a 64 GB 910B but not a 910A, whose memory the
+    check now reads from npu-smi (it assumed 64 GiB and let the run start)."""
+    from pangu_pro.launch import check
+
+    data = [f"data.train_files=[{tmp_path}]"]
+    preset = str(ROOT / "configs" / "pangu_1b_pro.yaml")
+    assert check(preset, 8, "ascend", "npu-smi found", "train", data) == 2
+    err = capsys.readouterr().err
+    assert "30 GiB per device: npu-smi info" in err
+    assert "memory plan: pipeline stage 0 needs 32.7 GiB per device, more than 85% of 30 GiB (npu-smi info)" in err
+    assert check(preset, 8, "ascend", "", "train", data + ["parallel.recompute=full"]) == 0  # 17.3 GiB fits
+    assert "pre-flight ok" in capsys.readouterr().err
+
+
+def test_the_device_memory_key_and_the_variable_and_the_assumption(tmp_path, fake_npu_smi, monkeypatch, capsys):
+    from pangu_pro.config import load_config
+    from pangu_pro.launch import check, device_memory
+
+    preset = str(ROOT / "configs" / "pangu_1b_pro.yaml")
+    capped = load_config(preset, ["device.max_device_memory_gb=24"])
+    assert device_memory(capped) == (24.0, "device.max_device_memory_gb")  # smaller than npu-smi's 30
+    assert device_memory(load_config(preset, ["device.max_device_memory_gb=58"])) == (30.0, "npu-smi info")
+    monkeypatch.setenv("PANGU_PRO_DEVICE_MEMORY_GIB", "64")
+    assert device_memory(capped) == (64.0, "PANGU_PRO_DEVICE_MEMORY_GIB")
+    assert check(preset, 8, "ascend", "", "train", [f"data.train_files=[{tmp_path}]"]) == 0
+    monkeypatch.delenv("PANGU_PRO_DEVICE_MEMORY_GIB")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no npu-smi
+    gib, source = device_memory(load_config(preset))
+    assert gib == 64.0 and source.startswith("assumed (910B); set PANGU_PRO_DEVICE_MEMORY_GIB")
+    assert check(preset, 8, "ascend", "", "train", [f"data.train_files=[{tmp_path}]",
+                                                    "device.max_device_memory_gb=32"]) == 2
+    assert "more than 85% of 32 GiB (device.max_device_memory_gb)" in capsys.readouterr().err

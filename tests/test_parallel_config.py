@@ -120,7 +120,37 @@ def test_plan_matches_a_hand_computation_for_1b_pro():
     copies_per_layer = 2 * (4 * 1_605_632 + 3 * 4_358_144 + 2 * 4_864 + 2 * 100_352)
     assert s0.weight_copies == 4 * 86_016_000 + 11 * copies_per_layer == 777_626_624
     assert s1.weight_copies == 2 * 86_016_000 + 10 * copies_per_layer
-    assert s0.total("none") == weights0 + 2 * weights0 + 4 * 302_836_736 + 777_626_624 + 2_942_337_024
+    # 4 micro batches per update: nn.PipelineGradReducer's fp32 accu_grads, whole (gradient_accumulation_shard off)
+    assert (s0.accumulation, s1.accumulation) == (4 * 302_836_736, 4 * 283_127_552)
+    assert s0.total("none") == weights0 + 2 * weights0 + 2 * 4 * 302_836_736 + 777_626_624 + 2_942_337_024
+
+
+def test_plan_counts_the_gradient_accumulation_buffer(monkeypatch):
+    """The 1B Pro preset (dp 8, ZeRO, 64 accumulation steps) keeps PipelineGradReducer's fp32 accu_grads:
+    4 B x 995,604,736 parameters = 3.71 GiB, whole since gradient_accumulation_shard is off; split over dp 8
+    like the weights when it is on; none with one micro batch per update; the data-parallel path's own
+    accumulators (no ZeRO) are whole too."""
+    from pangu_pro.model import plan
+
+    preset = load_config(ROOT / "configs" / "pangu_1b_pro.yaml")
+    (s,) = memory_plan(preset)
+    assert s.parameters == 995_604_736 and s.accumulation == 3_982_418_944
+    assert s.total("none") == s.weights + s.gradients + s.optimizer + s.weight_copies + 3_982_418_944 + \
+        s.activations["none"]
+    text = format_plan(preset)
+    assert ("accum: fp32 gradient accumulation buffer (nn.PipelineGradReducer accu_grads, 64 micro batches per "
+            "update), 4 B per parameter, whole: gradient_accumulation_shard is off") in text
+    assert re.search(r"^\s+0\s+21\s+995,604,736(\s+\d+\.\d\d){4}\s+3\.71\s", text, re.M), text
+    (one,) = memory_plan(load_config(ROOT / "configs" / "pangu_1b_pro.yaml", ["train.grad_accum_steps=1"]))
+    assert one.accumulation == 0 and "accum: no gradient accumulation buffer" in format_plan(
+        load_config(ROOT / "configs" / "pangu_1b_pro.yaml", ["train.grad_accum_steps=1"]))
+    (dp,) = memory_plan(load_config(ROOT / "configs" / "pangu_1b_pro.yaml", ["parallel.optimizer_shard=false"]))
+    assert dp.accumulation == 3_982_418_944
+    monkeypatch.setattr(plan, "GRADIENT_ACCUMULATION_SHARD", True)
+    (sharded,) = memory_plan(preset)
+    # ZeRO splits every tensor of >= 64 KB over 8: all but the 21 x 2 norms, the final norm, SIAF (2 x 2 x 4864 x 4 B)
+    whole = 21 * 2 * 1792 + 1792 + 21 * 2 * 2 * 4864
+    assert sharded.accumulation == 4 * (995_604_736 - whole) / 8 + 4 * whole == sharded.weights
 
 
 def test_plan_counts_sequence_parallel_gathers_and_fp32_weights_without_copies():

@@ -71,8 +71,13 @@ def expected_layout(model_cfg: ModelConfig, d: int, m: int, sp: bool, vp: bool) 
     out["model.embed_tokens.gather"] = (((m, 1) if vp else (1, 1)), (d, 1))
     head = ((d, 1), (m, 1)) if vp else ((d * m, 1), (1, 1))
     out["tied_matmul" if model_cfg.tie_word_embeddings else "lm_head.matmul"] = head
-    out.update({"loss.log_softmax": ((d, m, 1),), "loss.gather_d": ((d, m, 1), (d, m, 1)),
-                "loss.reduce_sum": ((d, m),)})
+    split, rows = (d, m), (d, 1)  # vocabulary-parallel cross-entropy on [tokens, V]; None: the other form's ops
+    vocab = {"logit_max": (split,), "sub_max": (split, rows), "exp": (split,), "sum_exp": (split,), "log": (rows,),
+             "one_hot": (split, (), ()), "mul_target": (split, split), "sum_target": (split,),
+             "sub_target": (rows, rows)}
+    out.update({f"loss.{k}": v if vp else None for k, v in vocab.items()})
+    out.update({"loss.log_softmax": None if vp else ((d, m, 1),),
+                "loss.gather_d": None if vp else ((d, m, 1), (d, m, 1)), "loss.reduce_sum": ((d, m),)})
     return out
 
 
@@ -112,7 +117,8 @@ def test_every_primitive_has_the_expected_strategy(semi_auto, model_cfg, dp, mp,
     found = read_strategies(network)
     sharded = {k: v for k, v in found.items() if k.rsplit(".", 1)[-1] not in UNSHARDED}
     assert sharded == expected
-    assert {k: v[0] for k, v in applied.items()} == expected
+    assert {k: v[0] for k, v in applied.items()} == {k: v for k, v in expected.items() if v is not None}
+    assert network.vocab_parallel is vp  # the loss computes the form its strategies are for
     assert all(v is None for k, v in found.items() if k.rsplit(".", 1)[-1] in UNSHARDED)
 
 
@@ -209,7 +215,8 @@ def test_parallel_context_kwargs():
     dp_only = ParallelConfig(data_parallel=8, optimizer_shard=True, optimizer_shard_threshold_kb=128)
     assert parallel_context_kwargs(dp_only) == {
         "parallel_mode": "data_parallel", "device_num": 8, "gradients_mean": True,
-        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"parallel_optimizer_threshold": 128,
+        "enable_parallel_optimizer": True, "parallel_optimizer_config": {"gradient_accumulation_shard": False,
+                                                                         "parallel_optimizer_threshold": 128,
                                                                          "optimizer_weight_shard_size": -1},
         "comm_fusion": {kind: {"mode": "size", "config": 32} for kind in ("allreduce", "allgather", "reducescatter")}}
     pipe = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4, allreduce_fusion_mb=0)

@@ -58,17 +58,66 @@ def test_mindformers_yaml_describes_the_same_1b_pro_model():
 
 
 def test_mindformers_parallel_config_becomes_our_layout(semi_auto):
-    from types import SimpleNamespace
+    from mindformers.modules.transformer import TransformerOpParallelConfig
 
     from pangu_pro.model.registry import PanGuPiProConfig, PanGuPiProForCausalLM
 
-    par = SimpleNamespace(data_parallel=2, model_parallel=4, pipeline_stage=1, micro_batch_num=1,
-                          use_seq_parallel=True, vocab_emb_dp=False)
+    # the object MindFormers' trainer puts on the model config (it must serialise: lazy_inline prints the config)
+    par = TransformerOpParallelConfig(data_parallel=2, model_parallel=4, use_seq_parallel=True, vocab_emb_dp=False)
     model = PanGuPiProForCausalLM(PanGuPiProConfig(**TINY, parallel_config=par))
     attention = model.with_loss.network.model.layers[0].attention
     assert attention.wq.matmul.in_strategy == ((2, 1), (4, 1))
     assert attention.wo.matmul.out_strategy == ((8, 1),)  # sequence parallel
     assert model.with_loss.network.model.embed_tokens.gather.in_strategy == ((4, 1), (2, 1))  # vocab split
+
+
+def test_mindformers_optimizer_groups_equal_ours():
+    """The YAML's optimizer under MindFormers' grouping, as its trainer builds it (on the wrapped network,
+    here GradAccumulationCell for the YAML's 64 steps): every parameter's weight decay equals our AdamW's.
+    MindFormers' own groups decay SIAF's scale (> 1-D, not `.bias`), and its `no_weight_decay_keywords`
+    model hook is not found on the wrapper; with `type: AdamW` (the old YAML) the scale was decayed."""
+    from mindformers import MindFormerConfig
+    from mindformers.core.optim import build_optim
+    from mindformers.trainer.optimizer_grouped_parameters import get_optimizer_grouped_parameters
+    from mindspore.nn.wrap.cell_wrapper import GradAccumulationCell
+
+    from pangu_pro.config import TrainConfig
+    from pangu_pro.model.registry import PanGuPiProConfig, PanGuPiProForCausalLM
+    from pangu_pro.train.optim import build_optimizer
+
+    mf = MindFormerConfig(str(ROOT / "configs" / "mindformers" / "pangu_1b_pro.yaml"))
+    model = PanGuPiProForCausalLM(PanGuPiProConfig(**TINY))
+    groups = get_optimizer_grouped_parameters(model=GradAccumulationCell(model, 4),
+                                              weight_decay=mf.optimizer.weight_decay)
+    raw = {p.name: g["weight_decay"] for g in groups for p in g["params"]}
+    assert raw["model.layers.0.feed_forward.siaf.scale"] == 0.1  # MindFormers' rule alone decays it
+    optimizer = build_optim(mf.optimizer, default_args={"params": groups, "learning_rate": 3e-4})
+    theirs = {p.name: wd for p, wd in zip(optimizer.parameters, optimizer.group_weight_decay)}
+    ours = build_optimizer(model.trainable_params(), TrainConfig(weight_decay=mf.optimizer.weight_decay))
+    assert theirs == {p.name: wd for p, wd in zip(ours.params, ours.weight_decays)}
+    assert theirs["model.layers.0.feed_forward.siaf.scale"] == theirs["model.layers.0.feed_forward.siaf.bias"] == 0.0
+    assert theirs["model.layers.0.attention.wq.weight"] == 0.1 and theirs["model.norm.weight"] == 0.0
+
+
+def test_the_model_is_lazy_inline_as_mindformers_llama_and_computes_the_same(semi_auto):
+    """MindFormers' `lazy_inline` on the constructor: under a parallel context the cell is marked for one
+    reusable sub-graph (its config must serialise for that); stand-alone (every CPU run) MindFormers skips
+    it, and the CPU loss equals our loss cell's with the same weights."""
+    import mindspore as ms
+    import numpy as np
+
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.registry import PanGuPiProConfig, PanGuPiProForCausalLM
+
+    marked = PanGuPiProForCausalLM(PanGuPiProConfig(**TINY))
+    assert marked.cell_init_args.startswith("lazy_inline_PanGuPiProForCausalLM")
+    ms.reset_auto_parallel_context()
+    model = PanGuPiProForCausalLM(PanGuPiProConfig(**TINY))
+    assert getattr(model, "cell_init_args", None) is None
+    reference = PanGuPiWithLoss(PanGuPiForCausalLM(PanGuPiProConfig(**TINY).model))
+    ms.load_param_into_net(reference, {p.name: p for p in model.get_parameters()}, strict_load=True)
+    ids = ms.Tensor(np.random.default_rng(0).integers(3, TINY["vocab_size"], (2, TINY["seq_length"] + 1)), ms.int32)
+    assert model(ids).asnumpy() == reference(ids).asnumpy()
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Write docs/cli.md and docs/config.md from the argparse parsers and the config dataclasses.
+"""Write docs/cli.md and docs/config.md from the argparse parsers and the config dataclasses, and the
+memory-per-device tables of docs/parallel.md and docs/inherit.md from `pangu-pro plan` on the shipped configs.
 
-    python tools/gen_docs.py           # regenerate both
-    python tools/gen_docs.py --check   # exit 1 if either is stale (tests/test_docs.py does the same)
+    python tools/gen_docs.py           # regenerate them
+    python tools/gen_docs.py --check   # exit 1 if one is stale (tests/test_docs.py does the same)
 """
 import argparse
 import os

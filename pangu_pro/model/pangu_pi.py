@@ -308,6 +308,31 @@ class PanGuPiWithLoss(nn.Cell):
         self.cast = ops.Cast()
         self.reduce_sum = ops.ReduceSum()
         self.maximum = ops.Maximum()
+        # The vocabulary-parallel form (`vocab_nll`), switched on by `sharding` with `vocab_parallel`.
+        self.vocab_parallel = False
+        self.logit_max = ops.ReduceMax(keep_dims=True)
+        self.sub_max = ops.Sub()
+        self.exp = ops.Exp()
+        self.sum_exp = ops.ReduceSum(keep_dims=True)
+        self.log = ops.Log()
+        self.one_hot = ops.OneHot()
+        self.mul_target = ops.Mul()
+        self.sum_target = ops.ReduceSum(keep_dims=True)
+        self.sub_target = ops.Sub()
+        self.on_value = ms.Tensor(1.0, ms.float32)
+        self.off_value = ms.Tensor(0.0, ms.float32)
+
+    def vocab_nll(self, logits, labels):
+        """-log softmax(logits)[label] of [N, V] fp32 logits, [N] labels, as reductions over the vocabulary
+        axis only: max, sum of exp (log-sum-exp) and the target logit picked by a one-hot product. With the
+        vocabulary split over model_parallel each device reduces its slice and only [N, 1] partial maxima
+        and sums cross devices (sharding.py), instead of the whole [N, V] logits that LogSoftmax and GatherD
+        need. The max is a constant shift (its gradient cancels), so it is not differentiated."""
+        shifted = self.sub_max(logits, ops.stop_gradient(self.logit_max(logits, -1)))
+        log_sum_exp = self.log(self.sum_exp(self.exp(shifted), -1))
+        target = self.sum_target(self.mul_target(shifted, self.one_hot(labels, logits.shape[-1], self.on_value,
+                                                                       self.off_value)), -1)
+        return self.sub_target(log_sum_exp, target).squeeze(-1)
 
     def token_losses(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
                      layer_mask=None, bottleneck_mask=None):
@@ -318,10 +343,13 @@ class PanGuPiWithLoss(nn.Cell):
         if loss_mask is not None:
             valid = valid * self.cast(loss_mask[:, 1:], ms.float32)
         labels = ops.select(labels == self.ignore_index, ops.zeros_like(labels), labels)
-        log_probs = self.log_softmax(self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask,
-                                                  bottleneck_mask))
-        picked = self.gather_d(log_probs, 2, labels.expand_dims(-1)).squeeze(-1)
-        return -picked * valid, valid
+        logits = self.network(tokens, head_mask, neuron_mask, hidden_mask, layer_mask, bottleneck_mask)
+        if self.vocab_parallel:
+            b, t, v = logits.shape
+            nll = self.vocab_nll(logits.reshape((b * t, v)), labels.reshape((-1,))).reshape((b, t))
+        else:
+            nll = -self.gather_d(self.log_softmax(logits), 2, labels.expand_dims(-1)).squeeze(-1)
+        return nll * valid, valid
 
     def construct(self, input_ids, loss_mask=None, head_mask=None, neuron_mask=None, hidden_mask=None,
                   layer_mask=None, bottleneck_mask=None):

@@ -6,8 +6,21 @@ instantiated model), so a user can size a model, or a vocabulary, before spendin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from pangu_pro.config import ModelConfig
+
+NO_DECAY_MARKERS = (".siaf.",)  # 2-D parameters that are not weight matrices (SIAF's per-channel terms)
+
+
+def decays(name: str, shape: Sequence[int]) -> bool:
+    """Whether weight decay applies to the parameter `name` of `shape`: every matrix, not 1-D parameters
+    (norm gains, biases) nor SIAF's scale and bias [n, F] (activation-function parameters initialised to
+    exactly SiLU: decaying them would turn the activation off). Our AdamW (`train/optim.py`) and
+    MindFormers' route (`registry.PanGuPiAdamW`) both group by it."""
+    if len(shape) <= 1:
+        return False
+    return not any(marker in f".{name}" for marker in NO_DECAY_MARKERS)
 
 COMPONENTS = ("embedding", "lm_head", "attention", "ffn", "siaf", "aug_shortcut", "norms")
 

@@ -47,6 +47,15 @@ unrecomputed activations while it is recomputed. The last stage also holds the h
 batch: 4H / sp + cH (/ mp unless vocab_parallel) + 12V / mp (fp32 logits, log-softmax output and,
 in the backward pass, the fp32 logits gradient).
 
+Gradient accumulation buffer: when one update sums several micro batches (a pipeline's
+micro_batch_num, or train.grad_accum_steps > 1 without one) the step keeps an fp32 accumulator per
+parameter, 4 B per element of the device's slice: `nn.PipelineGradReducer`'s ``accu_grads``
+(``parameters.clone(init="zeros")``, mindspore/nn/wrap/grad_reducer.py) under semi-auto parallel, our
+own `TrainStep` accumulators on the data-parallel path. It is split like the weights only under
+ZeRO with the parallel optimizer's ``gradient_accumulation_shard``, which we set to
+`GRADIENT_ACCUMULATION_SHARD` (False, as MindFormers' trainer: a sharded buffer costs a
+reduce-scatter of every micro batch's gradients instead of one per update); otherwise it is whole.
+
 With 1F1B pipelining stage i keeps min(micro_batch_num, pp - i) micro batches in flight; without
 pipelining one. A micro batch is train.batch_size sequences of seq_length tokens per data-parallel
 rank. Framework workspace, communication buffers and fragmentation are not included: keep ~10-20%
@@ -61,6 +70,9 @@ from pangu_pro.config import Config, ModelConfig, ParallelConfig
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RECOMPUTE_MODES = ("none", "selective", "full")
 GIB = 1024 ** 3
+# `parallel_optimizer_config["gradient_accumulation_shard"]` (sharding.parallel_context_kwargs). MindSpore 2.9's
+# docs give its default as True (_auto_parallel_context.py) and False (context.py); the C++ context starts False.
+GRADIENT_ACCUMULATION_SHARD = False
 
 
 @dataclass(frozen=True)
@@ -147,21 +159,32 @@ class StageMemory:
     activations: dict = field(default_factory=dict)  # recompute mode -> bytes
     micro_batches_in_flight: int = 1
     weight_copies: float = 0.0  # compute-dtype / all-gathered weight copies (module doc)
+    accumulation: float = 0.0  # fp32 gradient accumulation buffer (module doc)
 
     def total(self, mode: str) -> float:
-        return self.weights + self.gradients + self.optimizer + self.weight_copies + self.activations[mode]
+        return (self.weights + self.gradients + self.optimizer + self.weight_copies + self.accumulation
+                + self.activations[mode])
 
 
-def stage_memory(m: ModelConfig, p: ParallelConfig, batch_size: int, stage: int) -> StageMemory:
+def summed_micro_batches(p: ParallelConfig, grad_accum_steps: int) -> int:
+    """Micro batches one update sums (as `sharding.summed_micro_losses`): > 1 means an accumulation buffer."""
+    return p.micro_batch_num if p.pipeline_stage > 1 else grad_accum_steps
+
+
+def stage_memory(m: ModelConfig, p: ParallelConfig, batch_size: int, stage: int,
+                 grad_accum_steps: int = 1) -> StageMemory:
     tensors = stage_tensors(m, p, stage)
     threshold = p.optimizer_shard_threshold_kb * 1024
     c = BYTES[m.compute_dtype]
-    weights = optimizer = copies = 0.0
+    accumulates = summed_micro_batches(p, grad_accum_steps) > 1
+    weights = optimizer = copies = accumulation = 0.0
     for t in tensors:
         zero = p.optimizer_shard and t.zero_eligible and 4 * t.elements >= threshold
         split = zero_group(p) if zero else 1
         weights += 4 * t.elements / split
         optimizer += 8 * t.elements / split
+        if accumulates:
+            accumulation += 4 * t.elements / (split if GRADIENT_ACCUMULATION_SHARD else 1)
         if t.cast and (c < 4 or zero):
             copies += c * t.elements
         elif zero:
@@ -177,7 +200,8 @@ def stage_memory(m: ModelConfig, p: ParallelConfig, batch_size: int, stage: int)
         if mode == "full" and layers:
             stored += tokens * activation_bytes_per_token(m, p, "none")  # the layer being recomputed
         activations[mode] = stored + head
-    return StageMemory(stage, layers, parameters, weights, 4.0 * parameters, optimizer, activations, in_flight, copies)
+    return StageMemory(stage, layers, parameters, weights, 4.0 * parameters, optimizer, activations, in_flight, copies,
+                       accumulation)
 
 
 def zero_group(p: ParallelConfig) -> int:
@@ -187,8 +211,21 @@ def zero_group(p: ParallelConfig) -> int:
 
 def memory_plan(config: Config) -> list[StageMemory]:
     """Memory of one device of every pipeline stage (devices of one stage hold the same amounts)."""
-    return [stage_memory(config.model, config.parallel, config.train.batch_size, s)
+    return [stage_memory(config.model, config.parallel, config.train.batch_size, s, config.train.grad_accum_steps)
             for s in range(config.parallel.pipeline_stage)]
+
+
+def accumulation_note(config: Config) -> str:
+    """One line naming the accumulation buffer of this config, or saying there is none."""
+    p, summed = config.parallel, summed_micro_batches(config.parallel, config.train.grad_accum_steps)
+    if summed <= 1:
+        return "accum: no gradient accumulation buffer (one micro batch per update)"
+    owner = ("nn.PipelineGradReducer accu_grads" if p.optimizer_shard or p.model_parallel > 1 or p.pipeline_stage > 1
+             else "TrainStep accumulators")
+    split = ("split like the weights (gradient_accumulation_shard)" if p.optimizer_shard and GRADIENT_ACCUMULATION_SHARD
+             else "whole: gradient_accumulation_shard is off" if p.optimizer_shard else "whole")
+    return (f"accum: fp32 gradient accumulation buffer ({owner}, {summed} micro batches per update), "
+            f"4 B per parameter, {split}")
 
 
 def format_plan(config: Config, device_memory_gib: float = 64.0) -> str:
@@ -205,12 +242,14 @@ def format_plan(config: Config, device_memory_gib: float = 64.0) -> str:
         "bytes per parameter: fp32 weights 4 + fp32 gradients 4 + fp32 AdamW moments 8 "
         "(weights and moments / data_parallel under optimizer_shard); copies: compute-dtype / "
         "all-gathered weights kept for the backward pass",
-        f"{'stage':>5}{'layers':>7}{'params':>14}{'weights':>10}{'grads':>10}{'optim':>10}{'copies':>10}"
+        accumulation_note(config),
+        f"{'stage':>5}{'layers':>7}{'params':>14}{'weights':>10}{'grads':>10}{'optim':>10}{'copies':>10}{'accum':>10}"
         f"{'act none':>10}{'act sel':>10}{'act full':>10}{'total*':>10}   (GiB; * with recompute '{p.recompute}')",
     ]
     for s in stages:
         lines.append(f"{s.stage:>5}{s.layers:>7}{s.parameters:>14,}{s.weights / GIB:>10.2f}{s.gradients / GIB:>10.2f}"
-                     f"{s.optimizer / GIB:>10.2f}{s.weight_copies / GIB:>10.2f}{s.activations['none'] / GIB:>10.2f}"
+                     f"{s.optimizer / GIB:>10.2f}{s.weight_copies / GIB:>10.2f}{s.accumulation / GIB:>10.2f}"
+                     f"{s.activations['none'] / GIB:>10.2f}"
                      f"{s.activations['selective'] / GIB:>10.2f}{s.activations['full'] / GIB:>10.2f}"
                      f"{s.total(p.recompute) / GIB:>10.2f}")
     worst = max(stages, key=lambda s: s.total(p.recompute))

@@ -15,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 
 import mindspore as ms
+from mindformers.core.optim.adamw import AdamW as MindFormersAdamW  # what `type: AdamW` builds (use_fused off)
 from mindformers.models.configuration_utils import PretrainedConfig
 from mindformers.models.modeling_utils import PreTrainedModel
+from mindformers.models.utils import lazy_inline
 from mindformers.tools.register import MindFormerModuleType, MindFormerRegister
 
 from pangu_pro.config import ModelConfig, ParallelConfig
 from pangu_pro.configtools import from_mapping
+from pangu_pro.model.params import decays
 from pangu_pro.model.pangu_pi import PanGuPiForCausalLM, PanGuPiWithLoss
 from pangu_pro.model.sharding import configure_model, sharding_active
 
@@ -66,7 +69,11 @@ def parallel_from_mindformers(config) -> ParallelConfig:
 class PanGuPiProConfig(PretrainedConfig):
     """`model.model_config` of a MindFormers YAML: our ModelConfig keys (validated, errors name the key)
     plus whatever MindFormers' trainer adds (parallel_config, batch_size, dataset_config, ...), which
-    a PretrainedConfig keeps as attributes. `model` is the validated ModelConfig."""
+    a PretrainedConfig keeps as attributes. `model` is the validated ModelConfig.
+
+    Our keys are kept as plain attributes, so the config serialises as MindFormers expects (`repr`, which
+    `lazy_inline` calls, diffs it against a default `PanGuPiProConfig()`, built with no keys and not
+    validated)."""
 
     model_type = "pangu_pi_pro"
 
@@ -76,8 +83,16 @@ class PanGuPiProConfig(PretrainedConfig):
             if key in ours:
                 kwargs[key] = ours[key]
         super().__init__(**kwargs)
-        self.model = from_mapping(ModelConfig, ours, "model.model_config")
+        for key, value in ours.items():
+            setattr(self, key, value)
+        if ours:
+            self.model  # noqa: B018 - validate now: errors name the key before any cell is built
         self.use_past = False  # MindFormers' trainer refuses incremental inference in training
+
+    @property
+    def model(self) -> ModelConfig:
+        given = {key: getattr(self, key, None) for key in MODEL_KEYS}  # None: not given (PretrainedConfig's ids)
+        return from_mapping(ModelConfig, {k: v for k, v in given.items() if v is not None}, "model.model_config")
 
 
 @MindFormerRegister.register(MindFormerModuleType.MODELS)
@@ -87,11 +102,13 @@ class PanGuPiProForCausalLM(PreTrainedModel):
     shifted by one, `ignore_index` labels do not count. Parameter names are our own
     (`model.layers.0.attention.wq.weight`, ...), so checkpoints load with `load_weights` and convert
     with `pangu-pro convert`. MindFormers' trainer wraps it (MicroBatchInterleaved, PipelineCell,
-    GradAccumulationCell, MFTrainOneStepCell) like its own LLaMA."""
+    GradAccumulationCell, MFTrainOneStepCell) like its own LLaMA, and compiles it once as a reusable
+    sub-graph (MindFormers' `lazy_inline`, which it skips stand-alone) rather than once per micro batch."""
 
     config_class = PanGuPiProConfig
     base_model_prefix = "pangu_pi_pro"
 
+    @lazy_inline  # MindFormers' own, as its LlamaForCausalLM: one sub-graph for the 64 accumulated micro batches
     def __init__(self, config: PanGuPiProConfig = None, **kwargs):
         super().__init__(config, auto_prefix=False)
         self.with_loss = PanGuPiWithLoss(PanGuPiForCausalLM(config.model))
@@ -107,3 +124,33 @@ class PanGuPiProForCausalLM(PreTrainedModel):
 
     def construct(self, input_ids):
         return self.with_loss(input_ids)
+
+
+def regroup_weight_decay(groups, weight_decay: float) -> list[dict]:
+    """MindFormers' optimizer groups re-split by our rule (`params.decays`): every group's parameters
+    into a decayed group (`weight_decay`) and an exempt one (0.0), each keeping the group's other keys
+    (a grouped learning rate). Empty groups are dropped."""
+    out = []
+    for group in groups if isinstance(groups[0], dict) else [{"params": list(groups)}]:
+        rest = {k: v for k, v in group.items() if k not in ("params", "weight_decay")}
+        for decayed in (True, False):
+            params = [p for p in group["params"] if decays(p.name, p.shape) == decayed]
+            if params:
+                out.append({**rest, "params": params, "weight_decay": weight_decay if decayed else 0.0})
+    return out
+
+
+@MindFormerRegister.register(MindFormerModuleType.OPTIMIZER)
+class PanGuPiAdamW(MindFormersAdamW):
+    """MindFormers' AdamW with our weight-decay groups (`optimizer: {type: PanGuPiAdamW}` in the YAML).
+
+    MindFormers' trainer groups parameters by its own rule (`get_optimizer_grouped_parameters`: every
+    parameter of more than one dimension not ending in `.bias` is decayed), which decays SIAF's
+    `scale` [n, F]; its `no_weight_decay_keywords()` model hook cannot fix that, because the trainer
+    hands the grouping the wrapped network (`_VirtualDatasetCell`, `GradAccumulationCell`,
+    `PipelineCell`; base_trainer.py `training_process`), on which the model's methods are not found.
+    So the optimizer re-splits the groups it receives by `params.decays`, as `pangu-pro train` does."""
+
+    def __init__(self, params, learning_rate=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, swap=False):
+        super().__init__(regroup_weight_decay(params, float(weight_decay)), learning_rate=learning_rate, betas=betas,
+                         eps=eps, weight_decay=weight_decay, swap=swap)

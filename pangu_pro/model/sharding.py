@@ -18,7 +18,8 @@ parallel; s = mp with sequence parallel, else 1). Linear layers flatten tokens t
 | AugShortcut W_down, W_up | ((dp*s, 1), (1, 1)): replicated weights, see below |
 | embedding gather | ((1, 1), (dp, 1)), vocab parallel ((mp, 1), (dp, 1)) |
 | LM head | ((dp*mp, 1), (1, 1)) (tokens split, weight replicated), vocab parallel ((dp, 1), (mp, 1)) |
-| loss (log-softmax, gather) ([B, T, V]) | (dp, mp, 1): the vocabulary axis of a softmax cannot be split |
+| loss (log-softmax, gather) ([B, T, V]) | (dp, mp, 1): tokens split, the whole vocabulary on each device |
+| loss with vocab parallel ([B*T, V]) | max, exp, sums, one-hot product (dp, mp); log-sum-exp, target (dp, 1): `vocab_nll` |
 
 AugShortcut is replicated rather than split: its bottleneck is d/32 (56 for 1B Pro, 64 for 1.5B Pro,
 128 for 7B), so splitting it would cost one extra [B, T, d] all-reduce per layer (the row-parallel
@@ -35,6 +36,7 @@ from mindspore import nn
 
 from pangu_pro.config import Config, ConfigError, ParallelConfig, check_layout
 from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+from pangu_pro.model.plan import GRADIENT_ACCUMULATION_SHARD
 
 PARALLEL_MODES = ("semi_auto_parallel", "auto_parallel")
 
@@ -170,10 +172,23 @@ class _Sharder:
             self.op(lm.lm_head, "matmul", "lm_head", strategy)
 
     def loss(self, with_loss, path):
-        tokens = (self.dp, self.mp, 1)
-        self.op(with_loss, "log_softmax", path, (tokens,))
-        self.op(with_loss, "gather_d", path, (tokens, tokens))
         self.op(with_loss, "reduce_sum", path, ((self.dp, self.mp),))
+        if not self.vocab_parallel:
+            tokens = (self.dp, self.mp, 1)
+            self.op(with_loss, "log_softmax", path, (tokens,))
+            self.op(with_loss, "gather_d", path, (tokens, tokens))
+            return
+        # vocabulary-parallel cross-entropy on the head's [tokens, V] layout (dp, mp): every reduction over V
+        # is local to a device's slice, then an all-reduce of [tokens, 1] (MindFormers' CrossEntropyLoss)
+        with_loss.vocab_parallel = True
+        split, rows = (self.dp, self.mp), (self.dp, 1)
+        for name in ("logit_max", "exp", "sum_exp", "sum_target"):
+            self.op(with_loss, name, path, (split,))
+        self.op(with_loss, "sub_max", path, (split, rows))
+        self.op(with_loss, "one_hot", path, (split, (), ()))
+        self.op(with_loss, "mul_target", path, (split, split))
+        self.op(with_loss, "log", path, (rows,))
+        self.op(with_loss, "sub_target", path, (rows, rows))
 
 
 def _parts(model):
@@ -321,6 +336,7 @@ def parallel_context_kwargs(parallel_cfg: ParallelConfig, strategy_file: Optiona
     if parallel_cfg.optimizer_shard:
         kwargs["enable_parallel_optimizer"] = True
         kwargs["parallel_optimizer_config"] = {
+            "gradient_accumulation_shard": GRADIENT_ACCUMULATION_SHARD,  # explicit: 2.9 documents both defaults
             "parallel_optimizer_threshold": parallel_cfg.optimizer_shard_threshold_kb,
             "optimizer_weight_shard_size": parallel_cfg.optimizer_weight_shard_size}
     # one buffer size for the gradient all-reduce and ZeRO's reduce-scatter (gradients) / all-gather (weights)

@@ -13,7 +13,7 @@ The last line is MindSpore's fused `ops.Adam` kernel (5x faster on the CPU than 
 written as separate ops). It equals PyTorch's `m_hat / (sqrt(v_hat) + eps)` with eps scaled by
 sqrt(1 - b2^t): the same up to a different epsilon during the first few hundred steps.
 
-Weight decay (`decays`): every matrix is decayed (projections, embedding, LM head) except
+Weight decay (`decays`, `pangu_pro.model.params`): every matrix is decayed (projections, embedding, LM head) except
   * 1-D parameters: the RMSNorm weights (and any bias);
   * SIAF's ``scale`` and ``bias`` [n, F]: 2-D only because they hold n terms per channel; they are
     activation-function parameters (initialised to exactly SiLU), and pulling them to zero would turn
@@ -21,19 +21,11 @@ Weight decay (`decays`): every matrix is decayed (projections, embedding, LM hea
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-NO_DECAY_MARKERS = (".siaf.",)  # 2-D parameters that are not weight matrices
+from pangu_pro.model.params import decays  # the rule is the model's: MindFormers' route uses it too
 
-
-def decays(name: str, shape: Sequence[int]) -> bool:
-    """Whether weight decay applies to the parameter `name` of `shape` (see the module doc)."""
-    if len(shape) <= 1:
-        return False
-    return not any(marker in f".{name}" for marker in NO_DECAY_MARKERS)
 
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
