@@ -17,6 +17,7 @@ the step and the last good checkpoint), or skips the step under dynamic loss sca
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -29,9 +30,12 @@ import numpy as np
 
 from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
-                                        load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
+from pangu_pro.runlock import RunLockedError, hold_run_lock
+from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_bytes, checkpoint_name, clean_partial,
+                                        folder_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                        resolve_resume, save_checkpoint, warn_if_no_space)
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
+from pangu_pro.train.preemption import StopSignals, any_rank
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
@@ -276,20 +280,41 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
 
     `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
     train.output_dir; under semi-auto parallel, of this rank's `checkpoints/rank_<r>/`).
+    Rank 0 holds train.output_dir's run lock (`runlock`) for the run's life; a signal of
+    train.stop_signals ends the run after the current step with a checkpoint and "stopped" in the
+    summary (`preemption`).
     """
+    from pangu_pro.runtime import apply_device_config, init_mindspore
+
+    target = init_mindspore()
+    apply_device_config(config.device, target)
+    par = setup_parallel(config)
+    with contextlib.ExitStack() as held:
+        locked = None
+        try:
+            if par.rank == 0:
+                held.enter_context(hold_run_lock(config.train.output_dir, "training"))
+        except RunLockedError as err:
+            locked = err
+        if any_rank(locked is not None, par.world):  # every rank stops, not only rank 0
+            raise locked or RuntimeError(f"rank {par.rank}: stopping: rank 0 could not lock "
+                                         f"{config.train.output_dir} (another run is using it)")
+        stop = held.enter_context(StopSignals(config.train.stop_signals))
+        return _train(config, resume, par, target, stop, progress, announce)
+
+
+def _train(config: Config, resume: Optional[str], par: Parallel, target: str, stop: StopSignals, progress: bool,
+           announce) -> dict:
     from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import strategy_file_path
     from pangu_pro.model.weights import load_weights
     from pangu_pro.progress import progress_bar
-    from pangu_pro.runtime import adapt_to_device, apply_device_config, init_mindspore
+    from pangu_pro.runtime import adapt_to_device
     from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
     tc = config.train
-    target = init_mindspore()
-    apply_device_config(config.device, target)
-    par = setup_parallel(config)
     lead = par.rank == par.writer
     say = announce if (lead and announce is not None) else (lambda *_: None)
     model_cfg = adapt_to_device(config.model, target, say)
@@ -342,6 +367,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         return {"step": start, "steps_run": 0, "checkpoint": str(last_ckpt) if last_ckpt else None}
     if saves:
         clean_partial(ckpt_root)
+        warn_if_no_space(ckpt_root, checkpoint_bytes(model, optimizer, owned), "a checkpoint", say)
     if lead:
         from pangu_pro.config import save_config
         save_config(config, out / "config.yaml")
@@ -366,7 +392,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     bar = progress_bar(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
                        every=tc.log_every)
     window_tokens, window_time, flops_per_token, step = 0, 0.0, None, start
-    last = {}
+    last, stopped = {}, None
     try:
         for step in range(start + 1, tc.steps + 1):
             micro = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
@@ -410,7 +436,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                                "eval_perplexity": held_out["perplexity"], "eval_samples": held_out["samples"]})
                 bar.write(f"step {step}: held-out loss {held_out['loss']:.4f}, perplexity "
                           f"{held_out['perplexity']:.2f}")
-            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+            stopping = any_rank(stop.received is not None, par.world)  # every rank, every step
+            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps or stopping:
                 if saves:
                     state = {"step": step, "consumed_batches": consumed, "consumed_samples":
                              consumed * tc.batch_size * par.read_factor * par.num_shards, "tokens": tokens_seen,
@@ -427,6 +454,12 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                     last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state,
                                                 names=owned)
                     prune_checkpoints(ckpt_root, tc.keep_last)
+                    warn_if_no_space(ckpt_root, folder_bytes(last_ckpt), "the next checkpoint", say)
+            if stopping and step < tc.steps:
+                any_rank(False, par.world)  # no rank exits (msrun would kill the rest) before the save is done
+                stopped = stop.received or "a stop signal on another rank"
+                say(f"stopped by {stopped} after step {step}" + (f": checkpoint {last_ckpt}" if saves else ""))
+                break
     finally:
         bar.close()
         if metrics is not None:
@@ -435,4 +468,5 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
     # a rank that writes no checkpoints names none (its last_ckpt is only where it resumed from)
     return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last, "rank": par.rank,
-            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out)}
+            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out),
+            "stopped": stopped}
