@@ -233,3 +233,50 @@ def test_training_stops_on_a_full_disk_keeping_the_last_good_checkpoint(tmp_path
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002"]
     monkeypatch.setattr(ckpt, "save_tensors", real)
     assert main(["checkpoint", "verify", str(run)]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_the_launcher_stops_two_data_parallel_workers_at_one_step(tmp_path):
+    """SIGTERM to scripts/run_distribute.sh only (msrun and the workers run in sessions of their own): it
+    passes the signal on, both ranks stop after the same step, rank 0 saves it, the launcher exits 75;
+    --resume ends bit-identical to an uninterrupted 2-worker run."""
+    from tests.support import free_port
+
+    shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(160, 0)))
+    steps = 16
+    config = write_config(tmp_path, shard, steps=steps, save_every=0)
+    env = {**ENV, "PANGU_PRO_DEVICE": "cpu"}
+
+    def launcher(out: Path, *extra) -> list[str]:
+        return ["bash", str(ROOT / "scripts" / "run_distribute.sh"), str(config), "--workers", "2", "--master-port",
+                str(free_port()), "--log-dir", str(out.parent / f"{out.name}_logs"), "--timeout", "60", "--",
+                f"train.output_dir={out}", *extra]
+
+    full = tmp_path / "full"
+    done = subprocess.run(launcher(full), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(launcher(run), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for_step(proc, run, 3)
+        proc.send_signal(signal.SIGTERM)  # the launcher alone, as a scheduler's kill of the job script
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err[-3000:]
+    assert "stopped by SIGTERM: the workers saved a checkpoint" in err and "Traceback" not in err
+    saved = [p.name for p in (run / "checkpoints").iterdir()]
+    step = int(saved[0].split("_")[1])
+    assert len(saved) == 1 and 3 <= step < steps
+    for rank in (0, 1):  # both ranks stopped after the step rank 0 saved, with equal weights
+        text = (tmp_path / "stopped_logs" / f"worker_{rank}.log").read_text(errors="replace")
+        assert re.search(rf"rank {rank}/2: step {step} weights sha256 [0-9a-f]{{64}}", text), text[-2000:]
+
+    done = subprocess.run(launcher(run, "--resume"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = f"step_{steps:08d}"
+    assert_bit_identical(weights(run / "checkpoints" / last), weights(full / "checkpoints" / last))

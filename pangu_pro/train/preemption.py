@@ -11,7 +11,8 @@ the others as soon as one worker exits with an error), and the run ends with `PR
 
 A second signal changes nothing (the launcher and the scheduler may both deliver one); SIGKILL stops
 at once, losing the steps since the last checkpoint. Signals that arrive before the training loop
-starts (while the model compiles) are acted on at the first step boundary.
+starts (while the model compiles) are acted on at the first step boundary; tools/train.py (what
+msrun starts) catches them from its first line (`catch_early`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ from typing import Optional
 import numpy as np
 
 PREEMPTED_EXIT = 75  # sysexits EX_TEMPFAIL: stopped on request with a checkpoint; run again with --resume
+
+
+_early: Optional[str] = None  # a stop signal caught by `catch_early` before the trainer started
+
+
+def catch_early(names=("SIGTERM", "SIGINT", "SIGUSR1")) -> None:
+    """Record a stop signal that arrives while the process starts up (tools/train.py calls this before
+    anything else, so the pid a launcher learns is already covered); `StopSignals` takes it over."""
+    def record(signum, frame):
+        global _early
+        _early = _early or signal.Signals(signum).name
+
+    for name in names:
+        signal.signal(signal.Signals[name], record)
 
 
 class StopSignals:
@@ -43,6 +58,12 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread
             self.__exit__()
+        if _early is not None:
+            if signal.Signals[_early] in self.signals:
+                self.received = _early
+            else:  # caught early, but train.stop_signals does not name it: what it would have done then
+                signal.signal(signal.Signals[_early], signal.SIG_DFL)
+                signal.raise_signal(signal.Signals[_early])
         return self
 
     def __exit__(self, *exc) -> None:

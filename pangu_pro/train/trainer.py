@@ -30,10 +30,12 @@ import numpy as np
 
 from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
+from pangu_pro.data.integrity import name_read_errors
 from pangu_pro.runlock import RunLockedError, hold_run_lock
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_bytes, checkpoint_name, clean_partial,
                                         folder_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                         resolve_resume, save_checkpoint, warn_if_no_space)
+from pangu_pro.train.layout import checkpoint_layout
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
 from pangu_pro.train.preemption import StopSignals, any_rank
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
@@ -248,9 +250,7 @@ def build_loss_network(config: Config, par: Parallel, loss_cell=None, weights=No
 
 def layout_of(config: Config, par: Parallel) -> dict:
     """What a checkpoint's slices depend on: resuming needs the same (else merge first)."""
-    p = config.parallel
-    return {"data_parallel": p.data_parallel, "model_parallel": p.model_parallel, "pipeline_stage": p.pipeline_stage,
-            "vocab_parallel": p.vocab_parallel, "optimizer_shard": p.optimizer_shard, "world": par.world}
+    return checkpoint_layout(config.parallel, par.world)
 
 
 MERGE_WAIT_S = 7200  # how long the other ranks wait for rank 0 to merge a checkpoint (cluster time-out)
@@ -376,7 +376,8 @@ def _train(config: Config, resume: Optional[str], par: Parallel, target: str, st
         metrics.truncate_after(start)
 
     # 3. data
-    batches = train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1)
+    batches = name_read_errors(train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1),
+                               config.data.train_files)
     if sliced:  # this rank's slices fit the compiled (sliced) parameters: compile on the first batches
         first = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
         step_fn.compile(first)
