@@ -202,6 +202,11 @@ class DataConfig:
 STOPPABLE_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")  # train.stop_signals may name these
 
 
+def default_stop_signals() -> list[str]:
+    """What schedulers send before they stop a job (SIGUSR1: some send it first) and Ctrl-C."""
+    return ["SIGTERM", "SIGINT", "SIGUSR1"]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation (paper-notes §6) and the run's bookkeeping (docs/training.md describes each key)."""
@@ -233,7 +238,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations on data.eval_files; 0 = never
     eval_batches: int = 8  # batches of batch_size per evaluation
     peak_flops: Optional[float] = None  # per device, for MFU; None: measured on the CPU, vendor figure on Ascend
-    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])  # finish the step, save, exit 75
+    stop_signals: list[str] = field(default_factory=default_stop_signals)  # on these: finish the step, save, exit 75
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "steps", "keep_last", "log_every", "eval_batches",

@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -118,3 +118,19 @@ def hold_run_lock(directory: str | Path, what: str, announce=None) -> Iterator[P
     finally:
         handle.close()  # closing drops the flock
 
+
+
+def hold_on_rank0(stack: ExitStack, directory: str | Path, what: str, rank: int, world: int) -> None:
+    """Rank 0 enters DIRECTORY's run lock into `stack`; every rank of the `world` calls this, and all of
+    them raise if rank 0 could not take it (so none waits for it in a later collective)."""
+    from pangu_pro.collective import any_rank
+
+    refused = None
+    try:
+        if rank == 0:
+            stack.enter_context(hold_run_lock(directory, what))
+    except RunLockedError as err:
+        refused = err
+    if any_rank(refused is not None, world):
+        raise refused or RuntimeError(f"rank {rank}: stopping: rank 0 could not lock {directory} (another run "
+                                      "is using it)")

@@ -108,7 +108,7 @@ def shard_problem(path: str | Path) -> str | None:
     if size < expected:
         return f"truncated: {size} bytes, its header describes {expected} (a copy that stopped half-way?)"
     if size > expected:
-        return f"{size - expected} bytes longer than its header describes ({expected}): not a MindRecord shard as written"
+        return f"{size - expected} bytes longer than its header describes ({expected}): not the shard as written"
     try:
         return _index_problem(path, rows)
     except OSError as err:
@@ -154,6 +154,7 @@ def name_read_errors(batches: Iterator, files) -> Iterator:
             paths = resolve_files(files)
             check_shards(paths, cached=False)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            more = " ..." if len(paths) > 3 else ""
             raise DamagedShardError(f"reading the training data ({len(paths)} MindRecord files: "
-                                    f"{', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''}) failed: {first}") from err
+                                    f"{', '.join(paths[:3])}{more}) failed: {first}") from err
         yield item

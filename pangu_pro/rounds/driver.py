@@ -43,6 +43,7 @@ from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
 from pangu_pro.rounds.config import OFFICIAL_ROUND_LR, OFFICIAL_ROUND_MIN_LR_RATIO, OFFICIAL_ROUND_WARMUP_FRACTION
 from pangu_pro.rounds.sampling import num_units, unit_size
+from pangu_pro.train.preemption import PREEMPTED_EXIT
 
 STATE_NAME = "rounds_state.json"
 SUMMARY_NAME = "rounds_summary"
@@ -145,6 +146,10 @@ class RoundsState:
 
 # ------------------------------------------------------------------------------ running the stages
 
+class StageStopped(RuntimeError):
+    """A stage (training) stopped on a signal after saving its checkpoint (exit code 75)."""
+
+
 class StageRunner:
     """Runs `pangu-pro` commands: in this process (workers == 1) or under msrun (workers > 1)."""
 
@@ -168,6 +173,9 @@ class StageRunner:
                    f"--local_worker_num={self.workers}", f"--master_port={self.master_port}",
                    f"--log_dir={log_dir}", "--join=True", "python", "-m", "pangu_pro.cli", *argv]
             code = subprocess.run(cmd, env=env).returncode
+        if code == PREEMPTED_EXIT:
+            raise StageStopped(f"`pangu-pro {' '.join(argv)}` stopped on a signal after saving a checkpoint; run "
+                               "the same rounds command again to continue")
         if code:
             where = "" if self.workers == 1 else f" (worker logs in {log_dir})"
             raise RuntimeError(f"`pangu-pro {' '.join(argv)}` failed with exit code {code}{where}")
@@ -232,7 +240,15 @@ def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Pa
 
 def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner] = None,
                announce=print) -> dict:
-    """Run or continue the multi-round schedule of `config` (module doc); returns the summary."""
+    """Run or continue the multi-round schedule of `config` (module doc); returns the summary. Holds
+    train.output_dir's run lock throughout (`pangu_pro.runlock`: a second driver on it refuses)."""
+    from pangu_pro.runlock import hold_run_lock
+
+    with hold_run_lock(config.train.output_dir, "multi-round training"):
+        return _run_rounds(config, workers, runner, announce)
+
+
+def _run_rounds(config: Config, workers: int, runner: Optional[StageRunner], announce) -> dict:
     from pangu_pro.rounds.scoring import load_scores
     from pangu_pro.rounds.selection import check_fits, select_from_scores, write_selection
 
@@ -356,5 +372,9 @@ def rounds_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress)
-    run_rounds(config, workers=args.workers, runner=runner)
+    try:
+        run_rounds(config, workers=args.workers, runner=runner)
+    except StageStopped as stopped:
+        print(f"pangu-pro rounds: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0

@@ -34,6 +34,7 @@ and world loads it and scores only the units after it. A part from a different r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -45,6 +46,7 @@ import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json, read_json
 from pangu_pro.rounds.sampling import num_units as count_units
+from pangu_pro.runlock import hold_on_rank0
 
 PARTS_SUFFIX = ".parts"
 
@@ -229,7 +231,15 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
           merge_timeout: float = 3600.0, announce=print) -> dict:
     """Score the training set with the weights in `checkpoint` (module doc); returns the merging rank's
     summary (other ranks return their own part's counts). `unit_samples` defaults to
-    `driver.score_unit_samples` for this layout."""
+    `driver.score_unit_samples` for this layout. Rank 0 holds the run lock of the parts folder
+    (`pangu_pro.runlock`: a second scoring run onto the same --out refuses)."""
+    with contextlib.ExitStack() as held:
+        return _score(config, checkpoint, out, files, unit_samples, batch_size, flush_every, overwrite, progress,
+                      merge_timeout, announce, held)
+
+
+def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_size: Optional[int], flush_every: int,
+           overwrite: bool, progress: bool, merge_timeout: float, announce, held: contextlib.ExitStack) -> dict:
     from pangu_pro.progress import progress_bar
     from mindspore import Tensor
 
@@ -263,6 +273,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
     total = count_samples(paths)
     n_units = count_units(total, unit)
     out = Path(out or Path(config.train.output_dir) / "scores.npz")
+    hold_on_rank0(held, parts_dir(out), "scoring", par.rank, par.world)
     meta = {**weights_fingerprint(weights), "files": [str(Path(p).resolve()) for p in paths],
             "num_samples": total, "unit_size": unit, "scorers": scorers}
 

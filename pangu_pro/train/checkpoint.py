@@ -119,8 +119,10 @@ def write_checkpoint(directory: str | Path, weights: dict[str, np.ndarray],
 STATE_RESERVE = 1 << 20  # state.json, digests and safetensors headers: well under a MiB
 
 
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (disk full, an I/O error); the previous ones are intact."""
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (disk full, an I/O error); the previous ones are intact. A
+    ValueError so that every command (train: exit 4; inherit's mask checkpoints) reports it without a
+    traceback."""
 
     def __init__(self, directory: Path, needed: int, free: Optional[int], reason: str):
         self.directory, self.needed, self.free = directory, needed, free

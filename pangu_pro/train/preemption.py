@@ -3,7 +3,7 @@
 Schedulers stop jobs with SIGTERM (some send SIGUSR1 first, a user presses Ctrl-C). For each signal
 named in `train.stop_signals` the trainer installs `StopSignals`: the handler only records the signal;
 the loop finishes the step it is in, and at the step boundary every rank asks `any_rank` whether any
-rank got one (an all-reduce of a 0/1 flag, one float per step: a rank that got no signal still
+rank got one (`collective.any_rank`: an all-reduce of a 0/1 flag, one float per step: a rank that got no signal still
 takes part, so all ranks stop after the same step). Then the saving ranks write that step's
 checkpoint, all ranks meet once more (so no rank exits while rank 0 is still writing; msrun kills
 the others as soon as one worker exits with an error), and the run ends with `PREEMPTED_EXIT`.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import signal
 from typing import Optional
-
-import numpy as np
 
 PREEMPTED_EXIT = 75  # sysexits EX_TEMPFAIL: stopped on request with a checkpoint; run again with --resume
 
@@ -70,19 +68,3 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-_allreduce = None
-
-
-def any_rank(flag: bool, world: int) -> bool:
-    """True on every rank if `flag` is true on any rank: an all-reduce over the world group that every
-    rank must call at the same point (one float32; single process: no communication)."""
-    global _allreduce
-    if world == 1:
-        return bool(flag)
-    from mindspore import Tensor, ops
-
-    if _allreduce is None:
-        _allreduce = ops.AllReduce()
-    return float(_allreduce(Tensor(np.array([1.0 if flag else 0.0], np.float32))).asnumpy()[0]) > 0

@@ -29,15 +29,16 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro.config import Config
+from pangu_pro.collective import any_rank
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.data.integrity import name_read_errors
-from pangu_pro.runlock import RunLockedError, hold_run_lock
+from pangu_pro.runlock import hold_on_rank0
 from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_bytes, checkpoint_name, clean_partial,
                                         folder_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                         resolve_resume, save_checkpoint, warn_if_no_space)
 from pangu_pro.train.layout import checkpoint_layout
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
-from pangu_pro.train.preemption import StopSignals, any_rank
+from pangu_pro.train.preemption import StopSignals
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
@@ -290,15 +291,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     apply_device_config(config.device, target)
     par = setup_parallel(config)
     with contextlib.ExitStack() as held:
-        locked = None
-        try:
-            if par.rank == 0:
-                held.enter_context(hold_run_lock(config.train.output_dir, "training"))
-        except RunLockedError as err:
-            locked = err
-        if any_rank(locked is not None, par.world):  # every rank stops, not only rank 0
-            raise locked or RuntimeError(f"rank {par.rank}: stopping: rank 0 could not lock "
-                                         f"{config.train.output_dir} (another run is using it)")
+        hold_on_rank0(held, config.train.output_dir, "training", par.rank, par.world)
         stop = held.enter_context(StopSignals(config.train.stop_signals))
         return _train(config, resume, par, target, stop, progress, announce)
 
