@@ -131,6 +131,31 @@ def test_a_second_run_on_a_locked_directory_refuses_naming_the_holder(tmp_path, 
         holder.wait()
 
 
+@pytest.mark.parametrize("command", ["inherit", "rounds", "score"])
+def test_inheritance_rounds_and_scoring_hold_the_lock_too(tmp_path, capsys, command):
+    from pangu_pro.cli import main
+    from pangu_pro.rounds.scoring import parts_dir
+
+    shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(16, 0)))
+    run = tmp_path / "run"
+    argv, locked = {
+        "inherit": (["inherit", "configs/inherit_tiny_cpu.yaml", f"inherit.output_dir={run}"], run),
+        "rounds": (["rounds", "configs/tiny_cpu.yaml", f"train.output_dir={run}", f"data.train_files=[{shard}]"], run),
+        "score": (["score", str(write_config(tmp_path, shard, steps=4)), "--checkpoint", shard, "--out",
+                   str(run / "scores.npz")], parts_dir(run / "scores.npz")),
+    }[command]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(locked)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"pangu-pro {command}: error: {locked}: another run is using this directory (training pid " \
+               f"{holder.pid} on host" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_note(tmp_path):
     from pangu_pro.runlock import LOCK_NAME, RunLockedError, hold_run_lock
 

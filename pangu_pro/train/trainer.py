@@ -7,7 +7,8 @@
          position, loss scale), or from `train.init_weights` when starting fresh
       3. the data loader for this rank, skipping the batches already consumed
       4. per step: k micro batches -> TrainStep -> overflow check -> metrics line -> held-out eval
-         every `eval_every` steps -> checkpoint every `save_every` steps (and at the end)
+         every `eval_every` steps -> checkpoint every `save_every` steps (and at the end, and after a
+         stop signal on any rank: `preemption`, then the run ends with "stopped" in its summary)
 
 Only rank 0 writes (checkpoints, metrics.jsonl, the progress bar); every rank runs the same steps.
 Under semi-auto parallel every rank saves its own slice (checkpoints/rank_<r>/step_N, beside
@@ -28,8 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from pangu_pro.config import Config
 from pangu_pro.collective import any_rank
+from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.data.integrity import name_read_errors
 from pangu_pro.runlock import hold_on_rank0
@@ -38,9 +39,9 @@ from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_bytes, checkpoin
                                         resolve_resume, save_checkpoint, warn_if_no_space)
 from pangu_pro.train.layout import checkpoint_layout
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler
-from pangu_pro.train.preemption import StopSignals
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
+from pangu_pro.train.preemption import StopSignals
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
 
 
