@@ -23,7 +23,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -78,10 +78,11 @@ def _record_blocks(record: dict) -> bool:
 
 
 @contextmanager
-def hold_run_lock(directory: str | Path, what: str, announce=None) -> Iterator[Path]:
+def hold_run_lock(directory: str | Path, what: str, announce=None, remove: bool = False) -> Iterator[Path]:
     """Hold DIRECTORY's run lock (creating the directory) for the `with` body; raises RunLockedError
     naming the holder when another run has it. `announce` (default: stderr) hears of a stale lock
-    taken over."""
+    taken over. `remove`: delete the lock file on release, and the directory if that empties it (a
+    directory that only lives during the run, such as scoring's parts folder)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     lock_file = directory / LOCK_NAME
@@ -115,12 +116,17 @@ def hold_run_lock(directory: str | Path, what: str, announce=None) -> Iterator[P
             handle.seek(0)
             handle.truncate()
             handle.flush()
+            if remove:
+                lock_file.unlink(missing_ok=True)
+                with suppress(OSError):  # not empty: its owner removes it
+                    directory.rmdir()
     finally:
         handle.close()  # closing drops the flock
 
 
 
-def hold_on_rank0(stack: ExitStack, directory: str | Path, what: str, rank: int, world: int) -> None:
+def hold_on_rank0(stack: ExitStack, directory: str | Path, what: str, rank: int, world: int,
+                  remove: bool = False) -> None:
     """Rank 0 enters DIRECTORY's run lock into `stack`; every rank of the `world` calls this, and all of
     them raise if rank 0 could not take it (so none waits for it in a later collective)."""
     from pangu_pro.collective import any_rank
@@ -128,7 +134,7 @@ def hold_on_rank0(stack: ExitStack, directory: str | Path, what: str, rank: int,
     refused = None
     try:
         if rank == 0:
-            stack.enter_context(hold_run_lock(directory, what))
+            stack.enter_context(hold_run_lock(directory, what, remove=remove))
     except RunLockedError as err:
         refused = err
     if any_rank(refused is not None, world):

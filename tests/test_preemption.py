@@ -178,6 +178,15 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_note(tmp_path):
         assert said == []
 
 
+def test_a_lock_that_removes_itself_leaves_no_folder(tmp_path):
+    from pangu_pro.runlock import LOCK_NAME, hold_run_lock
+
+    parts = tmp_path / "scores.npz.parts"
+    with hold_run_lock(parts, "scoring", remove=True):
+        assert (parts / LOCK_NAME).is_file()
+    assert not parts.exists()
+
+
 # ---------------------------------------------------------------- a full disk
 
 @pytest.fixture

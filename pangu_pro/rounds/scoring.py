@@ -273,7 +273,7 @@ def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_si
     total = count_samples(paths)
     n_units = count_units(total, unit)
     out = Path(out or Path(config.train.output_dir) / "scores.npz")
-    hold_on_rank0(held, parts_dir(out), "scoring", par.rank, par.world)
+    hold_on_rank0(held, parts_dir(out), "scoring", par.rank, par.world, remove=True)
     meta = {**weights_fingerprint(weights), "files": [str(Path(p).resolve()) for p in paths],
             "num_samples": total, "unit_size": unit, "scorers": scorers}
 
@@ -356,6 +356,7 @@ def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_si
              for r in range(scorers)]
     unit_loss, sample_loss = merge_parts(parts, n_units, unit, total)
     summary = save_scores(out, unit_loss, sample_loss, unit, meta)
+    held.close()  # the scores are written: release (and remove) the parts folder's lock, then the folder
     for r in range(scorers):
         part_path(out, r, scorers).unlink(missing_ok=True)
     try:
