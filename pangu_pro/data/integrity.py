@@ -27,6 +27,7 @@ import json
 import os
 import sqlite3
 import struct
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -81,7 +82,7 @@ def _index_problem(shard: Path, rows: int) -> str | None:
     if counter == valid_for and size < pages * page_size:
         return f"its index {db.name} is truncated ({size} bytes, its header says {pages * page_size})"
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True) as conn:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)) as conn:
             names = [row[0] for row in conn.execute("SELECT NAME FROM SHARD_NAME")]
             last_row = conn.execute("SELECT MAX(ROW_ID) FROM INDEXES").fetchone()[0]
     except sqlite3.DatabaseError as err:
