@@ -209,20 +209,22 @@ def test_two_nodes_sharing_one_log_dir_keep_their_own_logs_and_records(tmp_path)
 
     first = start(0)
     node0 = shared / "node_0"
+    second = None
     try:
         deadline = time.monotonic() + 30
         while not (node0 / WORKERS_DIR / "rank_0.json").is_file():
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1]
+            assert first.poll() is None and time.monotonic() < deadline, f"no {node0 / WORKERS_DIR / 'rank_0.json'}"
             time.sleep(0.05)
         second = start(1)
         while not (shared / "node_1" / WORKERS_DIR / "rank_1.json").is_file():
-            assert second.poll() is None and time.monotonic() < deadline, second.communicate()[1]
+            assert second.poll() is None and time.monotonic() < deadline, "node 1 recorded no worker"
             time.sleep(0.05)
         go.touch()
         _, err0 = first.communicate(timeout=30)
         _, err1 = second.communicate(timeout=30)
     finally:
-        for proc in (first, locals().get("second")):
+        go.touch()  # the fake workers end in any case
+        for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
     assert first.returncode == 0, err0
