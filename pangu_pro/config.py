@@ -200,6 +200,14 @@ class DataConfig:
                     f"expected a SentencePiece .model file, got {self.tokenizer!r}")
 
 
+STOPPABLE_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP")  # train.stop_signals may name these
+
+
+def default_stop_signals() -> list[str]:
+    """What schedulers send before they stop a job (SIGUSR1: some send it first) and Ctrl-C."""
+    return ["SIGTERM", "SIGINT", "SIGUSR1"]
+
+
 @dataclass
 class TrainConfig:
     """Optimisation (paper-notes §6) and the run's bookkeeping (docs/training.md describes each key)."""
@@ -231,6 +239,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out evaluations on data.eval_files; 0 = never
     eval_batches: int = 8  # batches of batch_size per evaluation
     peak_flops: Optional[float] = None  # per device, for MFU; None: measured on the CPU, vendor figure on Ascend
+    stop_signals: list[str] = field(default_factory=default_stop_signals)  # on these: finish the step, save, exit 75
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum_steps", "steps", "keep_last", "log_every", "eval_batches",
@@ -259,6 +268,9 @@ class TrainConfig:
             require(self.peak_flops > 0, "peak_flops", f"must be positive, got {self.peak_flops}")
         require(self.seed >= 0, "seed", f"must be non-negative, got {self.seed}")
         require(bool(self.output_dir.strip()), "output_dir", "empty path")
+        for name in self.stop_signals:
+            require(name in STOPPABLE_SIGNALS, "stop_signals",
+                    f"{name!r} is not one of {', '.join(STOPPABLE_SIGNALS)}")
 
 
 @dataclass

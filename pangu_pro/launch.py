@@ -2,6 +2,7 @@
 
     python -m pangu_pro.launch check --workers N --device cpu|ascend [--why TEXT] CONFIG [-- ARGS...]
     python -m pangu_pro.launch record-worker LOG_DIR        (each worker, at start: rank -> pid)
+    python -m pangu_pro.launch signal-workers LOG_DIR SIG   (the launcher got a stop signal: pass it on)
     python -m pangu_pro.launch failure LOG_DIR              (after msrun failed)
 
 `check` refuses, in about a second and before any worker starts, what cannot run: no training data,
@@ -9,15 +10,22 @@ shards that do not fit the model or the tokenizer (`provenance.data_problems`), 
 data_parallel x model_parallel x pipeline_stage is not the worker count, a memory plan that does not
 fit the device (the device's memory from `device_memory`, whose source every message names;
 `--tool inherit`: the config read with its `inherit:` section, the mask-learning plan of
-`inherit/plan.py`). Every problem is listed in one message with the fix. It imports no MindSpore
-(the memory plan is pure arithmetic), so it stays fast.
+`inherit/plan.py`), a multi-node resume onto another layout without shared storage
+(`resume_storage_problems`). Every problem is listed in one message with the fix. It imports no
+MindSpore (the memory plan is pure arithmetic), so it stays fast.
 
 `failure` names the rank that failed first. msrun polls its workers and, at the first one that exited
 with an error, logs "Worker process <pid> exit with exception. Error code: <code>" and SIGKILLs the
 others; its later scheduler analysis blames whichever rank timed out first, often a rank it killed.
 So the first such line is the evidence; each worker records its pid at start (`record_worker`,
 called by tools/*.py), which maps it to a rank, and the summary shows that rank's exit code or
-signal and the last lines of its log.
+signal and the last lines of its log. Exit code 75 (`PREEMPTED_EXIT`) is a worker that stopped on a
+signal after saving its checkpoint, not a failure.
+
+`signal-workers` passes a stop signal the launcher received to this node's workers (msrun starts each
+in a session of its own, so a signal to the launcher's process group never reaches them, and msrun
+itself answers SIGINT with SIGKILL to all). Run again while the stop is pending, it signals only the
+workers recorded since (a worker still starting up).
 """
 from __future__ import annotations
 
@@ -42,6 +50,8 @@ WORKERS_DIR = ".workers"  # inside the log dir: rank_<r>.json = {"rank", "pid", 
 MSRUN_LOG = "msrun.log"
 FAILED_WORKER = re.compile(r"Worker process (\d+) exit with exception\. Error code: (-?\d+)")
 TAIL_LINES = 25
+PREEMPTED_EXIT = 75  # = pangu_pro.train.preemption.PREEMPTED_EXIT (not imported: no MindSpore here)
+SIGNALLED = "signalled.json"  # inside WORKERS_DIR: pids a stop signal was passed to
 
 
 # ---------------------------------------------------------------- pre-flight check
@@ -180,7 +190,45 @@ def mask_memory_problems(config, device: str, budget: tuple[float, str]) -> list
             f"parallel.recompute, or freeze the teacher (see `pangu-pro plan CONFIG`)"] if over else []
 
 
-def check(config_path: str, workers: int, device: str, why: str, tool: str, tool_args: list[str]) -> int:
+def resume_target(tool_args: list[str]) -> Optional[str]:
+    """What `--resume [DIR]` among the tool's arguments names: DIR, "auto", or None (no --resume)."""
+    for i, arg in enumerate(tool_args):
+        if arg == "--resume":
+            following = tool_args[i + 1] if i + 1 < len(tool_args) else None
+            return following if following and "=" not in following and not following.startswith("-") else "auto"
+    return None
+
+
+def resume_storage_problems(config, tool_args: list[str], workers: int, local_workers: Optional[int],
+                            shared_storage: bool) -> list[str]:
+    """A multi-node resume from rank slices of another layout: rank 0 merges them into the old run's
+    directory and every other rank waits to read the merged checkpoint there. Without storage that
+    every node sees, the other nodes would wait out the cluster time-out; so it needs --shared-storage
+    (the user's word that the old run's directory is the same on every node)."""
+    target = resume_target(tool_args)
+    if target is None or shared_storage or local_workers is None or local_workers >= workers:
+        return []
+    from pangu_pro.train.checkpoint import CHECKPOINTS, STATE_NAME, resolve_rank_resume
+    from pangu_pro.train.layout import checkpoint_layout
+
+    where = Path(config.train.output_dir if target == "auto" else target)
+    try:
+        state = json.loads((resolve_rank_resume(where, 0) / STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # nothing readable to resume from here: the trainer says so
+    old = state.get("layout")
+    new = checkpoint_layout(config.parallel, workers)
+    if old is None or old == new:
+        return []
+    return [f"--resume {where}: its checkpoint was written under the layout {old}, this run's is {new}. Rank 0 "
+            f"merges it into {where / CHECKPOINTS / 'merged'} and the ranks of the other nodes read it there, so "
+            f"that folder must be on storage every node sees: pass --shared-storage to the launcher if it is, "
+            f"or merge first (`pangu-pro convert merge`), copy the merged checkpoint to every node and resume "
+            f"from it"]
+
+
+def check(config_path: str, workers: int, device: str, why: str, tool: str, tool_args: list[str],
+          local_workers: Optional[int] = None, shared_storage: bool = False) -> int:
     from pangu_pro.config import ConfigError, load_config
     from pangu_pro.inherit.config import load_inherit_config
 
@@ -197,6 +245,8 @@ def check(config_path: str, workers: int, device: str, why: str, tool: str, tool
         where += f"; {budget[0]:g} GiB per device: {budget[1]}"
     problems += memory_problems(config, device, budget) if tool == "train" else mask_memory_problems(config, device,
                                                                                                      budget)
+    if tool == "train":
+        problems += resume_storage_problems(config, tool_args, workers, local_workers, shared_storage)
     if problems:
         print(f"error: {config_path} cannot start on {workers} workers [{where}]:", file=sys.stderr)
         for problem in problems:
@@ -224,8 +274,43 @@ def record_worker(log_dir: str | Path) -> None:
     os.replace(tmp, folder / f"rank_{rank}.json")
 
 
+def signal_workers(log_dir: str | Path, name: str) -> list[int]:
+    """Send signal `name` (TERM, SIGTERM, ...) to the workers recorded in LOG_DIR not signalled yet;
+    returns the ranks signalled."""
+    folder = Path(log_dir) / WORKERS_DIR
+    sig = signal.Signals[name if name.startswith("SIG") else f"SIG{name}"]
+    done_path = folder / SIGNALLED
+    try:
+        done = set(json.loads(done_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        done = set()
+    ranks = []
+    for path in sorted(folder.glob("rank_*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        pid = record.get("pid")
+        if not isinstance(pid, int) or pid in done:
+            continue
+        try:
+            os.kill(pid, sig)
+            ranks.append(record.get("rank"))
+        except ProcessLookupError:
+            pass
+        done.add(pid)
+    if ranks:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{SIGNALLED}.{os.getpid()}"
+        tmp.write_text(json.dumps(sorted(done)), encoding="utf-8")
+        os.replace(tmp, done_path)
+    return ranks
+
+
 def describe_exit(code: int) -> str:
     """msrun's error code: Popen's return code, negative for a signal."""
+    if code == PREEMPTED_EXIT:
+        return f"exit code {code}: stopped on a signal after saving its checkpoint (continue with --resume)"
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -293,16 +378,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--why", default="", help="how the device was chosen (for the message)")
     p.add_argument("--tool", default="train", choices=["train", "inherit"])
     p.add_argument("tool_args", nargs=argparse.REMAINDER, help="the tool's arguments (after --)")
+    p.add_argument("--local-workers", type=int, default=None, help="workers on this node (default: all)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the run directories are on storage every node sees")
     p = commands.add_parser("record-worker", help="(workers) record this worker's rank and pid")
     p.add_argument("log_dir")
+    p = commands.add_parser("signal-workers", help="pass a stop signal to this node's workers")
+    p.add_argument("log_dir")
+    p.add_argument("signal", help="TERM, INT, USR1, ...")
     p = commands.add_parser("failure", help="name the first failed rank and show its last log lines")
     p.add_argument("log_dir")
     args = parser.parse_args(argv)
     if args.command == "check":
         rest = args.tool_args[1:] if args.tool_args[:1] == ["--"] else args.tool_args
-        return check(args.config, args.workers, args.device, args.why, args.tool, rest)
+        return check(args.config, args.workers, args.device, args.why, args.tool, rest, args.local_workers,
+                     args.shared_storage)
     if args.command == "record-worker":
         record_worker(args.log_dir)
+        return 0
+    if args.command == "signal-workers":
+        ranks = signal_workers(args.log_dir, args.signal)
+        if ranks:
+            print(f"launcher: passed SIG{args.signal.removeprefix('SIG')} to rank(s) {', '.join(map(str, ranks))}",
+                  file=sys.stderr)
         return 0
     print(failure_summary(args.log_dir), file=sys.stderr)
     return 0

@@ -2,6 +2,8 @@
 # Train on one device: scripts/run_standalone.sh CONFIG [section.key=value ...] [--resume [DIR]]
 # The device comes from PANGU_PRO_DEVICE (cpu by default, or ascend; DEVICE_ID picks the NPU).
 # PANGU_PRO_DRY_RUN=1 prints the command (one argument a line) instead of running it (tests/test_docs.py).
+# The trainer replaces this shell (exec), so SIGTERM/SIGINT/SIGUSR1 sent to it reach the trainer, which
+# finishes the step, saves it and exits 75 (docs/training.md, "Preemption and restarts").
 set -euo pipefail
 
 usage() {

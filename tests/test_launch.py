@@ -236,3 +236,104 @@ def test_the_device_memory_key_and_the_variable_and_the_assumption(tmp_path, fak
     assert check(preset, 8, "ascend", "", "train", [f"data.train_files=[{tmp_path}]",
                                                     "device.max_device_memory_gb=32"]) == 2
     assert "more than 85% of 32 GiB (device.max_device_memory_gb)" in capsys.readouterr().err
+FAKE_MSRUN = r'''#!/usr/bin/env python3
+"""msrun's part the launcher relies on: workers that record their pid and write worker_<rank>.log in
+--log_dir; the first to fail is logged as msrun logs it. A worker waits for the file GO, then exits
+as FAKE_EXIT_<rank> says (a number, or "kill" for SIGKILL)."""
+import os, signal, subprocess, sys, time
+opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+log_dir, node, local = opts["log_dir"], int(opts.get("node_rank", 0)), int(opts["local_worker_num"])
+WORKER = """
+import os, signal, sys, time
+from pangu_pro.launch import record_worker
+record_worker(sys.argv[1])
+with open(os.path.join(sys.argv[1], f"worker_{os.environ['RANK_ID']}.log"), "a") as log:
+    for i in range(30):
+        log.write(f"rank {os.environ['RANK_ID']} line {i}\\n")
+while not os.path.exists(os.environ["GO"]):
+    time.sleep(0.05)
+how = os.environ.get("FAKE_EXIT_" + os.environ["RANK_ID"], "0")
+os.kill(os.getpid(), signal.SIGKILL) if how == "kill" else sys.exit(int(how))
+"""
+workers = [subprocess.Popen([sys.executable, "-c", WORKER, log_dir],
+                            env={**os.environ, "RANK_ID": str(node * local + i)}) for i in range(local)]
+while True:
+    for p in workers:
+        code = p.poll()
+        if code not in (None, 0):
+            print(f"[ERROR] Worker process {p.pid} exit with exception. Error code: {code}.", flush=True)
+            sys.exit(1)
+    if all(p.poll() == 0 for p in workers):
+        sys.exit(0)
+    time.sleep(0.1)
+'''
+
+
+def test_two_nodes_sharing_one_log_dir_keep_their_own_logs_and_records(tmp_path):
+    """Two launchers (node ranks 0 and 1) on one --log-dir: the second start does not move the first's live
+    log or records, and the failure of rank 1 is named with its own log."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "msrun").write_text(FAKE_MSRUN)
+    (fake / "msrun").chmod(0o755)
+    shared, go = tmp_path / "shared_logs", tmp_path / "go"
+    env = {"PANGU_PRO_DEVICE": "cpu", "GO": str(go), "FAKE_EXIT_1": "kill",
+           "PYTHONPATH": str(ROOT), "PATH": f"{fake}:{os.environ['PATH']}"}
+    base = {k: v for k, v in os.environ.items() if k not in ("PANGU_PRO_DEVICE", "ASCEND_HOME_PATH")}
+
+    def start(node):
+        return subprocess.Popen(["bash", str(SCRIPT), "configs/tiny_cpu.yaml", "--workers", "2", "--local-workers",
+                                 "1", "--node-rank", str(node), "--log-dir", str(shared), "--skip-check"],
+                                cwd=ROOT, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    first = start(0)
+    node0 = shared / "node_0"
+    second = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (node0 / WORKERS_DIR / "rank_0.json").is_file():
+            assert first.poll() is None and time.monotonic() < deadline, f"no {node0 / WORKERS_DIR / 'rank_0.json'}"
+            time.sleep(0.05)
+        second = start(1)
+        while not (shared / "node_1" / WORKERS_DIR / "rank_1.json").is_file():
+            assert second.poll() is None and time.monotonic() < deadline, "node 1 recorded no worker"
+            time.sleep(0.05)
+        go.touch()
+        _, err0 = first.communicate(timeout=30)
+        _, err1 = second.communicate(timeout=30)
+    finally:
+        go.touch()  # the fake workers end in any case
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert first.returncode == 0, err0
+    assert (node0 / "worker_0.log").read_text().count("\n") == 30 and not (node0 / "previous").exists()
+    assert second.returncode != 0
+    assert "rank 1 failed first: killed by SIGKILL (9)" in err1
+    assert f"last lines of {shared / 'node_1' / 'worker_1.log'}:" in err1 and "rank 1 line 29" in err1
+    assert sorted(p.name for p in shared.iterdir()) == ["node_0", "node_1"]
+
+
+def test_a_multi_node_resume_onto_another_layout_needs_shared_storage(tmp_path, capsys):
+    """Rank 0 merges the old run's slices into its directory while the other nodes wait to read them there:
+    refused before any worker starts unless --shared-storage says every node sees that directory."""
+    from pangu_pro.launch import check
+
+    old = tmp_path / "old"
+    step = old / "checkpoints" / "rank_0" / "step_00000004"
+    step.mkdir(parents=True)
+    layout = {"data_parallel": 2, "model_parallel": 2, "pipeline_stage": 1, "vocab_parallel": False,
+              "optimizer_shard": False, "world": 4}
+    (step / "state.json").write_text(json.dumps({"step": 4, "layout": layout}))
+    data = tmp_path / "data"
+    data.mkdir()
+    args = [f"data.train_files=[{data}]", f"train.output_dir={tmp_path / 'new'}", "--resume", str(old)]
+    config = str(ROOT / "configs" / "tiny_cpu.yaml")
+    assert check(config, 4, "cpu", "", "train", args, local_workers=2) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {old}: its checkpoint was written under the layout {layout}" in err
+    assert f"merges it into {old / 'checkpoints' / 'merged'}" in err and "--shared-storage" in err
+    assert check(config, 4, "cpu", "", "train", args, local_workers=2, shared_storage=True) == 0
+    assert check(config, 4, "cpu", "", "train", args, local_workers=4) == 0  # one node: its own disk
+    assert check(config, 4, "cpu", "", "train", args[:2], local_workers=2) == 0  # no resume

@@ -8,6 +8,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pangu_pro.train.preemption import catch_early  # noqa: E402
+
+catch_early()  # a stop signal before the trainer starts is kept for it (the launcher may send one any time)
+
 from pangu_pro.cli import main  # noqa: E402
 
 if __name__ == "__main__":

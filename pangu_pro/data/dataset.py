@@ -25,6 +25,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from pangu_pro.data.integrity import check_shards
 from pangu_pro.data.preprocess import SHARD_PREFIX, SHARD_SUFFIX
 from pangu_pro.tokens import check_shard_convention
 
@@ -58,7 +59,9 @@ def count_samples(files: Files) -> int:
     """Number of samples in `files` (read from the MindRecord headers)."""
     import mindspore.dataset as ds
 
-    return ds.MindDataset(resolve_files(files), columns_list=[COLUMN], shuffle=False).get_dataset_size()
+    paths = resolve_files(files)
+    check_shards(paths)  # names a truncated or damaged shard before MindSpore reads it
+    return ds.MindDataset(paths, columns_list=[COLUMN], shuffle=False).get_dataset_size()
 
 
 def load_indices(indices: Indices, num_samples: int) -> Optional[np.ndarray]:

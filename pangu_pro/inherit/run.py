@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from pangu_pro.config import Config, load_config
 from pangu_pro.configtools import ConfigError
 from pangu_pro.inherit.hardconcrete import MASK_TYPES, UnitArrays, select_layers
 from pangu_pro.inherit.plan import StudentPlan, plan_student, teacher_dtype
+from pangu_pro.runlock import hold_run_lock
 
 STUDENT_DIR = "student"
 
@@ -252,24 +254,34 @@ def save_final_masks(path: Path, scores: UnitArrays, values: UnitArrays, selecte
 
 def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool = True, announce=print,
                 force: bool = False) -> dict:
-    """Run the whole inheritance as `config` says (see the module doc); returns the summary."""
-    import mindspore as ms
-
-    from pangu_pro.inherit.materialize import materialize, select_units, write_student
-    from pangu_pro.io import atomic_write_json
-    from pangu_pro.model.params import count_parameters
+    """Run the whole inheritance as `config` says (see the module doc); returns the summary. Rank 0
+    holds inherit.output_dir's run lock (`pangu_pro.runlock`) throughout."""
     from pangu_pro.runtime import init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
     began = time.perf_counter()
     target = init_mindspore()
     par = setup_parallel(config)
-    plan = error = None
-    try:
-        plan = check(config)  # 1
-    except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
-        error = err
-    agree(par, error)
+    with contextlib.ExitStack() as held:
+        plan = error = None
+        try:
+            if par.rank == 0:
+                held.enter_context(hold_run_lock(config.inherit.output_dir, "inheritance"))
+            plan = check(config)  # 1
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
+            error = err
+        agree(par, error)
+        return _inherit(config, par, plan, target, began, resume, progress, announce, force)
+
+
+def _inherit(config: Config, par, plan: StudentPlan, target: str, began: float, resume: Optional[str],
+             progress: bool, announce, force: bool) -> dict:
+    import mindspore as ms
+
+    from pangu_pro.inherit.materialize import materialize, select_units, write_student
+    from pangu_pro.io import atomic_write_json
+    from pangu_pro.model.params import count_parameters
+
     ic = config.inherit
     lead = par.rank == 0
     say = announce if lead else (lambda *_: None)

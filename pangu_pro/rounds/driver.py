@@ -42,6 +42,7 @@ from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
 from pangu_pro.rounds.sampling import num_units, unit_size
+from pangu_pro.train.preemption import PREEMPTED_EXIT
 from pangu_pro.train.schedule import (OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_MIN_LR_RATIO,
                                       OFFICIAL_CONTINUED_WARMUP_FRACTION)
 
@@ -147,6 +148,10 @@ class RoundsState:
 
 # ------------------------------------------------------------------------------ running the stages
 
+class StageStopped(RuntimeError):
+    """A stage (training) stopped on a signal after saving its checkpoint (exit code 75)."""
+
+
 class StageRunner:
     """Runs `pangu-pro` commands: in this process (workers == 1) or under msrun (workers > 1)."""
 
@@ -170,6 +175,9 @@ class StageRunner:
                    f"--local_worker_num={self.workers}", f"--master_port={self.master_port}",
                    f"--log_dir={log_dir}", "--join=True", "python", "-m", "pangu_pro.cli", *argv]
             code = subprocess.run(cmd, env=env).returncode
+        if code == PREEMPTED_EXIT:
+            raise StageStopped(f"`pangu-pro {' '.join(argv)}` stopped on a signal after saving a checkpoint; run "
+                               "the same rounds command again to continue")
         if code:
             where = "" if self.workers == 1 else f" (worker logs in {log_dir})"
             raise RuntimeError(f"`pangu-pro {' '.join(argv)}` failed with exit code {code}{where}")
@@ -234,8 +242,18 @@ def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Pa
 
 def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner] = None,
                announce=print) -> dict:
-    """Run or continue the multi-round schedule of `config` (module doc); returns the summary."""
-    from pangu_pro.provenance import check_output_folder, selection_record
+    """Run or continue the multi-round schedule of `config` (module doc); returns the summary. Holds
+    train.output_dir's run lock throughout (`pangu_pro.runlock`: a second driver on it refuses)."""
+    from pangu_pro.provenance import check_output_folder
+    from pangu_pro.runlock import hold_run_lock
+
+    check_output_folder(config.train.output_dir, "train.output_dir")
+    with hold_run_lock(config.train.output_dir, "multi-round training"):
+        return _run_rounds(config, workers, runner, announce)
+
+
+def _run_rounds(config: Config, workers: int, runner: Optional[StageRunner], announce) -> dict:
+    from pangu_pro.provenance import selection_record
     from pangu_pro.rounds.scoring import load_scores
     from pangu_pro.rounds.selection import check_fits, select_from_scores, write_selection
 
@@ -246,7 +264,6 @@ def run_rounds(config: Config, *, workers: int = 1, runner: Optional[StageRunner
         raise ConfigError("data.train_files", "no training data given")
     runner = runner or StageRunner(workers)
     root = Path(config.train.output_dir)
-    check_output_folder(root, "train.output_dir")
     root.mkdir(parents=True, exist_ok=True)
     state = RoundsState(root / STATE_NAME, config_fingerprint(config))
     save_config(config, root / "config.yaml")
@@ -362,5 +379,9 @@ def rounds_command(args) -> int:
 
     config = load_config(args.config, args.overrides)
     runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress)
-    run_rounds(config, workers=args.workers, runner=runner)
+    try:
+        run_rounds(config, workers=args.workers, runner=runner)
+    except StageStopped as stopped:
+        print(f"pangu-pro rounds: {stopped}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0

@@ -37,6 +37,7 @@ and world loads it and scores only the units after it. A part from a different r
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,6 +50,7 @@ import numpy as np
 from pangu_pro.io import atomic_path, atomic_write_json, read_json
 from pangu_pro.rounds import sampling
 from pangu_pro.rounds.sampling import num_units as count_units
+from pangu_pro.runlock import hold_on_rank0
 from pangu_pro.tokens import checkpoint_convention_problem
 
 PARTS_SUFFIX = ".parts"
@@ -247,7 +249,15 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
           merge_timeout: float = 3600.0, announce=print) -> dict:
     """Score the training set with the weights in `checkpoint` (module doc); returns the merging rank's
     summary (other ranks return their own part's counts). `unit_samples` defaults to
-    `driver.score_unit_samples` for this layout."""
+    `driver.score_unit_samples` for this layout. Rank 0 holds the run lock of the parts folder
+    (`pangu_pro.runlock`: a second scoring run onto the same --out refuses)."""
+    with contextlib.ExitStack() as held:
+        return _score(config, checkpoint, out, files, unit_samples, batch_size, flush_every, overwrite, progress,
+                      merge_timeout, announce, held)
+
+
+def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_size: Optional[int], flush_every: int,
+           overwrite: bool, progress: bool, merge_timeout: float, announce, held: contextlib.ExitStack) -> dict:
     from pangu_pro.progress import progress_bar
     from mindspore import Tensor
 
@@ -284,6 +294,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
     total = count_samples(paths)
     n_units = count_units(total, unit)
     out = Path(out or Path(config.train.output_dir) / "scores.npz")
+    hold_on_rank0(held, parts_dir(out), "scoring", par.rank, par.world, remove=True)
     meta = {**weights_fingerprint(weights), "files": [str(Path(p).resolve()) for p in paths],
             "num_samples": total, "unit_size": unit, "scorers": scorers,
             "unit_order": {"shuffle": bool(config.data.shuffle), "seed": int(config.data.seed)}}
@@ -368,6 +379,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
              for r in range(scorers)]
     unit_loss, sample_loss = merge_parts(parts, n_units, unit, total, first_pass)
     summary = save_scores(out, unit_loss, sample_loss, unit, meta)
+    held.close()  # the scores are written: release (and remove) the parts folder's lock, then the folder
     for r in range(scorers):
         part_path(out, r, scorers).unlink(missing_ok=True)
     try:

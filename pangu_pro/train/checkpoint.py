@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from mindspore import Tensor
 
-from pangu_pro.io import atomic_write_json, load_tensors, read_json, save_tensors
-from pangu_pro.model.weights import WEIGHTS_NAME, load_state, model_state
+from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, load_tensors, read_json, save_tensors
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "state.json"
@@ -56,6 +54,8 @@ def optimizer_state(optimizer) -> dict[str, np.ndarray]:
 def load_optimizer_state(optimizer, tensors: dict[str, np.ndarray], source: str,
                          names: Optional[set[str]] = None) -> None:
     """`names`: the model parameters the file covers (a pipeline stage's); None: all."""
+    from mindspore import Tensor
+
     params = {p.name: p for p in optimizer.state_parameters()
               if names is None or _moment_of(p.name) is None or _moment_of(p.name) in names}
     missing = sorted(set(params) - set(tensors))
@@ -75,6 +75,8 @@ def save_checkpoint(directory: str | Path, model, optimizer, state: dict,
 
     `names`: the parameters this rank owns (its pipeline stage's, `distributed_ckpt.owned_parameters`);
     only they and their optimizer moments are written. None: all of them."""
+    from pangu_pro.model.weights import model_state
+
     weights = model_state(model)
     moments = optimizer_state(optimizer) if optimizer is not None else None
     if names is not None:
@@ -87,21 +89,95 @@ def save_checkpoint(directory: str | Path, model, optimizer, state: dict,
 def write_checkpoint(directory: str | Path, weights: dict[str, np.ndarray],
                      moments: Optional[dict[str, np.ndarray]], state: dict) -> Path:
     """The one writer of checkpoint folders (training saves, `convert merge`): files into a temporary
-    folder, then one rename."""
+    folder, then one rename. Refuses before writing when the disk has less free space than the files
+    need; a failed write (ENOSPC, an I/O error) removes the temporary folder and raises
+    CheckpointWriteError naming the folder and the space; older checkpoints are never touched."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    needed = tensors_bytes(weights) + (tensors_bytes(moments) if moments is not None else 0) + STATE_RESERVE
+    free = shutil.disk_usage(directory.parent).free
+    if free < needed:
+        raise CheckpointWriteError(directory, needed, free, "not enough free space; nothing was written")
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_tensors(tmp / WEIGHTS_NAME, weights, {"format": "pangu-pro", "step": str(state.get("step", ""))})
-    if moments is not None:
-        save_tensors(tmp / OPTIMIZER_NAME, moments)
-    atomic_write_json(tmp / STATE_NAME, state, digest=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_tensors(tmp / WEIGHTS_NAME, weights, {"format": "pangu-pro", "step": str(state.get("step", ""))})
+        if moments is not None:
+            save_tensors(tmp / OPTIMIZER_NAME, moments)
+        atomic_write_json(tmp / STATE_NAME, state, digest=True)
+    except Exception as err:  # OSError, or safetensors' own error type wrapping one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(directory, needed, _free_bytes(directory.parent), str(err)) from err
     if directory.exists():  # re-saving the same step: move the old one out of the way first
         _discard(directory)
     os.rename(tmp, directory)
     return directory
+
+
+STATE_RESERVE = 1 << 20  # state.json, digests and safetensors headers: well under a MiB
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (disk full, an I/O error); the previous ones are intact. A
+    ValueError so that every command (train: exit 4; inherit's mask checkpoints) reports it without a
+    traceback."""
+
+    def __init__(self, directory: Path, needed: int, free: Optional[int], reason: str):
+        self.directory, self.needed, self.free = directory, needed, free
+        room = f"{_gib(free)} free" if free is not None else "free space unknown"
+        super().__init__(f"could not save checkpoint {directory}: {reason}. It needs about {_gib(needed)} in "
+                         f"{directory.parent} ({room}); the checkpoints already there are intact (check them with "
+                         f"`pangu-pro checkpoint verify {directory.parent}`). Free space there, or lower "
+                         f"train.keep_last, and continue with --resume")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2 ** 30:.2f} GiB"
+
+
+def _free_bytes(path: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def tensors_bytes(tensors: dict[str, np.ndarray]) -> int:
+    return sum(int(np.asarray(value).nbytes) for value in tensors.values())
+
+
+def checkpoint_bytes(model, optimizer=None, names: Optional[set[str]] = None) -> int:
+    """About what `save_checkpoint(model, optimizer, names=names)` writes (fp32 parameters and moments),
+    from the shapes alone."""
+    def size(params, keep) -> int:
+        return sum(4 * int(np.prod(p.shape)) for p in params if keep(p.name))
+
+    total = size(model.trainable_params(), lambda name: names is None or name in names)
+    if optimizer is not None:
+        total += size(optimizer.state_parameters(),
+                      lambda name: names is None or _moment_of(name) is None or _moment_of(name) in names)
+    return total + STATE_RESERVE
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def warn_if_no_space(directory: str | Path, needed: int, what: str, announce=print) -> bool:
+    """Say so (and return False) when `directory`'s disk has less free space than `needed` bytes for
+    `what` (checked at the start of a run and after each save: the rotation frees space only once the
+    new checkpoint is complete, so the next save needs the whole of it free)."""
+    probe = Path(directory).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    free = _free_bytes(probe)
+    if free is None or free >= needed:
+        return True
+    announce(f"warning: {probe}: {_gib(free)} free, but {what} needs about {_gib(needed)}: it will fail "
+             f"unless space is freed")
+    return False
 
 
 def _moment_of(name: str) -> Optional[str]:
@@ -131,6 +207,8 @@ def load_checkpoint(directory: str | Path, model, optimizer=None, names: Optiona
         missing = sorted(names - set(tensors))
         if missing:
             raise ValueError(f"{directory / WEIGHTS_NAME}: lacks this rank's parameters {missing[:3]}")
+    from pangu_pro.model.weights import load_state
+
     load_state(model, tensors, str(directory / WEIGHTS_NAME), strict=names is None)
     if optimizer is not None:
         opt_tensors, _ = load_tensors(directory / OPTIMIZER_NAME)

@@ -52,6 +52,8 @@ def register(subparsers) -> None:
 def _train(args) -> int:
     from pangu_pro.config import load_config
     from pangu_pro.provenance import check_run_location
+    from pangu_pro.train.checkpoint import CheckpointWriteError
+    from pangu_pro.train.preemption import PREEMPTED_EXIT
     from pangu_pro.train.trainer import NonFiniteLossError, train
 
     config = load_config(args.config, args.overrides)
@@ -62,6 +64,14 @@ def _train(args) -> int:
     except NonFiniteLossError as err:
         print(f"pangu-pro train: error: {err}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as err:
+        print(f"pangu-pro train: error: {err}", file=sys.stderr)
+        return 4
+    if summary.get("stopped"):
+        saved = f"checkpoint {summary['checkpoint']}" if summary["checkpoint"] else "saved by rank 0"
+        print(f"stopped by {summary['stopped']} after step {summary['step']}: {saved}; continue with --resume",
+              file=sys.stderr)
+        return PREEMPTED_EXIT
     if summary.get("steps_run"):
         saved = (f"checkpoint {summary['checkpoint']}" if summary["checkpoint"]
                  else f"rank {summary.get('rank', 0)} writes no checkpoints")

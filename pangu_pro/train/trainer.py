@@ -7,7 +7,8 @@
          position, loss scale), or from `train.init_weights` when starting fresh
       3. the data loader for this rank, skipping the batches already consumed
       4. per step: k micro batches -> TrainStep -> overflow check -> metrics line -> held-out eval
-         every `eval_every` steps -> checkpoint every `save_every` steps (and at the end)
+         every `eval_every` steps -> checkpoint every `save_every` steps (and at the end, and after a
+         stop signal on any rank: `preemption`, then the run ends with "stopped" in its summary)
 
 Only rank 0 writes (checkpoints, metrics.jsonl, the progress bar); every rank runs the same steps.
 Under semi-auto parallel every rank saves its own slice (checkpoints/rank_<r>/step_N, beside
@@ -17,6 +18,7 @@ the step and the last good checkpoint), or skips the step under dynamic loss sca
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -28,13 +30,19 @@ from typing import Optional
 import numpy as np
 
 from pangu_pro import provenance
+from pangu_pro.collective import any_rank
 from pangu_pro.config import Config
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_name, clean_partial, latest_checkpoint,
-                                        load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint)
+from pangu_pro.data.integrity import name_read_errors
+from pangu_pro.runlock import hold_on_rank0
+from pangu_pro.train.checkpoint import (CHECKPOINTS, checkpoint_bytes, checkpoint_name, clean_partial,
+                                        folder_bytes, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                        resolve_resume, save_checkpoint, warn_if_no_space)
+from pangu_pro.train.layout import checkpoint_layout
 from pangu_pro.train.loss_scale import SKIP, STOP, LossScaler, check_overflow_detectable
 from pangu_pro.train.metrics import (METRICS_NAME, MetricsLog, device_peak_flops, mfu,
                                      train_flops_per_token)
+from pangu_pro.train.preemption import StopSignals
 from pangu_pro.train.schedule import lr_at, scaled_lr, warmup_steps_of
 
 
@@ -250,9 +258,7 @@ def build_loss_network(config: Config, par: Parallel, loss_cell=None, weights=No
 
 def layout_of(config: Config, par: Parallel) -> dict:
     """What a checkpoint's slices depend on: resuming needs the same (else merge first)."""
-    p = config.parallel
-    return {"data_parallel": p.data_parallel, "model_parallel": p.model_parallel, "pipeline_stage": p.pipeline_stage,
-            "vocab_parallel": p.vocab_parallel, "optimizer_shard": p.optimizer_shard, "world": par.world}
+    return checkpoint_layout(config.parallel, par.world)
 
 
 MERGE_WAIT_S = 7200  # how long the other ranks wait for rank 0 to merge a checkpoint (cluster time-out)
@@ -284,25 +290,38 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     `resume`: a checkpoint folder, a run directory, or "auto" (the newest checkpoint of
     train.output_dir; under semi-auto parallel, of this rank's `checkpoints/rank_<r>/`).
     `allow_changes`: resume with deliberately changed keys (lr, steps, ...; `provenance.check_resume_config`).
+    Rank 0 holds train.output_dir's run lock (`runlock`) for the run's life; a signal of
+    train.stop_signals ends the run after the current step with a checkpoint and "stopped" in the
+    summary (`preemption`).
     """
-    from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
-    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.sharding import strategy_file_path
-    from pangu_pro.model.weights import load_weights
-    from pangu_pro.progress import progress_bar
-    from pangu_pro.runtime import adapt_to_device, apply_device_config, init_mindspore
-    from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
-    from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
+    from pangu_pro.runtime import apply_device_config, init_mindspore
 
-    tc = config.train
     # before anything is built: the output folder, and the data against the model and tokenizer
-    provenance.check_output_folder(tc.output_dir, "train.output_dir")
+    provenance.check_output_folder(config.train.output_dir, "train.output_dir")
     provenance.check_data(config)
     provenance.check_data(config, config.data.eval_files, "data.eval_files")
     target = init_mindspore()
     check_overflow_detectable(config, target)  # fp16 where only the NPU float status could see an overflow
     apply_device_config(config.device, target)
     par = setup_parallel(config)
+    with contextlib.ExitStack() as held:
+        hold_on_rank0(held, config.train.output_dir, "training", par.rank, par.world)
+        stop = held.enter_context(StopSignals(config.train.stop_signals))
+        return _train(config, resume, par, target, stop, progress, announce, allow_changes)
+
+
+def _train(config: Config, resume: Optional[str], par: Parallel, target: str, stop: StopSignals, progress: bool,
+           announce, allow_changes: bool) -> dict:
+    from pangu_pro.model.distributed_ckpt import owned_parameters, rank_checkpoint_dir
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+    from pangu_pro.model.sharding import strategy_file_path
+    from pangu_pro.model.weights import load_weights
+    from pangu_pro.progress import progress_bar
+    from pangu_pro.runtime import adapt_to_device
+    from pangu_pro.train.checkpoint import intact_resume, read_state, resolve_rank_resume
+    from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
+
+    tc = config.train
     lead = par.rank == par.writer
     say = announce if (lead and announce is not None) else (lambda *_: None)
     model_cfg = adapt_to_device(config.model, target, say)
@@ -360,6 +379,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         return {"step": start, "steps_run": 0, "checkpoint": str(last_ckpt) if last_ckpt else None}
     if saves:
         clean_partial(ckpt_root)
+        warn_if_no_space(ckpt_root, checkpoint_bytes(model, optimizer, owned), "a checkpoint", say)
     if lead:
         from pangu_pro.config import save_config
         save_config(config, out / "config.yaml")
@@ -368,7 +388,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         metrics.truncate_after(start)
 
     # 3. data
-    batches = train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1)
+    batches = name_read_errors(train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1),
+                               config.data.train_files)
     if sliced:  # this rank's slices fit the compiled (sliced) parameters: compile on the first batches
         first = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
         step_fn.compile(first)
@@ -385,7 +406,7 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
     bar = progress_bar(total=tc.steps, initial=start, disable=not (progress and lead), desc="train", unit="step",
                        every=tc.log_every)
     window_tokens, window_time, flops_per_token, step = 0, 0.0, None, start
-    last = {}
+    last, stopped = {}, None
     try:
         for step in range(start + 1, tc.steps + 1):
             micro = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
@@ -428,7 +449,8 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                                "eval_perplexity": held_out["perplexity"], "eval_samples": held_out["samples"]})
                 bar.write(f"step {step}: held-out loss {held_out['loss']:.4f}, perplexity "
                           f"{held_out['perplexity']:.2f}")
-            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+            stopping = any_rank(stop.received is not None, par.world)  # every rank, every step
+            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps or stopping:
                 if saves:
                     state = {"step": step, "consumed_batches": consumed, "consumed_samples":
                              consumed * tc.batch_size * par.read_factor * par.num_shards, "tokens": tokens_seen,
@@ -445,6 +467,12 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
                     last_ckpt = save_checkpoint(ckpt_root / checkpoint_name(step), model, optimizer, state,
                                                 names=owned)
                     prune_checkpoints(ckpt_root, tc.keep_last)
+                    warn_if_no_space(ckpt_root, folder_bytes(last_ckpt), "the next checkpoint", say)
+            if stopping and step < tc.steps:
+                any_rank(False, par.world)  # no rank exits (msrun would kill the rest) before the save is done
+                stopped = stop.received or "a stop signal on another rank"
+                say(f"stopped by {stopped} after step {step}" + (f": checkpoint {last_ckpt}" if saves else ""))
+                break
     finally:
         bar.close()
         if metrics is not None:
@@ -453,4 +481,5 @@ def train(config: Config, resume: Optional[str] = None, *, progress: bool = True
         print(f"rank {par.rank}/{par.world}: step {step} weights sha256 {weights_digest(model)}", flush=True)
     # a rank that writes no checkpoints names none (its last_ckpt is only where it resumed from)
     return {"step": step, "steps_run": step - start, "tokens": tokens_seen, **last, "rank": par.rank,
-            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out)}
+            "checkpoint": str(last_ckpt) if (last_ckpt and saves) else None, "output_dir": str(out),
+            "stopped": stopped}
