@@ -184,12 +184,10 @@ class NotConvergedError(ValueError):
 def agree(par, error: Optional[BaseException]) -> None:
     """Raise on every rank if any rank failed (an error on one rank alone would leave the others waiting
     in their next collective forever). Single process: re-raise `error`."""
-    if par.world > 1:
-        from mindspore import Tensor, ops
+    from pangu_pro.collective import any_rank
 
-        failed = ops.AllReduce()(Tensor(np.array([0.0 if error is None else 1.0], np.float32))).asnumpy()[0]
-        if failed and error is None:
-            raise RuntimeError(f"rank {par.rank}: stopping because another rank failed (see its error)")
+    if any_rank(error is not None, par.world) and error is None:
+        raise RuntimeError(f"rank {par.rank}: stopping because another rank failed (see its error)")
     if error is not None:
         raise error
 
