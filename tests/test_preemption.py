@@ -75,7 +75,7 @@ def test_sigterm_saves_the_current_step_and_resume_is_bit_identical(tmp_path):
     assert 5 <= step < steps and stopped.group(2) == str(run / "checkpoints" / f"step_{step:08d}")
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step_{step:08d}"]
 
-    last = resume_to_the_end(config, run, full, steps)
+    resume_to_the_end(config, run, full, steps)
 
 
 def resume_to_the_end(config, run, full, steps: int) -> str:
