@@ -213,11 +213,11 @@ def undocumented_keys() -> list[str]:
 
 
 def round_units_markdown() -> str:
-    """The multi-round scoring unit each shipped training config gets (`driver.score_unit_samples`) at
+    """The multi-round scoring unit each shipped training config gets (`scoring.score_unit_samples`) at
     the default `multi_round.score_unit_tokens`, against the official ~2M-token unit."""
     from pangu_pro.config import load_config
     from pangu_pro.rounds.config import OFFICIAL_UNIT_TOKENS, MultiRoundConfig
-    from pangu_pro.rounds.driver import score_unit_samples
+    from pangu_pro.rounds.scoring import score_unit_samples
 
     out = [HEADER.format(what="shipped training configs"), "# Multi-round scoring units of the shipped configs\n\n",
            f"A scoring unit is k whole optimizer steps of round 1, k = round(`multi_round.score_unit_tokens` / "

@@ -41,7 +41,8 @@ import numpy as np
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
-from pangu_pro.rounds.sampling import num_units, unit_size
+from pangu_pro.rounds.sampling import num_units
+from pangu_pro.rounds.scoring import score_unit_samples
 from pangu_pro.train.preemption import PREEMPTED_EXIT
 from pangu_pro.train.schedule import (OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_MIN_LR_RATIO,
                                       OFFICIAL_CONTINUED_WARMUP_FRACTION)
@@ -99,18 +100,6 @@ def round_config(config: Config, k: int, root: Path) -> Config:
         data = dataclasses.replace(data, index_file=str(round_dir(root, k - 1) / "selection.npy"))
     mapping = to_mapping(dataclasses.replace(config, train=train, data=data, multi_round=None))
     return config_from_dict(mapping, f"{config.source} (round {k})")
-
-
-def score_unit_samples(config: Config, workers: int) -> int:
-    """Samples per scoring unit: `multi_round.score_unit_tokens` rounded to whole global training
-    batches (train.batch_size x grad_accum_steps x data-parallel replicas x pipeline micro batches),
-    at least one. Replicas: `workers` under data parallel, parallel.data_parallel under semi-auto."""
-    tc, p = config.train, config.parallel
-    semi_auto = p.model_parallel > 1 or p.pipeline_stage > 1 or p.optimizer_shard
-    replicas = p.data_parallel if semi_auto else workers
-    micro = p.micro_batch_num if p.pipeline_stage > 1 else 1
-    global_batch = tc.batch_size * tc.grad_accum_steps * replicas * micro
-    return unit_size(config.multi_round.score_unit_tokens, global_batch, config.model.seq_length)
 
 
 def config_fingerprint(config: Config) -> str:
