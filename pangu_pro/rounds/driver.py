@@ -142,20 +142,22 @@ class StageStopped(RuntimeError):
 
 
 class StageRunner:
-    """Runs `pangu-pro` commands: in this process (workers == 1) or under msrun (workers > 1)."""
+    """Runs `pangu-pro` commands: in this process through `run_cli` (the command line's `main`, which
+    `pangu-pro rounds` hands over) when workers == 1, else in a process of their own (`python -m
+    pangu_pro.cli`, under msrun for workers > 1)."""
 
-    def __init__(self, workers: int = 1, master_port: int = 8129, progress: bool = True):
+    def __init__(self, workers: int = 1, master_port: int = 8129, progress: bool = True, run_cli=None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers, self.master_port, self.progress = workers, master_port, progress
+        self.workers, self.master_port, self.progress, self.run_cli = workers, master_port, progress, run_cli
         self._evaluator = None
 
     def run(self, argv: list[str], log_dir: Path) -> None:
         argv = [*argv, *([] if self.progress else ["--no-progress"])]
-        if self.workers == 1:
-            from pangu_pro.cli import main
-
-            code = main(argv)
+        if self.workers == 1 and self.run_cli is not None:
+            code = self.run_cli(argv)
+        elif self.workers == 1:
+            code = subprocess.run([sys.executable, "-m", "pangu_pro.cli", *argv]).returncode
         else:
             log_dir.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ)
@@ -367,7 +369,7 @@ def rounds_command(args) -> int:
     from pangu_pro.config import load_config
 
     config = load_config(args.config, args.overrides)
-    runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress)
+    runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress, run_cli=args.run_cli)
     try:
         run_rounds(config, workers=args.workers, runner=runner)
     except StageStopped as stopped:

@@ -295,7 +295,7 @@ def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_si
         say(f"warning: {problem}")
     rows = (batch_size or config.train.batch_size) * (par.read_factor if par.semi_auto else 1)
     if config.multi_round is None:
-        from pangu_pro.rounds.config import MultiRoundConfig
+        from pangu_pro.config import MultiRoundConfig
 
         config = dataclasses.replace(config, multi_round=MultiRoundConfig())
     unit = unit_samples or score_unit_samples(config, par.world)
