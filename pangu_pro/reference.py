@@ -33,7 +33,7 @@ def _cell(text: Any) -> str:
 
 def leaf_commands(parser, words=()):
     """(command words, parser, one-line help) of every command, in registration order."""
-    from pangu_pro.cli import subparsers_of
+    from pangu_pro.overrides import subparsers_of
 
     sub = subparsers_of(parser)
     if sub is None:
@@ -93,7 +93,7 @@ def _arg_help(parser, action: argparse.Action) -> str:
 
 
 def cli_markdown(parser: argparse.ArgumentParser) -> str:
-    from pangu_pro.cli import OVERRIDE_HELP, reads_config
+    from pangu_pro.overrides import OVERRIDE_HELP, reads_config
 
     out = [HEADER.format(what="argparse parsers"), "# Command-line reference\n\n",
            "Every tool is `pangu-pro COMMAND ...` (`python -m pangu_pro.cli` is the same). ",
@@ -213,11 +213,11 @@ def undocumented_keys() -> list[str]:
 
 
 def round_units_markdown() -> str:
-    """The multi-round scoring unit each shipped training config gets (`driver.score_unit_samples`) at
+    """The multi-round scoring unit each shipped training config gets (`scoring.score_unit_samples`) at
     the default `multi_round.score_unit_tokens`, against the official ~2M-token unit."""
     from pangu_pro.config import load_config
-    from pangu_pro.rounds.config import OFFICIAL_UNIT_TOKENS, MultiRoundConfig
-    from pangu_pro.rounds.driver import score_unit_samples
+    from pangu_pro.config import OFFICIAL_UNIT_TOKENS, MultiRoundConfig
+    from pangu_pro.rounds.scoring import score_unit_samples
 
     out = [HEADER.format(what="shipped training configs"), "# Multi-round scoring units of the shipped configs\n\n",
            f"A scoring unit is k whole optimizer steps of round 1, k = round(`multi_round.score_unit_tokens` / "

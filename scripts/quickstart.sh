@@ -59,7 +59,7 @@ pangu-pro plot "$OUT/inherit"
 STUDENT_CFG="$OUT/inherit/student/config.yaml"
 pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/inherit/student"
 pangu-pro train "$STUDENT_CFG" $DATA train.init_weights="$OUT/inherit/student/model.safetensors" \
-  train.steps=40 train.warmup_steps=4 train.output_dir="$OUT/student_train"
+  train.steps=40 train.lr=3.0e-4 train.warmup_fraction=0.1 train.output_dir="$OUT/student_train"
 pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/student_train/checkpoints/step_00000040"
 
 step "9. export to Hugging Face format and generate with transformers"

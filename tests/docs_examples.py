@@ -183,7 +183,8 @@ def _check_script(script: str, rest: list[str], workspace: Path) -> None:
 
 def check_cli(argv: list[str], workspace: Path) -> None:
     """`pangu-pro ARGV`: the real parser, then the config it reads (if it names one that exists)."""
-    from pangu_pro.cli import build_parser, parse_command_line
+    from pangu_pro.cli import build_parser
+    from pangu_pro.overrides import parse_command_line
 
     parser = build_parser()
     errors = io.StringIO()
@@ -224,7 +225,7 @@ def _check_bench(args, workspace: Path) -> None:
     import argparse
     import importlib
 
-    from pangu_pro.cli import parse_command_line
+    from pangu_pro.overrides import parse_command_line
 
     module = importlib.import_module(f"pangu_pro.bench.{args.benchmark}")
     parser = argparse.ArgumentParser(prog=f"pangu-pro bench {args.benchmark}")

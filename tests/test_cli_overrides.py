@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pangu_pro.cli import build_parser, parse_command_line, reads_config, split_overrides
+from pangu_pro.cli import build_parser
 from pangu_pro.config import load_config
+from pangu_pro.overrides import parse_command_line, reads_config, split_overrides
 from pangu_pro.reference import leaf_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,9 +125,9 @@ def test_legacy_positional_overrides_follow_the_same_rule():
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--resume", nargs="?", const="auto")
-    from pangu_pro.cli import _document_overrides
+    from pangu_pro.overrides import document_overrides
 
-    _document_overrides(top)
+    document_overrides(top)
     args = parse_command_line(top, ["legacy", "c.yaml", "--resume", "a.b=1", "--set", "c.d=2"])
     assert (args.config, args.resume, args.overrides) == ("c.yaml", "auto", ["a.b=1", "c.d=2"])
     assert "section.key=value" in p.format_help()

@@ -308,6 +308,11 @@ def test_data_parallel_run_directory_exports_its_newest_checkpoint(tmp_path):
     export_to_hf(tmp_path / "run", cfg, tmp_path / "hf", progress=False)
     stored = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert all(np.array_equal(stored[to_hf_name(n)], v) for n, v in random_weights(cfg, 1).items())
+    record = json.loads((tmp_path / "hf" / "pangu_pro_export.json").read_text())  # what made the export
+    newest = tmp_path / "run" / "checkpoints" / "step_00000004" / "model.safetensors"
+    assert record["checkpoint"] == str((tmp_path / "run").resolve()) and record["dtype"] == "float32"
+    assert record["weights"]["path"] == str(newest.resolve()) and record["weights"]["bytes"] == newest.stat().st_size
+    assert record["tokenizer"] is None and record["token_convention"] == "llama"
 
 
 def test_trainer_rank_step_folders_take_the_newest_common_step(tmp_path):

@@ -207,7 +207,7 @@ def test_presets_cover_1b_and_1_5b_on_8_16_64_and_the_7b_teacher():
 
 
 def test_plan_command(capsys):
-    from pangu_pro.model import plan_command
+    from pangu_pro.inherit import plan_command
 
     parser = argparse.ArgumentParser()
     plan_command.register(parser.add_subparsers())
@@ -225,7 +225,7 @@ def test_plan_command(capsys):
 
 
 def test_plan_measure_compiles_a_step_and_says_what_the_cpu_reports(tmp_path, capsys):
-    from pangu_pro.model import plan_command
+    from pangu_pro.inherit import plan_command
     from pangu_pro.train.memory_probe import Measurement
 
     path = tmp_path / "tiny.yaml"

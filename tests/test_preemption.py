@@ -75,12 +75,19 @@ def test_sigterm_saves_the_current_step_and_resume_is_bit_identical(tmp_path):
     assert 5 <= step < steps and stopped.group(2) == str(run / "checkpoints" / f"step_{step:08d}")
     assert [p.name for p in (run / "checkpoints").iterdir()] == [f"step_{step:08d}"]
 
+    resume_to_the_end(config, run, full, steps)
+
+
+def resume_to_the_end(config, run, full, steps: int) -> str:
+    """`train --resume` the stopped `run` to `steps`: its weights and losses must be the uninterrupted
+    run's (`full`) bit for bit. Returns the last checkpoint's name."""
     done = subprocess.run(cli("train", str(config), f"train.output_dir={run}", "--no-progress", "--resume"),
                           env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     last = f"step_{steps:08d}"
     assert_bit_identical(weights(run / "checkpoints" / last), weights(full / "checkpoints" / last))
     assert losses(run) == losses(full)
+    return last
 
 
 def test_stop_signals_record_the_first_and_restore_the_handlers():
@@ -350,12 +357,7 @@ def test_soak_five_random_kills_and_stops_end_bit_identical(tmp_path):
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode == (75 if kind == signal.SIGTERM else -signal.SIGKILL), err[-2000:]
-    done = subprocess.run(cli("train", str(config), f"train.output_dir={run}", "--no-progress", "--resume"),
-                          env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    last = f"step_{steps:08d}"
-    assert_bit_identical(weights(run / "checkpoints" / last), weights(full / "checkpoints" / last))
-    assert losses(run) == losses(full)
+    last = resume_to_the_end(config, run, full, steps)
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert len(left) == 2 and left[-1] == last  # keep_last 2, no temporary folders
     assert main(["checkpoint", "verify", str(run)]) == 0

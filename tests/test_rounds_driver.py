@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pangu_pro.config import config_from_dict
+from pangu_pro.config import MultiRoundConfig, config_from_dict
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import save_tensors
 from pangu_pro.rounds import driver, sampling
-from pangu_pro.rounds.config import MultiRoundConfig
 from pangu_pro.rounds.scoring import save_scores
 from pangu_pro.rounds.selection import select_from_scores, write_selection
 from tests.test_rounds_score import BATCH, N, write_data
@@ -184,7 +183,10 @@ def test_two_rounds_end_to_end(data, tmp_path, monkeypatch):
     config = rounds_config(data, tmp_path / "run", round_steps=2)
     # one epoch at most: the loader's SubsetSampler refuses more indices than the data holds
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4, warmup_steps=1))
-    summary = driver.run_rounds(config, runner=driver.StageRunner(1, progress=False), announce=lambda *_: None)
+    from pangu_pro.cli import main
+
+    summary = driver.run_rounds(config, runner=driver.StageRunner(1, progress=False, run_cli=main),
+                                announce=lambda *_: None)
     rows = summary["rounds"]
     assert [r["steps"] for r in rows] == [4, 2]
     assert all(np.isfinite(r["heldout_loss"]) for r in rows) and np.isfinite(rows[0]["mean_score"])

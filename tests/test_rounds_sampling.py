@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pangu_pro.cli import main as cli_main
+from pangu_pro.config import MultiRoundConfig
 from pangu_pro.configtools import ConfigError, from_mapping
 from pangu_pro.rounds import sampling
-from pangu_pro.rounds.config import MultiRoundConfig
 from pangu_pro.rounds.scoring import rank_units, save_scores
 from pangu_pro.rounds.selection import select_from_scores
 

@@ -30,7 +30,8 @@ def register_modules(subparsers, command: str, table: dict[str, str], *, help: s
                      metavar: str) -> None:
     """`pangu-pro COMMAND NAME [options]` for every NAME of `table`: module `pangu_pro.COMMAND.NAME`
     with `add_arguments(parser)` and `run(args)`, imported only when it runs (`args.argv` holds its
-    options as given). The chosen NAME is `args.<metavar in lower case>`."""
+    options as given, `args.run_cli` the command line's `main`). The chosen NAME is `args.<metavar in
+    lower case>`."""
     outer = subparsers.add_parser(command, help=help, description=description)
     inner = outer.add_subparsers(dest=metavar.lower(), metavar=metavar, required=True)
     for name, summary in table.items():
@@ -48,13 +49,13 @@ def _runner(command: str, name: str, summary: str):
             if err.name != f"pangu_pro.{command}.{name}":
                 raise
             raise ValueError(f"{command} '{name}' is not available yet (no module pangu_pro.{command}.{name})") from None
-        from pangu_pro.cli import parse_command_line
+        from pangu_pro.overrides import parse_command_line
 
         argv = getattr(args, f"{command}_args")
         parser = argparse.ArgumentParser(prog=f"pangu-pro {command} {name}", description=summary)
         module.add_arguments(parser)
         parsed = parse_command_line(parser, argv)
-        parsed.argv = list(argv)
+        parsed.argv, parsed.run_cli = list(argv), args.run_cli
         return module.run(parsed) or 0
 
     return run

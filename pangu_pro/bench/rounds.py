@@ -295,7 +295,7 @@ def run(args) -> int:
     data = prepare(args, work)
     part_steps = data["part_samples"] // args.batch_size
     n_steps = part_steps * args.parts  # one pass, in corpus order
-    quiet = dict(runner=driver.StageRunner(1, progress=False), announce=lambda *_: None)
+    quiet = dict(runner=driver.StageRunner(1, progress=False, run_cli=args.run_cli), announce=lambda *_: None)
     arms = {arm: [] for arm in (ARMS[:1] if args.round1_only else ARMS)}
     evaluate = None
     for seed in args.seeds:  # arms interleaved per seed: the machine's load hits them alike

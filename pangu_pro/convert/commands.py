@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pangu_pro.cli import add_config_overrides
+from pangu_pro.overrides import add_config_overrides
 
 
 def _to_hf(args: argparse.Namespace) -> int:

@@ -2,9 +2,10 @@
 
 The folder holds `config.json`, `generation_config.json`, the weights as safetensors (one
 `model.safetensors`, or shards `model-0000k-of-0000n.safetensors` with `model.safetensors.index.json`
-past `max_shard_size`) and, with a tokenizer, the tokenizer files. With both PanGu-pi modules off the
-model is a plain `LlamaForCausalLM`; otherwise `configuration_pangu_pi.py` and `modeling_pangu_pi.py`
-are copied in and named in `auto_map` (load with `trust_remote_code=True`).
+past `max_shard_size`), with a tokenizer the tokenizer files, and `pangu_pro_export.json` (what made
+it: `export_record`). With both PanGu-pi modules off the model is a plain `LlamaForCausalLM`; otherwise
+`configuration_pangu_pi.py` and `modeling_pangu_pi.py` are copied in and named in `auto_map` (load
+with `trust_remote_code=True`).
 
 Tensors are streamed: each is read from the checkpoint, renamed, cast and written before the next one.
 """
@@ -26,6 +27,7 @@ from pangu_pro.tokens import checkpoint_convention_problem
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
+EXPORT_RECORD = "pangu_pro_export.json"  # what made the export (`export_record`)
 MODELING_DIR = Path(__file__).parent / "hf_modeling"
 MODELING_FILES = ("configuration_pangu_pi.py", "modeling_pangu_pi.py")
 STALE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json|\.sha256)?")  # with digests (pangu_pro.digests)
@@ -144,8 +146,25 @@ def export_to_hf(checkpoint: str | Path, cfg: ModelConfig, out_dir: str | Path, 
     atomic_write_text(out_dir / "generation_config.json", generation.to_json_string(use_diff=True))
     if tokenizer is not None:
         write_tokenizer(tokenizer, out_dir, tokenizer_values)
+    atomic_write_json(out_dir / EXPORT_RECORD, export_record(checkpoint, source, tokenizer, dtype))
     return {"out_dir": str(out_dir), "files": files, "tensors": len(hf_names), "dtype": dtype,
             "architecture": config.architectures[0]}
+
+
+def export_record(checkpoint: str | Path, source, tokenizer: str | Path | None, dtype: str) -> dict:
+    """What made an export (`EXPORT_RECORD` in the folder): the checkpoint and the weights file read
+    (`provenance.weights_record`; a merged distributed run has none), the tokenizer's SHA-256, the
+    token convention its tokenizer files follow, and the storage dtype."""
+    from pangu_pro.io import file_sha256
+    from pangu_pro.provenance import weights_record
+    from pangu_pro.tokens import TOKEN_CONVENTION
+
+    weights = getattr(source, "path", None)
+    return {"made_by": "pangu-pro convert to-hf", "checkpoint": str(Path(checkpoint).resolve()),
+            "weights": weights_record(weights) if weights is not None else None,
+            "tokenizer": None if tokenizer is None else {"path": str(Path(tokenizer).resolve()),
+                                                         "sha256": file_sha256(tokenizer)},
+            "token_convention": TOKEN_CONVENTION, "dtype": dtype}
 
 
 def tokenizer_checks(checkpoint: str | Path, cfg: ModelConfig, config_source: str) -> dict:

@@ -141,18 +141,16 @@ def check_shards(paths: Sequence[str], cached: bool = True) -> None:
                                 + "\n  - ".join(problems))
 
 
-def name_read_errors(batches: Iterator, files) -> Iterator:
-    """`batches`, but a read error (MindSpore's RuntimeError) re-checks `files` (shards or preprocess
-    folders) and names the damaged shard; if none looks damaged, it names the files with the error."""
-    from pangu_pro.data.dataset import resolve_files
-
+def name_read_errors(batches: Iterator, paths: list[str]) -> Iterator:
+    """`batches`, but a read error (MindSpore's RuntimeError) re-checks the shard files `paths`
+    (`dataset.resolve_files`) and names the damaged shard; if none looks damaged, it names the files
+    with the error."""
     while True:
         try:
             item = next(batches)
         except StopIteration:
             return
         except RuntimeError as err:
-            paths = resolve_files(files)
             check_shards(paths, cached=False)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             more = " ..." if len(paths) > 3 else ""

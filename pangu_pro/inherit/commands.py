@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import sys
 
-from pangu_pro.cli import add_config_overrides
+from pangu_pro.overrides import add_config_overrides
 
 RESUME_AUTO = "auto"
 
 
 def register(subparsers) -> None:
+    from pangu_pro.inherit import plan_command
+
+    plan_command.register(subparsers)  # `plan` reads training and inheritance configs alike
     p = subparsers.add_parser("inherit", help="derive a student checkpoint from a teacher (docs/inherit.md)",
                               description="Score the teacher's heads, FFN neurons, hidden channels and layers "
                               "(random, l1, l2, taylor or learned hard-concrete masks), keep the top-k per layer "

@@ -147,7 +147,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     from pangu_pro.progress import progress_bar
 
     from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
-    from pangu_pro.inherit.run import agree
+    from pangu_pro.collective import agree
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.sharding import apply_recompute
     from pangu_pro.provenance import check_same_weights
@@ -208,7 +208,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
         start, metrics = prepare()
     except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
         error = err
-    agree(par, error)  # before the first collective of the steps: no rank waits there for a failed one
+    agree(par.rank, par.world, error)  # before the first collective of the steps: no rank waits there for a failed one
 
     accum = ic.grad_accum_steps
     data_config = dataclasses.replace(config, train=dataclasses.replace(

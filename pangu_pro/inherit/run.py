@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from pangu_pro.collective import agree
 from pangu_pro.config import Config, load_config
 from pangu_pro.configtools import ConfigError
 from pangu_pro.inherit.hardconcrete import MASK_TYPES, UnitArrays, select_layers
@@ -181,19 +182,6 @@ class NotConvergedError(ValueError):
     """The learned masks did not converge and materialisation was not forced (exit code 2)."""
 
 
-def agree(par, error: Optional[BaseException]) -> None:
-    """Raise on every rank if any rank failed (an error on one rank alone would leave the others waiting
-    in their next collective forever). Single process: re-raise `error`."""
-    if par.world > 1:
-        from mindspore import Tensor, ops
-
-        failed = ops.AllReduce()(Tensor(np.array([0.0 if error is None else 1.0], np.float32))).asnumpy()[0]
-        if failed and error is None:
-            raise RuntimeError(f"rank {par.rank}: stopping because another rank failed (see its error)")
-    if error is not None:
-        raise error
-
-
 def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict, medians: UnitArrays,
                    student_tensors: dict) -> dict:
     """Mean LM loss on `inherit.heldout_batches` batches (data.eval_files, else the first training batches)
@@ -270,7 +258,7 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
             plan = check(config)  # 1
         except Exception as err:  # noqa: BLE001 - re-raised on every rank by `agree`
             error = err
-        agree(par, error)
+        agree(par.rank, par.world, error)
         return _inherit(config, par, plan, target, began, resume, progress, announce, force)
 
 
@@ -320,7 +308,7 @@ def _inherit(config: Config, par, plan: StudentPlan, target: str, began: float, 
         for line in report.lines():
             say(line)
         if not report.converged and not force:
-            agree(par, NotConvergedError(
+            agree(par.rank, par.world, NotConvergedError(
                 f"{ic.output_dir}: the masks did not converge ({'; '.join(report.failures())}); the checkpoints "
                 f"are in {Path(ic.output_dir) / 'masks'}: continue with --resume and a larger inherit.steps, or "
                 f"materialise anyway with --force"))

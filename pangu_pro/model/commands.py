@@ -5,14 +5,12 @@ import argparse
 import sys
 import time
 
-from pangu_pro.cli import add_config_overrides
+from pangu_pro.overrides import add_config_overrides
 from pangu_pro.config import load_config
 from pangu_pro.tokens import checkpoint_convention_problem, prompt_ids
 
 
 def register(subparsers) -> None:
-    from pangu_pro.model import plan_command
-
     p = subparsers.add_parser("params", help="analytic parameter count of a config, by component")
     p.add_argument("config", help="YAML config file")
     add_config_overrides(p)
@@ -36,8 +34,6 @@ def register(subparsers) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the sampling (and of random weights)")
     g.add_argument("--no-eos-stop", action="store_true", help="do not stop at the end-of-sequence token")
     g.set_defaults(func=run_generate)
-
-    plan_command.register(subparsers)
 
 
 def run_params(args: argparse.Namespace) -> int:

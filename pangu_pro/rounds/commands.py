@@ -1,7 +1,7 @@
 """CLI commands of multi-round training: score, select, rounds (docs/multi_round.md)."""
 from __future__ import annotations
 
-from pangu_pro.cli import add_config_overrides
+from pangu_pro.overrides import add_config_overrides
 
 
 def _score(args) -> int:

@@ -41,7 +41,8 @@ import numpy as np
 from pangu_pro.config import Config, config_from_dict, save_config
 from pangu_pro.configtools import ConfigError, to_mapping
 from pangu_pro.io import atomic_write_json, atomic_write_text, read_json
-from pangu_pro.rounds.sampling import num_units, unit_size
+from pangu_pro.rounds.sampling import num_units
+from pangu_pro.rounds.scoring import score_unit_samples
 from pangu_pro.train.preemption import PREEMPTED_EXIT
 from pangu_pro.train.schedule import (OFFICIAL_CONTINUED_LR, OFFICIAL_CONTINUED_MIN_LR_RATIO,
                                       OFFICIAL_CONTINUED_WARMUP_FRACTION)
@@ -101,18 +102,6 @@ def round_config(config: Config, k: int, root: Path) -> Config:
     return config_from_dict(mapping, f"{config.source} (round {k})")
 
 
-def score_unit_samples(config: Config, workers: int) -> int:
-    """Samples per scoring unit: `multi_round.score_unit_tokens` rounded to whole global training
-    batches (train.batch_size x grad_accum_steps x data-parallel replicas x pipeline micro batches),
-    at least one. Replicas: `workers` under data parallel, parallel.data_parallel under semi-auto."""
-    tc, p = config.train, config.parallel
-    semi_auto = p.model_parallel > 1 or p.pipeline_stage > 1 or p.optimizer_shard
-    replicas = p.data_parallel if semi_auto else workers
-    micro = p.micro_batch_num if p.pipeline_stage > 1 else 1
-    global_batch = tc.batch_size * tc.grad_accum_steps * replicas * micro
-    return unit_size(config.multi_round.score_unit_tokens, global_batch, config.model.seq_length)
-
-
 def config_fingerprint(config: Config) -> str:
     """sha256 of the config as data, without `multi_round.rounds` (rounds may be added later)."""
     data = to_mapping(config)
@@ -153,20 +142,22 @@ class StageStopped(RuntimeError):
 
 
 class StageRunner:
-    """Runs `pangu-pro` commands: in this process (workers == 1) or under msrun (workers > 1)."""
+    """Runs `pangu-pro` commands: in this process through `run_cli` (the command line's `main`, which
+    `pangu-pro rounds` hands over) when workers == 1, else in a process of their own (`python -m
+    pangu_pro.cli`, under msrun for workers > 1)."""
 
-    def __init__(self, workers: int = 1, master_port: int = 8129, progress: bool = True):
+    def __init__(self, workers: int = 1, master_port: int = 8129, progress: bool = True, run_cli=None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.workers, self.master_port, self.progress = workers, master_port, progress
+        self.workers, self.master_port, self.progress, self.run_cli = workers, master_port, progress, run_cli
         self._evaluator = None
 
     def run(self, argv: list[str], log_dir: Path) -> None:
         argv = [*argv, *([] if self.progress else ["--no-progress"])]
-        if self.workers == 1:
-            from pangu_pro.cli import main
-
-            code = main(argv)
+        if self.workers == 1 and self.run_cli is not None:
+            code = self.run_cli(argv)
+        elif self.workers == 1:
+            code = subprocess.run([sys.executable, "-m", "pangu_pro.cli", *argv]).returncode
         else:
             log_dir.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ)
@@ -378,7 +369,7 @@ def rounds_command(args) -> int:
     from pangu_pro.config import load_config
 
     config = load_config(args.config, args.overrides)
-    runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress)
+    runner = StageRunner(args.workers, args.master_port, progress=not args.no_progress, run_cli=args.run_cli)
     try:
         run_rounds(config, workers=args.workers, runner=runner)
     except StageStopped as stopped:

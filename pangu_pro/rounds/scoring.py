@@ -5,7 +5,7 @@ data loader counts). Scoring unit u is the samples at positions ``[u*U, min((u+1
 first-pass order — `data.dataset.epoch_order` with the config's `data.shuffle` and `data.seed`, the
 order the trainer read (ascending ids without shuffling) — the last unit possibly short. U
 (`--unit-samples`) is a whole number of global training batches: `multi_round.score_unit_tokens`
-(default ~2M tokens, the official unit) rounded to whole batches (`driver.score_unit_samples`), so a
+(default ~2M tokens, the official unit) rounded to whole batches (`score_unit_samples`), so a
 unit is exactly k consecutive optimizer steps' batches of round 1 (as sets of samples), shuffled or
 not. The order's recipe is recorded in the meta (`unit_order`). The model runs `--batch-size` rows at a time (default train.batch_size, the compiled training
 shape), U being a multiple of it. A sample's score is its token-mean next-token loss; a unit's score is
@@ -49,11 +49,23 @@ import numpy as np
 
 from pangu_pro.io import atomic_path, atomic_write_json, read_json
 from pangu_pro.rounds import sampling
-from pangu_pro.rounds.sampling import num_units as count_units
+from pangu_pro.rounds.sampling import num_units as count_units, unit_size
 from pangu_pro.runlock import hold_on_rank0
 from pangu_pro.tokens import checkpoint_convention_problem
 
 PARTS_SUFFIX = ".parts"
+
+
+def score_unit_samples(config, workers: int) -> int:
+    """Samples per scoring unit: `multi_round.score_unit_tokens` rounded to whole global training
+    batches (train.batch_size x grad_accum_steps x data-parallel replicas x pipeline micro batches),
+    at least one. Replicas: `workers` under data parallel, parallel.data_parallel under semi-auto."""
+    tc, p = config.train, config.parallel
+    semi_auto = p.model_parallel > 1 or p.pipeline_stage > 1 or p.optimizer_shard
+    replicas = p.data_parallel if semi_auto else workers
+    micro = p.micro_batch_num if p.pipeline_stage > 1 else 1
+    global_batch = tc.batch_size * tc.grad_accum_steps * replicas * micro
+    return unit_size(config.multi_round.score_unit_tokens, global_batch, config.model.seq_length)
 
 
 def per_sample_loss_cell(network):
@@ -249,7 +261,7 @@ def score(config, checkpoint, *, out=None, files=None, unit_samples: Optional[in
           merge_timeout: float = 3600.0, announce=print) -> dict:
     """Score the training set with the weights in `checkpoint` (module doc); returns the merging rank's
     summary (other ranks return their own part's counts). `unit_samples` defaults to
-    `driver.score_unit_samples` for this layout. Rank 0 holds the run lock of the parts folder
+    `score_unit_samples` for this layout. Rank 0 holds the run lock of the parts folder
     (`pangu_pro.runlock`: a second scoring run onto the same --out refuses)."""
     with contextlib.ExitStack() as held:
         return _score(config, checkpoint, out, files, unit_samples, batch_size, flush_every, overwrite, progress,
@@ -263,7 +275,6 @@ def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_si
 
     from pangu_pro.data.dataset import count_samples, create_dataset, resolve_files
     from pangu_pro.model.weights import resolve_weights
-    from pangu_pro.rounds.driver import score_unit_samples
     from pangu_pro.runtime import adapt_to_device, init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
@@ -284,7 +295,7 @@ def _score(config, checkpoint, out, files, unit_samples: Optional[int], batch_si
         say(f"warning: {problem}")
     rows = (batch_size or config.train.batch_size) * (par.read_factor if par.semi_auto else 1)
     if config.multi_round is None:
-        from pangu_pro.rounds.config import MultiRoundConfig
+        from pangu_pro.config import MultiRoundConfig
 
         config = dataclasses.replace(config, multi_round=MultiRoundConfig())
     unit = unit_samples or score_unit_samples(config, par.world)

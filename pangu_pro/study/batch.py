@@ -9,6 +9,7 @@ tested.
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 
 from pangu_pro.study import common, runner, shapes
@@ -16,6 +17,8 @@ from pangu_pro.study.modules import model_section, training_sections
 from pangu_pro.study.runner import Arm
 
 RULES = ("sqrt", "constant")
+
+SETUP = ("layers", "hidden", "seq", "steps", "lr", "seeds", "batches")  # the options the results record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,8 @@ def arms(args, data: dict) -> list[Arm]:
     return plan
 
 
-def analyse(results: list[dict], batches: list[int]) -> dict:
+def analyse(results: list[dict], args) -> dict:
+    batches = args.batches
     base = batches[0]
     spread = runner.seed_spread(results, "bits_per_byte")
     comparisons = {}
@@ -78,8 +82,7 @@ def render(result: dict) -> str:
              f"{s['layers']} layers × {s['hidden']}, byte-level built-in corpus, seq {s['seq']}, "
              f"{s['steps'] * s['batches'][0] * s['seq']:,} training tokens per arm, lr0 {s['lr']} at B0 = "
              f"{s['batches'][0]}, seeds {s['seeds']}. Each seed reads the same data order.",
-             f"Made by `{result['provenance']['command']}` at commit {result['provenance']['commit']} on "
-             f"{result['provenance']['machine']} (load {result['provenance']['load_1_5_15']}).", "",
+             common.provenance_line(result), "",
              "| arm | bits/byte |", "|---|---|"]
     lines += [f"| {name} | {row['bits_per_byte'][0]:.4f} ± {row['bits_per_byte'][1]:.4f} |"
               for name, row in sorted(a["arms"].items(), key=lambda kv: int(kv[0][1:].split("_")[0]))]
@@ -87,8 +90,7 @@ def render(result: dict) -> str:
     for batch, d in a["sqrt_minus_constant"].items():
         text = "" if d is None else f"{d['mean']:+.4f} ± {d['sd']:.4f}"
         lines.append(f"- batch {batch}: " + (f"**{text}**" if d and d["exceeds_noise"] else text))
-    lines += ["", "| the paper's finding | verdict here |", "|---|---|"]
-    lines += [f"| {f['finding']} | {f['verdict']} |" for f in a["findings"]]
+    lines += ["", *common.findings_table(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -114,20 +116,4 @@ def run(args: argparse.Namespace) -> int:
     common.smoke_adjusted(args, 8)
     if args.smoke:
         args.batches = [2, 4]
-    work = common.work_dir(args, "batch")
-    data = runner.byte_data(work, args.corpus_mb, args.seq, args.eval_rows)
-
-    def measure(config, checkpoint):
-        loss = runner.heldout_loss(config, checkpoint)
-        return {"heldout_loss": loss, "bits_per_byte": runner.nats_to_bits_per_byte(loss, data)}
-
-    results = runner.run_arms(arms(args, data), work, measure, progress=not args.no_progress, desc="study batch")
-    result = {"study": "batch", "setup": {k: getattr(args, k) for k in ("layers", "hidden", "seq", "steps", "lr", "seeds",
-                                                                       "batches")},
-              "provenance": common.provenance("pangu-pro study batch " + " ".join(args.argv)),
-              "arms": results, "analysis": analyse(results, args.batches)}
-    text = render(result)
-    print(text)
-    out = common.write_study(args, "batch", result, text, figure(result))
-    print(f"wrote {out}/study_batch.json, .md, .png")
-    return 0
+    return common.run_study(args, "batch", sys.modules[__name__])

@@ -66,6 +66,50 @@ def provenance(command: str) -> dict:
             "load_1_5_15": [round(x, 2) for x in load]}
 
 
+def provenance_line(result: dict) -> str:
+    p = result["provenance"]
+    return f"Made by `{p['command']}` at commit {p['commit']} on {p['machine']} (load {p['load_1_5_15']})."
+
+
+def findings_table(result: dict) -> list[str]:
+    """The Markdown rows of the study's findings and verdicts."""
+    return ["| the paper's finding | verdict here |", "|---|---|",
+            *(f"| {f['finding']} | {f['verdict']} |" for f in result["analysis"]["findings"])]
+
+
+def run_study(args: argparse.Namespace, name: str, study) -> int:
+    """Run the study module `study` (its `arms(args, data)`, optional `measure(args, data)`,
+    `analyse(results, args)`, `render(result)`, `figure(result)` and `SETUP` keys of args) on the
+    built-in byte data: train or read back every arm, analyse, print and write the results."""
+    from pangu_pro.study import runner
+
+    work = work_dir(args, name)
+    data = runner.byte_data(work, args.corpus_mb, args.seq, args.eval_rows)
+    measure = study.measure(args, data) if hasattr(study, "measure") else heldout_measure(data)
+    results = runner.run_arms(study.arms(args, data), work, measure, progress=not args.no_progress,
+                              desc=f"study {name}")
+    result = {"study": name, "setup": {**{k: getattr(args, k) for k in study.SETUP},
+                                       "heldout_bytes": data["heldout_bytes"]},
+              "provenance": provenance(f"pangu-pro study {name} " + " ".join(args.argv)), "arms": results}
+    result["analysis"] = study.analyse(results, args)
+    text = study.render(result)
+    print(text)
+    out = write_study(args, name, result, text, study.figure(result))
+    print(f"wrote {out}/study_{name}.json, .md, .png")
+    return 0
+
+
+def heldout_measure(data: dict):
+    """The usual measurement of an arm: held-out loss and bits per byte of its final checkpoint."""
+    from pangu_pro.study import runner
+
+    def measure(config, checkpoint) -> dict:
+        loss = runner.heldout_loss(config, checkpoint)
+        return {"heldout_loss": loss, "bits_per_byte": runner.nats_to_bits_per_byte(loss, data)}
+
+    return measure
+
+
 def write_study(args: argparse.Namespace, name: str, result: dict, markdown: str, figure=None) -> Path:
     """`name`.json, `name`.md (and `name`.png) in --out, or under WORK for a smoke run."""
     from pangu_pro.plotting import save_figure

@@ -10,16 +10,19 @@ block's input and output) beside it.
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import re
 
 import numpy as np
 
-from pangu_pro.study import common, runner, stats
+from pangu_pro.study import common, stats
 from pangu_pro.study.modules import model_section, training_sections
 from pangu_pro.study.runner import Arm
 
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+
+SETUP = ("layers", "hidden", "seq", "batch_size", "steps", "lr", "seeds")  # the options the results record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +68,16 @@ def layer_drop_losses(config, checkpoint, batch_size: int) -> dict:
     return {"heldout_loss": full, "dropped_loss": dropped, "cosine_scores": cosine}
 
 
-def analyse(results: list[dict]) -> dict:
+def arms(args, data: dict) -> list[Arm]:
+    return [Arm("base", seed, {"model": model_section(args, data["vocab"], True, True),
+                               **training_sections(args, data, seed)}) for seed in args.seeds]
+
+
+def measure(args, data: dict):
+    return lambda config, checkpoint: layer_drop_losses(config, checkpoint, args.batch_size)
+
+
+def analyse(results: list[dict], args=None) -> dict:
     layers = len(results[0]["dropped_loss"])
     increase = np.array([np.asarray(r["dropped_loss"]) - r["heldout_loss"] for r in results])
     cosine = np.array([r["cosine_scores"] for r in results])
@@ -95,8 +107,7 @@ def render(result: dict) -> str:
     lines = ["# Study: which layers matter (`pangu-pro study layers`)", "",
              f"{s['layers']} layers × {s['hidden']}, byte-level built-in corpus, seq {s['seq']}, batch {s['batch_size']}, "
              f"{s['steps']} steps at lr {s['lr']}, seeds {s['seeds']}; each layer removed in turn from the trained model.",
-             f"Made by `{result['provenance']['command']}` at commit {result['provenance']['commit']} on "
-             f"{result['provenance']['machine']} (load {result['provenance']['load_1_5_15']}).", "",
+             common.provenance_line(result), "",
              "| layer | held-out loss increase without it | cosine score (1 − cos in/out) |", "|---|---|---|"]
     for i, ((m, sd), (cm, cs)) in enumerate(zip(a["increase"], a["cosine"])):
         lines.append(f"| {i} | {m:+.4f} ± {sd:.4f} | {cm:.4f} ± {cs:.4f} |")
@@ -129,18 +140,4 @@ def run(args: argparse.Namespace) -> int:
         args.layers = 3
     if args.layers < 3:
         raise ValueError(f"--layers must be at least 3 (first, intermediate, last), got {args.layers}")
-    work = common.work_dir(args, "layers")
-    data = runner.byte_data(work, args.corpus_mb, args.seq, args.eval_rows)
-    plan = [Arm("base", seed, {"model": model_section(args, data["vocab"], True, True),
-                               **training_sections(args, data, seed)}) for seed in args.seeds]
-    results = runner.run_arms(plan, work, lambda config, ckpt: layer_drop_losses(config, ckpt, args.batch_size),
-                              progress=not args.no_progress, desc="study layers")
-    result = {"study": "layers", "setup": {k: getattr(args, k) for k in ("layers", "hidden", "seq", "batch_size",
-                                                                        "steps", "lr", "seeds")},
-              "provenance": common.provenance("pangu-pro study layers " + " ".join(args.argv)),
-              "arms": results, "analysis": analyse(results)}
-    text = render(result)
-    print(text)
-    out = common.write_study(args, "layers", result, text, figure(result))
-    print(f"wrote {out}/study_layers.json, .md, .png")
-    return 0
+    return common.run_study(args, "layers", sys.modules[__name__])

@@ -8,12 +8,15 @@ parameters they share from the same draw), compared on held-out bits per byte an
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pangu_pro.study import common, runner
 from pangu_pro.study.runner import Arm
 
 VARIANTS = {"llama": (False, False), "siaf": (True, False), "aug_shortcut": (False, True), "both": (True, True)}
 BASELINE = "llama"
+
+SETUP = ("layers", "hidden", "seq", "batch_size", "steps", "lr", "seeds")  # the options the results record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def arms(args, data: dict) -> list[Arm]:
             for seed in args.seeds for name, (siaf, aug) in VARIANTS.items()]
 
 
-def analyse(results: list[dict]) -> dict:
+def analyse(results: list[dict], args=None) -> dict:
     rows = {}
     for name in VARIANTS:
         bpb = runner.seed_spread([r for r in results if r["name"] == name], "bits_per_byte")[name]
@@ -66,8 +69,7 @@ def render(result: dict) -> str:
              f"{s['layers']} layers × {s['hidden']}, byte-level built-in corpus, seq {s['seq']}, batch "
              f"{s['batch_size']}, {s['steps']} steps at lr {s['lr']}, seeds {s['seeds']}; held-out "
              f"{s['heldout_bytes']:,} bytes. Same data order and shared initial draws per seed.",
-             f"Made by `{result['provenance']['command']}` at commit {result['provenance']['commit']} on "
-             f"{result['provenance']['machine']} (load {result['provenance']['load_1_5_15']}).", "",
+             common.provenance_line(result), "",
              "| variant | parameters | bits/byte | Δ vs LLaMA (paired) | step ms | Δ step ms |",
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
@@ -76,8 +78,7 @@ def render(result: dict) -> str:
                      f"{_diff(diff)} | {row['step_ms'][0]:.1f} ± {row['step_ms'][1]:.1f} | {_diff(step, '.1f')} |")
     lines += ["", "**Bold**: beyond seed noise (paired t-test, p < 0.05). Step times come from arms that ran "
               "one after another on a shared machine: read them as a rough ratio only.", "",
-              "| the paper's finding | verdict here |", "|---|---|"]
-    lines += [f"| {f['finding']} | {f['verdict']} |" for f in result["analysis"]["findings"]]
+              *common.findings_table(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -104,22 +105,4 @@ def figure(result: dict):
 
 def run(args: argparse.Namespace) -> int:
     common.smoke_adjusted(args, 10)
-    work = common.work_dir(args, "modules")
-    data = runner.byte_data(work, args.corpus_mb, args.seq, args.eval_rows)
-
-    def measure(config, checkpoint):
-        loss = runner.heldout_loss(config, checkpoint)
-        return {"heldout_loss": loss, "bits_per_byte": runner.nats_to_bits_per_byte(loss, data)}
-
-    plan = arms(args, data)
-    results = runner.run_arms(plan, work, measure, progress=not args.no_progress, desc="study modules")
-    result = {"study": "modules", "setup": {**{k: getattr(args, k) for k in ("layers", "hidden", "seq", "batch_size",
-                                                                            "steps", "lr", "seeds")},
-                                            "heldout_bytes": data["heldout_bytes"]},
-              "provenance": common.provenance("pangu-pro study modules " + " ".join(args.argv)),
-              "arms": results, "analysis": analyse(results)}
-    text = render(result)
-    print(text)
-    out = common.write_study(args, "modules", result, text, figure(result))
-    print(f"wrote {out}/study_modules.json, .md, .png")
-    return 0
+    return common.run_study(args, "modules", sys.modules[__name__])

@@ -10,6 +10,7 @@ interval over shapes. Lower loss is better, so the paper's finding reads as a ne
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pangu_pro.config import config_from_dict
 from pangu_pro.study import common, runner, shapes, stats
@@ -17,6 +18,8 @@ from pangu_pro.study.modules import training_sections
 from pangu_pro.study.runner import Arm
 
 FACTORS = ("depth", "width", "ffn_ratio")
+
+SETUP = ("parameters", "seq", "batch_size", "steps", "lr", "seeds", "depths", "ffn_ratios")  # the options the results record
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +55,14 @@ def arms(args, data: dict) -> list[Arm]:
     return plan
 
 
-def analyse(results: list[dict], bootstrap: int) -> dict:
+def analyse(results: list[dict], args) -> dict:
     losses = runner.seed_spread(results, "bits_per_byte")
     names = sorted(losses)
     factors = {n: next(r["factors"] for r in results if r["name"] == n) for n in names}
     mean_loss = [losses[n][0] for n in names]
     correlations = {}
     for factor in FACTORS:
-        rho, low, high = stats.bootstrap_spearman([factors[n][factor] for n in names], mean_loss, bootstrap)
+        rho, low, high = stats.bootstrap_spearman([factors[n][factor] for n in names], mean_loss, args.bootstrap)
         correlations[factor] = {"rho": rho, "low": low, "high": high}
     depth = correlations["depth"]
     strongest = max(FACTORS, key=lambda f: abs(correlations[f]["rho"]) if correlations[f]["rho"] == correlations[f]["rho"] else -1)
@@ -82,8 +85,7 @@ def render(result: dict) -> str:
              f"{len(a['shapes'])} shapes at {s['parameters']:,} parameters (each within 3%), byte-level built-in "
              f"corpus, seq {s['seq']}, batch {s['batch_size']}, {s['steps']} steps at lr {s['lr']}, seeds {s['seeds']}. "
              "Shapes differ, so their initial weights cannot be shared; the data order is the same per seed.",
-             f"Made by `{result['provenance']['command']}` at commit {result['provenance']['commit']} on "
-             f"{result['provenance']['machine']} (load {result['provenance']['load_1_5_15']}).", "",
+             common.provenance_line(result), "",
              "| depth | width | FFN ratio | parameters | bits/byte |", "|---|---|---|---|---|"]
     for r in a["shapes"]:
         lines.append(f"| {r['depth']} | {r['width']} | {r['ffn_ratio']:.2f} | {r['parameters']:,} | "
@@ -91,8 +93,7 @@ def render(result: dict) -> str:
     lines += ["", "Spearman's rho with the held-out bits per byte (negative: larger is better), 95% bootstrap "
               "interval over shapes:", ""]
     lines += [f"- {f}: {c['rho']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" for f, c in a["spearman_with_loss"].items()]
-    lines += ["", "| the paper's finding | verdict here |", "|---|---|"]
-    lines += [f"| {f['finding']} | {f['verdict']} |" for f in a["findings"]]
+    lines += ["", *common.findings_table(result)]
     return "\n".join(lines) + "\n"
 
 
@@ -114,20 +115,4 @@ def run(args: argparse.Namespace) -> int:
     common.smoke_adjusted(args, 5)
     if args.smoke:
         args.shapes, args.parameters, args.depths, args.bootstrap = 3, 60_000, [1, 2, 3], 50
-    work = common.work_dir(args, "shape")
-    data = runner.byte_data(work, args.corpus_mb, args.seq, args.eval_rows)
-
-    def measure(config, checkpoint):
-        loss = runner.heldout_loss(config, checkpoint)
-        return {"heldout_loss": loss, "bits_per_byte": runner.nats_to_bits_per_byte(loss, data)}
-
-    results = runner.run_arms(arms(args, data), work, measure, progress=not args.no_progress, desc="study shape")
-    result = {"study": "shape", "setup": {k: getattr(args, k) for k in ("parameters", "seq", "batch_size", "steps", "lr",
-                                                                       "seeds", "depths", "ffn_ratios")},
-              "provenance": common.provenance("pangu-pro study shape " + " ".join(args.argv)),
-              "arms": results, "analysis": analyse(results, args.bootstrap)}
-    text = render(result)
-    print(text)
-    out = common.write_study(args, "shape", result, text, figure(result))
-    print(f"wrote {out}/study_shape.json, .md, .png")
-    return 0
+    return common.run_study(args, "shape", sys.modules[__name__])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from pangu_pro.cli import add_config_overrides
+from pangu_pro.overrides import add_config_overrides
 
 RESUME_AUTO = "auto"
 

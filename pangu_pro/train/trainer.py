@@ -388,8 +388,10 @@ def _train(config: Config, resume: Optional[str], par: Parallel, target: str, st
         metrics.truncate_after(start)
 
     # 3. data
+    from pangu_pro.data.dataset import resolve_files
+
     batches = name_read_errors(train_dataset(config, par, skip_batches=consumed).create_tuple_iterator(num_epochs=1),
-                               config.data.train_files)
+                               resolve_files(config.data.train_files))
     if sliced:  # this rank's slices fit the compiled (sliced) parameters: compile on the first batches
         first = [next(batches)[0] for _ in range(tc.grad_accum_steps)]
         step_fn.compile(first)

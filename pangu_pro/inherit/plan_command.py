@@ -1,6 +1,8 @@
 """`pangu-pro plan CONFIG --devices N`: check a layout and print its memory per device.
 
-Wired into the model stage's `commands.register` by the lead: `plan_command.register(subparsers)`.
+A training config gets the model's memory plan (`model.plan`, and `--measure` the trainer's memory
+probe), an inheritance config the mask-learning plan (`inherit.plan`): the command lives with the
+highest stage it reads, and `inherit.commands.register` adds it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def run_plan(args) -> int:
 
 
 def register(subparsers) -> None:
-    from pangu_pro.cli import add_config_overrides
+    from pangu_pro.overrides import add_config_overrides
 
     parser = subparsers.add_parser(
         "plan", help="check a parallel layout and estimate memory per device",
