@@ -71,9 +71,11 @@ def test_heuristic_criteria_write_a_loadable_student(setup, criterion):
     assert main(["inherit", str(path), "--no-progress"]) == 0
     out = setup / criterion
     cfg, model = student_of(out)
-    # the student's config.yaml is the target preset's, training schedule included, starting from the student
+    # the student's config.yaml is the target preset's (steps included), starting from the student, with the
+    # official schedule for training on from a pruned checkpoint (inherit.student_schedule: official)
     train = load_config(out / "student" / "config.yaml").train
-    assert (train.steps, train.warmup_steps, train.lr) == (777, 7, 5e-4)
+    assert (train.steps, train.warmup_steps, train.warmup_fraction, train.lr, train.min_lr_ratio) == \
+        (777, 0, 0.03, 1e-4, 0.1)
     assert Path(train.init_weights) == out / "student" / "model.safetensors"
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size) == (16, 3, 2, 24)
     # the student's model section is the target preset's (AugShortcut bottleneck 2 of the teacher's 4 units),

@@ -20,6 +20,7 @@ from pangu_pro.config import config_from_dict
 from pangu_pro.configtools import to_mapping
 from pangu_pro.io import file_sha256
 from pangu_pro.provenance import ProvenanceError
+from pangu_pro.tokens import CONVENTION_KEY, TOKEN_CONVENTION
 from tests.test_inherit_run import setup  # noqa: F401 - the fixture of the inheritance test
 from tests.test_train import MODEL, SEQ, VOCAB, make_config, make_rows, write_shard
 
@@ -37,8 +38,8 @@ def shard_folder(root: Path, name: str, tokenizer: Path, *, seq: int = SEQ, voca
     data = make_rows(rows, seed)[:, :seq + 1] if seq <= SEQ else np.resize(make_rows(rows, seed), (rows, seq + 1))
     write_shard(folder / "data_00000.mindrecord", data)
     summary = {"tokenizer": {"path": str(tokenizer), "sha256": file_sha256(tokenizer), "vocab_size": vocab,
-                             "eos_id": 2},
-               "seq_length": seq, "sample_length": seq + 1, "samples": rows}
+                             "eos_id": 2, "bos_id": 1},
+               "seq_length": seq, "sample_length": seq + 1, "samples": rows, CONVENTION_KEY: TOKEN_CONVENTION}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 

@@ -569,5 +569,5 @@ def test_bench_subcommands_pass_their_options_through():
     assert {"train", "model", "tokenizer"} <= set(BENCHMARKS)
     args = build_parser().parse_args(["bench", "train", "--steps", "3", "--skip", "pytorch", "mindformers"])
     assert args.benchmark == "train" and args.bench_args == ["--steps", "3", "--skip", "pytorch", "mindformers"]
-    with pytest.raises(ValueError, match="benchmark 'nosuch' is not available yet"):
-        _runner("nosuch", "")(args)
+    with pytest.raises(ValueError, match="bench 'nosuch' is not available yet"):
+        _runner("bench", "nosuch", "")(args)
