@@ -69,8 +69,10 @@ LOCAL_WORKERS="${LOCAL_WORKERS:-$WORKERS}"
 [[ -z "$RANK_TABLE" || -f "$RANK_TABLE" ]] || { echo "error: rank table not found: $RANK_TABLE" >&2; exit 2; }
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ -x "$ROOT/.venv/bin/msrun" ]]; then
-  export PATH="$ROOT/.venv/bin:$PATH"
+# An msrun already on PATH (an activated environment) wins; otherwise the project's own venv.
+VENV="${PANGU_PRO_VENV:-$ROOT/.venv}"
+if ! command -v msrun >/dev/null && [[ -x "$VENV/bin/msrun" ]]; then
+  export PATH="$VENV/bin:$PATH"
 fi
 PYTHON="$(command -v python3 || command -v python)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
