@@ -10,7 +10,7 @@ from the same initial weights and data (through the real launcher and trainer), 
     python -m pangu_pro.parallel_check kernels CONFIG --init W --data D --seq S   (fused vs unfused fp32)
 
 `collect` reads the run's metrics.jsonl (loss, global gradient norm and skipped steps per step), its
-final weights and AdamW state (a distributed run is merged first: `convert.merge`, so the check covers
+final weights and AdamW state (a distributed run is merged first: `train.merge`, so the check covers
 the merge too) and the data-parallel ranks' weight digests from the worker logs; `verdicts` puts each
 case beside its single-device reference. What is compared, and the default tolerances (bf16 on the
 NPU; reduction orders differ between layouts):
@@ -234,7 +234,7 @@ def _weights(source) -> dict:
     if source is None:
         return {}
     if isinstance(source, (str, Path)):
-        from pangu_pro.io import load_tensors
+        from pangu_pro.tensors import load_tensors
 
         return load_tensors(source)[0]
     return source
@@ -618,7 +618,7 @@ def final_weights(run: Path, work: Path) -> Path:
     from pangu_pro.train.checkpoint import latest_checkpoint
 
     if (run / "checkpoints").is_dir() and any(p.name.startswith("rank_") for p in (run / "checkpoints").iterdir()):
-        from pangu_pro.convert.merge import merge_run
+        from pangu_pro.train.merge import merge_run
 
         merge_run(run, work, overwrite=True)
         return work / "model.safetensors"
@@ -629,7 +629,7 @@ def final_weights(run: Path, work: Path) -> Path:
 
 
 def collect(run: str | Path, name: str, init: Optional[str], out: str | Path) -> dict:
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
 
     run, out = Path(run), Path(out)
     loss, norm, skipped = metrics_of(run)
@@ -650,7 +650,8 @@ def collect_inherit(run: str | Path, name: str, workers: int, out: str | Path) -
     """An inherit run's masked-teacher loss per mask step (masks.jsonl), its inherit.json (loss report,
     teacher dtype), the per-rank digests from its worker logs (RUN/logs) and whether the student loads."""
     from pangu_pro.config import load_config
-    from pangu_pro.io import load_tensors, read_json
+    from pangu_pro.io import read_json
+    from pangu_pro.tensors import load_tensors
     from pangu_pro.model.weights import build_model
 
     run, out = Path(run), Path(out)
