@@ -24,7 +24,8 @@ from typing import Optional
 
 from pangu_pro.io import WEIGHTS_NAME
 from pangu_pro.tensors import load_tensors
-from pangu_pro.train.checkpoint import OPTIMIZER_NAME, STATE_NAME, read_state, resolve_resume, write_checkpoint
+from pangu_pro.train.checkpoint import (OPTIMIZER_NAME, STATE_NAME, read_state, resolve_resume,
+                                        write_checkpoint)
 
 MERGED_KEYS_DROPPED = ("rank", "layout", "strategy")
 RANK_DIR = re.compile(r"rank_(\d+)")
