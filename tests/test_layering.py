@@ -84,7 +84,7 @@ LAYERS = {
     2: ("data", "tokenizer"),
     3: ("train",),
     4: ("rounds", "inherit", "convert", "eval"),
-    5: ("bench", "study", "parallel_check", "launch"),
+    5: ("bench", "study", "selfcheck", "launch"),
     6: ("cli", "reference"),
 }
 

@@ -24,8 +24,8 @@ WORKER = Path(__file__).with_name("parallel_ascend_worker.py")
 
 
 def compared_cases(device: str) -> list[str]:
-    """The cases the check prints a verdict for, in its order (the table of pangu_pro/parallel_check.py)."""
-    from pangu_pro.parallel_check import cases_for
+    """The cases the check prints a verdict for, in its order (the table of pangu_pro/selfcheck/cases.py)."""
+    from pangu_pro.selfcheck.cases import cases_for
 
     return [c.name for c in cases_for(device, ROOT) if c.kind == "kernels" or c.reference or c.skipped]
 
