@@ -2,7 +2,7 @@
 
 Every checkpoint file we write (``model.safetensors``, ``optimizer.safetensors``, ``state.json``, a
 standalone weights file, a converted shard) gets a sidecar ``<name>.sha256`` in ``sha256sum`` format
-(``<hex>  <name>``), so ``sha256sum -c model.safetensors.sha256`` checks it too. `pangu_pro.io`
+(``<hex>  <name>``), so ``sha256sum -c model.safetensors.sha256`` checks it too. `atomic_digested_path`
 writes it: the digest is taken from the finished temporary file, any old sidecar is removed before
 the file is renamed into place, and the new sidecar is written (atomically) after. A killed save
 therefore leaves at worst a file without a digest, never a digest of other bytes.
@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
+
+from pangu_pro.io import WEIGHTS_NAME, atomic_path, atomic_write_text, file_sha256
 
 SUFFIX = ".sha256"
 OK, UNRECORDED = "ok", "unrecorded"
@@ -35,10 +38,18 @@ def digest_path(path: str | Path) -> Path:
     return path.with_name(path.name + SUFFIX)
 
 
+@contextmanager
+def atomic_digested_path(path: str | Path) -> Iterator[Path]:
+    """`io.atomic_path` whose finished file gets its SHA-256 recorded beside it."""
+    with atomic_path(path) as tmp:
+        yield tmp
+        digest = file_sha256(tmp)
+        forget(path)  # a kill before `record` leaves no digest rather than a stale one
+    record(path, digest)
+
+
 def record(path: str | Path, digest: str) -> None:
     """Write `digest` as the sidecar of `path` (atomically)."""
-    from pangu_pro.io import atomic_write_text
-
     path = Path(path)
     atomic_write_text(digest_path(path), f"{digest}  {path.name}\n")
     _verified[str(path)] = _signature(path)
@@ -51,9 +62,8 @@ def forget(path: str | Path) -> None:
 
 
 def seal(path: str | Path) -> str:
-    """Hash `path` and record its digest (for files written by other writers, e.g. MindSpore's)."""
-    from pangu_pro.io import file_sha256
-
+    """Hash `path` and record its digest (for a file written without `atomic_digested_path`: one in a
+    folder not yet renamed into place, or by another writer, e.g. MindSpore)."""
     digest = file_sha256(path)
     record(path, digest)
     return digest
@@ -78,8 +88,6 @@ def verify(path: str | Path, note: Callable[[str], None] | None = None) -> str:
     """Check `path` against its sidecar: `OK`, or `UNRECORDED` (no sidecar; noted once per folder).
 
     Raises DigestMismatch (naming the file and its checkpoint folder) when the bytes differ."""
-    from pangu_pro.io import file_sha256
-
     path = Path(path)
     expected = recorded(path)
     if expected is None:
@@ -121,8 +129,6 @@ def verify_folder(folder: str | Path, note: Callable[[str], None] | None = None)
 
 def checkpoint_folders(root: str | Path) -> Iterable[Path]:
     """Folders under `root` (itself included) that hold a checkpoint or digested files, sorted."""
-    from pangu_pro.io import WEIGHTS_NAME
-
     root = Path(root)
     for folder in sorted({root, *(p for p in root.rglob("*") if p.is_dir())}):
         if any(part.startswith(".") for part in folder.relative_to(root).parts):  # .tmp-/.trash- leftovers

@@ -3,7 +3,7 @@
 #   bash scripts/ascend_check.sh [--out DIR] [--cpu] [--list]
 # On one node of 8 Ascend NPUs it trains configs/parallel_check.yaml (narrow, 4 layers) for 3 steps at
 # sequence 2048 (flash attention sparse_mode 2 with the compressed mask, as every preset) under every case
-# of the table in pangu_pro/parallel_check.py (`--list` prints them, one line each, without running):
+# of the table in pangu_pro/selfcheck/cases.py (`--list` prints them, one line each, without running):
 # dp8; dp2 x mp4; dp2 x pp2 x mp2; ZeRO; sequence parallel; vocab parallel; accumulation; interleave;
 # a resume of the dp2 x mp4 run's step-2 checkpoint under ZeRO; configs/pangu_1b_pro.yaml's own
 # parallel: section and accumulation (ZeRO + accumulation + bf16 + flash) against one device at its
@@ -35,7 +35,7 @@ PYTHON="$(command -v python3 || command -v python)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" GLOG_v="${GLOG_v:-3}"
 CASES=ascend; [[ "$CPU" == 1 ]] && CASES=cpu
 if [[ "$LIST" == 1 ]]; then  # the table itself: nothing runs
-  exec "$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --list
+  exec "$PYTHON" -m pangu_pro.selfcheck cases --device "$CASES" --list
 fi
 source "$ROOT/scripts/device.sh"
 if [[ "$CPU" == 1 ]]; then
@@ -53,15 +53,15 @@ fi
 CONFIG="$ROOT/configs/parallel_check.yaml"
 rm -rf "$OUT"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 echo "ascend_check: device $PANGU_PRO_DEVICE ($DEVICE_WHY); everything under $OUT" >&2
-SEQ=$("$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --seq)
+SEQ=$("$PYTHON" -m pangu_pro.selfcheck cases --device "$CASES" --seq)
 if [[ "$CASES" == cpu ]]; then
   echo "ascend_check: --cpu trains at sequence $SEQ, not 2048 (too slow on the CPU): flash sparse_mode 2, fp16/bf16" \
     "and the semi-auto cases run only on the NPUs (bash scripts/ascend_check.sh --list)" >&2
 fi
 # the training cases read sequences of $SEQ tokens; scoring, export and inheritance the config's 128
-"$PYTHON" -m pangu_pro.parallel_check data "$OUT/train.mindrecord" --vocab 1024 --seq "$SEQ" >/dev/null
-"$PYTHON" -m pangu_pro.parallel_check data "$OUT/data.mindrecord" --vocab 1024 --seq 128 >/dev/null
-"$PYTHON" -m pangu_pro.parallel_check init "$CONFIG" "$OUT/init.safetensors" >/dev/null
+"$PYTHON" -m pangu_pro.selfcheck data "$OUT/train.mindrecord" --vocab 1024 --seq "$SEQ" >/dev/null
+"$PYTHON" -m pangu_pro.selfcheck data "$OUT/data.mindrecord" --vocab 1024 --seq 128 >/dev/null
+"$PYTHON" -m pangu_pro.selfcheck init "$CONFIG" "$OUT/init.safetensors" >/dev/null
 COMMON=("data.train_files=[$OUT/train.mindrecord]" "train.init_weights=$OUT/init.safetensors")
 PORT=$((20000 + RANDOM % 20000))
 FAILED=0
@@ -91,7 +91,7 @@ run_case() {
   local name="$1" workers="$2"; shift 2
   local run="$OUT/$name"
   launch train "$CONFIG" "$name" "$workers" "${COMMON[@]}" "train.output_dir=$run" "$@" || return 0
-  "$PYTHON" -m pangu_pro.parallel_check collect "$run" --name "$name" --init "$OUT/init.safetensors" \
+  "$PYTHON" -m pangu_pro.selfcheck collect "$run" --name "$name" --init "$OUT/init.safetensors" \
     --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1 ||
     { echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1)); }
 }
@@ -100,7 +100,7 @@ run_case() {
 kernels_case() {
   local name="$1"
   echo "-- $name: 1 worker(s)" >&2
-  if ! "$PYTHON" -m pangu_pro.parallel_check kernels "$CONFIG" --init "$OUT/init.safetensors" \
+  if ! "$PYTHON" -m pangu_pro.selfcheck kernels "$CONFIG" --init "$OUT/init.safetensors" \
        --data "$OUT/train.mindrecord" --seq "$SEQ" >"$OUT/$name.txt" 2>"$OUT/$name.log"; then
     [[ -s "$OUT/$name.txt" ]] || { echo "FAIL $name: the check failed; last lines of $OUT/$name.log:";
                                    tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'; }
@@ -110,7 +110,7 @@ kernels_case() {
 }
 
 # the cases, from the one table (`--list` prints the same): NAME, WORKERS, KIND, REFERENCE, ARGUMENTS
-mapfile -t PLAN < <("$PYTHON" -m pangu_pro.parallel_check cases --device "$CASES" --out "$OUT")
+mapfile -t PLAN < <("$PYTHON" -m pangu_pro.selfcheck cases --device "$CASES" --out "$OUT")
 for line in "${PLAN[@]}"; do
   IFS=$'\t' read -r name workers kind reference args <<<"$line"
   read -ra ARGS <<<"$args"
@@ -122,7 +122,7 @@ if [[ "$PANGU_PRO_DEVICE" == ascend ]]; then EXPORT_CASE=dp2_pp2_mp2; else EXPOR
 failures() { local n; n=$(grep -c '^FAIL' "$1" || true); echo $((n > 0 ? n : 1)); }
 
 if [[ -f "$OUT/single.json" ]]; then
-  "$PYTHON" -m pangu_pro.parallel_check verdicts --device "$CASES" --out "$OUT" | tee "$OUT/compare.txt" ||
+  "$PYTHON" -m pangu_pro.selfcheck verdicts --device "$CASES" --out "$OUT" | tee "$OUT/compare.txt" ||
     FAILED=$((FAILED + $(failures "$OUT/compare.txt")))
 else
   echo "FAIL single: the single-device reference did not run; nothing to compare against"; FAILED=$((FAILED + 1))
@@ -146,7 +146,7 @@ score_case() {
     echo "FAIL $name: scoring failed (exit $status); last lines of $OUT/$name.log:"
     tail -n 15 "$OUT/$name.log" | sed 's/^/  | /'; FAILED=$((FAILED + 1))
   elif [[ "$name" != scores_single ]]; then
-    "$PYTHON" -m pangu_pro.parallel_check scores "$OUT/scores_single.npz" "$OUT/$name.npz" --name "$name" ||
+    "$PYTHON" -m pangu_pro.selfcheck scores "$OUT/scores_single.npz" "$OUT/$name.npz" --name "$name" ||
       FAILED=$((FAILED + 1))
   fi
 }
@@ -171,7 +171,7 @@ if [[ -d "$OUT/$EXPORT_CASE/checkpoints" ]]; then
   if "$PYTHON" -m pangu_pro.cli convert merge "$OUT/$EXPORT_CASE" --out "$OUT/merged" >"$OUT/export.log" 2>&1 &&
      "$PYTHON" -m pangu_pro.cli convert to-hf --checkpoint "$OUT/$EXPORT_CASE" --config "$CONFIG" --out "$OUT/hf" \
        --quiet >>"$OUT/export.log" 2>&1; then
-    "$PYTHON" -m pangu_pro.parallel_check logits "$CONFIG" "$OUT/merged" "$OUT/hf" 2>>"$OUT/export.log" ||
+    "$PYTHON" -m pangu_pro.selfcheck logits "$CONFIG" "$OUT/merged" "$OUT/hf" 2>>"$OUT/export.log" ||
       FAILED=$((FAILED + 1))
   else
     echo "FAIL export: merge or to-hf of $EXPORT_CASE failed; last lines of $OUT/export.log:"
@@ -181,13 +181,13 @@ fi
 
 # inherit_case NAME WORKERS OVERRIDE...: `pangu-pro inherit` of configs/parallel_check_inherit.yaml (learned
 # masks for a few steps, the script's initial weights as the teacher), then its mask-step losses, loss
-# report, per-rank mask digests and student (`parallel_check collect-inherit`).
+# report, per-rank mask digests and student (`selfcheck collect-inherit`).
 inherit_case() {
   local name="$1" workers="$2"; shift 2
   launch inherit "$ROOT/configs/parallel_check_inherit.yaml" "$name" "$workers" \
     "data.train_files=[$OUT/data.mindrecord]" "inherit.teacher_checkpoint=$OUT/init.safetensors" \
     "inherit.output_dir=$OUT/$name" "$@" --force || return 0
-  "$PYTHON" -m pangu_pro.parallel_check collect-inherit "$OUT/$name" --name "$name" --workers "$workers" \
+  "$PYTHON" -m pangu_pro.selfcheck collect-inherit "$OUT/$name" --name "$name" --workers "$workers" \
     --out "$OUT/$name.json" >>"$OUT/$name.log" 2>&1 ||
     { echo "FAIL $name: could not read its results ($OUT/$name.log)"; FAILED=$((FAILED + 1)); }
 }
@@ -210,11 +210,11 @@ fi
 if [[ -f "$OUT/inherit_single.json" ]]; then  # a run that failed is counted above
   INHERIT_RESULTS=("$OUT/inherit_single.json")
   [[ -f "$OUT/$INHERIT_DP.json" ]] && INHERIT_RESULTS+=("$OUT/$INHERIT_DP.json")
-  "$PYTHON" -m pangu_pro.parallel_check inherit "${INHERIT_RESULTS[@]}" | tee "$OUT/inherit.txt" ||
+  "$PYTHON" -m pangu_pro.selfcheck inherit "${INHERIT_RESULTS[@]}" | tee "$OUT/inherit.txt" ||
     FAILED=$((FAILED + $(failures "$OUT/inherit.txt")))
 fi
 if [[ -f "$OUT/$INHERIT_FP32.json" && -f "$OUT/$INHERIT_BF16.json" ]]; then
-  "$PYTHON" -m pangu_pro.parallel_check teacher-dtype "$OUT/$INHERIT_FP32.json" "$OUT/$INHERIT_BF16.json" ||
+  "$PYTHON" -m pangu_pro.selfcheck teacher-dtype "$OUT/$INHERIT_FP32.json" "$OUT/$INHERIT_BF16.json" ||
     FAILED=$((FAILED + 1))
 fi
 

@@ -368,7 +368,7 @@ def test_sliced_run_is_merged(tmp_path):
 def test_run_directory_exports_like_its_merged_checkpoint(tmp_path, semi_auto):
     """`to-hf` straight from a pp 2 x mp 2 x ZeRO run directory (merged on the fly) gives the same files
     and logits as `convert merge` then `to-hf` of the merged checkpoint, and those of the full tensors."""
-    from pangu_pro.convert.merge import merge_run
+    from pangu_pro.train.merge import merge_run
     from tests.test_parallel_ckpt import write_sliced_run
 
     cfg = tiny_config(siaf=True, aug_shortcut=False)

@@ -125,7 +125,7 @@ def test_eval_command_end_to_end(tmp_path, tokenizer):
     from mindspore.mindrecord import FileWriter
 
     from pangu_pro import cli
-    from pangu_pro.io import save_tensors
+    from pangu_pro.tensors import save_tensors
 
     tok_path, tok = tokenizer
     pairs, summary_pairs = constructed_pairs(tok)
@@ -193,7 +193,7 @@ def test_hf_export_gives_same_loglikelihoods(tmp_path, tokenizer):
         pytest.skip(f"the HF converter (pangu_pro.convert.to_hf.export_to_hf) is not there yet: {err}")
     pytest.importorskip("transformers")
     from pangu_pro.eval.backends import HFBackend
-    from pangu_pro.io import save_tensors
+    from pangu_pro.tensors import save_tensors
 
     _, tok = tokenizer
     pairs, _ = constructed_pairs(tok)

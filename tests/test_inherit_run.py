@@ -11,9 +11,9 @@ from mindspore import Tensor
 from pangu_pro.cli import main
 from pangu_pro.config import load_config
 from pangu_pro.inherit.config import load_inherit_config
-from pangu_pro.io import load_tensors
 from pangu_pro.model.params import count_parameters
 from pangu_pro.model.weights import build_model, save_weights
+from pangu_pro.tensors import load_tensors
 
 TEACHER = {"vocab_size": 64, "hidden_size": 32, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
            "intermediate_size": 48, "seq_length": 16, "aug_shortcut_ratio": 8}

@@ -3,7 +3,7 @@
 import numpy as np
 
 from pangu_pro.cli import main
-from pangu_pro.io import load_tensors
+from pangu_pro.tensors import load_tensors
 from tests.test_inherit_run import setup, write_inherit  # noqa: F401 - the module fixture (tiny teacher and data)
 
 MATMUL = ("attention.wq.weight", "attention.wk.weight", "attention.wo.weight", "feed_forward.w1.weight",

@@ -7,7 +7,7 @@ Run on one 8-NPU Ascend node, from the repository root:
 `test_ascend_check_passes` runs scripts/ascend_check.sh (every layout against one device, then save,
 merge, export, logits). `test_dp2_mp2_pp2_trains_and_checkpoints_merge` launches
 tests/parallel_ascend_worker.py with msrun on 8 workers (logs in the test's tmp dir, `worker_*.log`)
-and merges its per-rank checkpoints with the strategy files on the host (`convert.merge`).
+and merges its per-rank checkpoints with the strategy files on the host (`train.merge`).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ WORKER = Path(__file__).with_name("parallel_ascend_worker.py")
 
 
 def compared_cases(device: str) -> list[str]:
-    """The cases the check prints a verdict for, in its order (the table of pangu_pro/parallel_check.py)."""
-    from pangu_pro.parallel_check import cases_for
+    """The cases the check prints a verdict for, in its order (the table of pangu_pro/selfcheck/cases.py)."""
+    from pangu_pro.selfcheck.cases import cases_for
 
     return [c.name for c in cases_for(device, ROOT) if c.kind == "kernels" or c.reference or c.skipped]
 
@@ -76,8 +76,8 @@ def test_ascend_check_plumbing_on_the_cpu(tmp_path):
 @pytest.mark.ascend
 @pytest.mark.distributed
 def test_dp2_mp2_pp2_trains_and_checkpoints_merge(tmp_path):
-    from pangu_pro.convert.merge import merge_run
-    from pangu_pro.io import load_tensors
+    from pangu_pro.train.merge import merge_run
+    from pangu_pro.tensors import load_tensors
 
     cmd = ["msrun", "--worker_num=8", "--local_worker_num=8", "--master_port=8129", f"--log_dir={tmp_path}",
            "--join=True", str(WORKER), str(tmp_path)]

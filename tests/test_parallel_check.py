@@ -1,4 +1,4 @@
-"""The cluster self-check's comparison (pangu_pro.parallel_check): fake result files, one matching the
+"""The cluster self-check's comparison (pangu_pro.selfcheck): fake result files, one matching the
 single-device reference and some off in exactly one quantity, give PASS and FAIL with the difference."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from pangu_pro.parallel_check import compare_files, main
+from pangu_pro.selfcheck.__main__ import main
+from pangu_pro.selfcheck.compare import compare_files
 
 RNG = np.random.default_rng(0)
 INIT = {"w": RNG.standard_normal((4, 4)).astype(np.float32), "b": RNG.standard_normal(4).astype(np.float32)}
@@ -46,7 +47,7 @@ def test_matching_layout_passes_and_each_defect_fails(results):
 
 
 def test_a_non_finite_value_at_any_step_fails():
-    from pangu_pro.parallel_check import Verdict, compare_series
+    from pangu_pro.selfcheck.compare import Verdict, compare_series
 
     ref = {"1": 4.5, "2": 4.0, "3": 3.5}
     for bad_step in ("1", "3"):  # max() over a NaN that is not first would skip it
@@ -73,7 +74,7 @@ def write_scores(path, unit_loss, sample_loss, unit_size=4):
 def test_scores_under_a_layout_pass_within_tolerance_and_each_defect_fails(tmp_path):
     """The self-check's scoring case: one device's scores against a layout's. Rows of one unit
     swapped with another unit's, a short file or a NaN fail, naming the unit or sample."""
-    from pangu_pro.parallel_check import compare_score_files
+    from pangu_pro.selfcheck.compare import compare_score_files
 
     samples = 4.0 + 0.25 * np.arange(10)  # 10 samples in units of 4: the last unit is short
     units = np.array([samples[0:4].mean(), samples[4:8].mean(), samples[8:].mean()])
@@ -128,7 +129,7 @@ def test_inheritance_under_data_parallel_passes_and_each_defect_fails():
     """The self-check's inheritance case: the data-parallel run against one device. Ranks whose masks
     differ (or a rank that printed no digest), ranks that drew the same mask noise, a mask-step loss off by more than the tolerance, a student
     whose loss is not the folded teacher's, a student that does not load: FAIL, naming what."""
-    from pangu_pro.parallel_check import check_inherit
+    from pangu_pro.selfcheck.compare import check_inherit
 
     single = inherit_result("inherit_single")
     assert check_inherit(single).passed and check_inherit(single).line().startswith("PASS inherit_single")
@@ -156,19 +157,19 @@ def test_inheritance_under_data_parallel_passes_and_each_defect_fails():
 
 
 def test_rank_digests_are_read_from_worker_logs():
-    from pangu_pro.parallel_check import rank_digests
+    from pangu_pro.selfcheck.compare import rank_digests
 
     logs = [f"[INFO] noise\nrank 0/2: mask step 4 sha256 {DIGEST_A}\nstudent written\n",
             f"rank 1/2: mask step 4 sha256 {DIGEST_B}\n[INFO] rank 1/2: mask step 4 sha256 {DIGEST_A}\n"]
     assert rank_digests(logs) == {0: DIGEST_A, 1: DIGEST_B}
-    from pangu_pro.parallel_check import RANK_NOISE
+    from pangu_pro.selfcheck.compare import RANK_NOISE
 
     logs = [f"rank 0/2: mask step 4 sha256 {DIGEST_A}\nrank 0/2: mask noise sha256 {DIGEST_B}\n"]
     assert rank_digests(logs, RANK_NOISE) == {0: DIGEST_B} and rank_digests(logs) == {0: DIGEST_A}
 
 
 def test_bf16_teacher_against_fp32_passes_within_a_bf16_ulp_and_each_defect_fails():
-    from pangu_pro.parallel_check import compare_teacher_dtypes
+    from pangu_pro.selfcheck.compare import compare_teacher_dtypes
 
     fp32 = inherit_result("inherit_single")
     bf16 = inherit_result("inherit_bf16_teacher", teacher_dtype="bfloat16", loss_scale=1.001)
@@ -205,7 +206,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 def test_list_and_plan_come_from_one_table_with_the_shipped_cases():
     """--list: one line per case with its layout and sequence; the plan the script runs names the same
     cases in the same order; the cases the issue asks for are there, at sequence 2048 on the NPUs."""
-    from pangu_pro.parallel_check import cases_for, list_lines, plan_lines
+    from pangu_pro.selfcheck.cases import cases_for, list_lines, plan_lines
 
     for device, seq in (("ascend", 2048), ("cpu", 128)):
         table = cases_for(device, ROOT)
@@ -225,7 +226,7 @@ def test_list_and_plan_come_from_one_table_with_the_shipped_cases():
 def test_the_script_lists_the_table_without_running_anything():
     import subprocess
 
-    from pangu_pro.parallel_check import list_lines
+    from pangu_pro.selfcheck.cases import list_lines
 
     for flags, device in (([], "ascend"), (["--cpu"], "cpu")):
         done = subprocess.run(["bash", str(ROOT / "scripts" / "ascend_check.sh"), "--list", *flags],
@@ -240,7 +241,7 @@ def test_the_preset_case_runs_the_shipped_sections():
     per rank gives its global batch, and its reference trains the same global batch."""
     import yaml
 
-    from pangu_pro.parallel_check import GLOBAL_BATCH, batch_per_rank, case_arguments, cases_for
+    from pangu_pro.selfcheck.cases import GLOBAL_BATCH, batch_per_rank, case_arguments, cases_for
 
     preset = yaml.safe_load((ROOT / "configs" / "pangu_1b_pro.yaml").read_text())
     node = yaml.safe_load((ROOT / "configs" / "parallel" / "pangu_1b_pro_8dev.yaml").read_text())
@@ -268,7 +269,8 @@ def test_the_preset_case_runs_the_shipped_sections():
 def test_the_grad_norm_tolerance_fails_a_1_over_dp_gradient(results):
     """A layout whose gradients are divided by dp once too often (gradients_mean under semi-auto) logs a
     norm 1/dp of one device's: FAIL at every dp of the table, and the printed note says so."""
-    from pangu_pro.parallel_check import cases_for, compare, grad_norm_catches, read_result, tolerance_note
+    from pangu_pro.selfcheck.cases import cases_for
+    from pangu_pro.selfcheck.compare import compare, grad_norm_catches, read_result, tolerance_note
 
     reference = read_result(results["single"])
     dps = sorted({int(c.settings.get("parallel.data_parallel", 1)) for c in cases_for("ascend", ROOT)} - {1})
@@ -290,7 +292,7 @@ def moments(scale=1.0, step=3):
 def test_optimizer_moments_are_compared(tmp_path, results):
     """Moments within tolerance pass; moments of a 1/dp gradient (m / dp, v / dp^2), or an update count that
     counted a skipped step, fail; a run that saved none fails."""
-    from pangu_pro.parallel_check import compare, read_result
+    from pangu_pro.selfcheck.compare import compare, read_result
 
     save_file(moments(), str(tmp_path / "ref_opt.safetensors"))
     reference = {**read_result(results["single"]), "moments": str(tmp_path / "ref_opt.safetensors")}
@@ -308,7 +310,8 @@ def test_an_overflow_step_must_be_skipped_on_every_rank(tmp_path, results):
     """The fp16 overflow cases: the reference and the case skip step 1 (its non-finite norm is not compared);
     a run that applied it, or a data-parallel rank whose weights differ (it applied the step alone), fails;
     through `verdicts`, a case of the table that skipped nothing fails even against a reference that did not."""
-    from pangu_pro.parallel_check import case_verdicts, compare, read_result
+    from pangu_pro.selfcheck.cases import case_verdicts
+    from pangu_pro.selfcheck.compare import compare, read_result
 
     base = read_result(results["single"])
     reference = {**base, "name": "single_fp16_overflow", "skipped": [1],
@@ -332,7 +335,7 @@ def test_an_overflow_step_must_be_skipped_on_every_rank(tmp_path, results):
 
 
 def test_kernel_comparison_names_the_gradient_that_differs():
-    from pangu_pro.parallel_check import compare_kernels
+    from pangu_pro.selfcheck.kernels import compare_kernels
 
     grads = {"a": np.ones((3, 3), np.float32), "b": np.arange(4, dtype=np.float32)}
     assert compare_kernels((2.0, grads), (2.01, {k: v * 1.01 for k, v in grads.items()})).passed
@@ -345,7 +348,8 @@ def test_kernel_comparison_names_the_gradient_that_differs():
 @pytest.mark.slow
 def test_the_kernel_case_on_the_cpu_says_nothing_was_fused(tmp_path):
     """On the CPU the config runs unfused fp32 on both sides: equal, but the case must not PASS."""
-    from pangu_pro.parallel_check import kernels_check, write_data, write_init
+    from pangu_pro.selfcheck.collect import write_data, write_init
+    from pangu_pro.selfcheck.kernels import kernels_check
 
     config = str(ROOT / "configs" / "parallel_check.yaml")
     write_init(config, tmp_path / "init.safetensors")

@@ -135,8 +135,8 @@ def test_pp2_mp2_zero_rank_checkpoints_merge_to_the_full_tensors(tmp_path, semi_
     """8 ranks (2 stages of dp 2 x mp 2, ZeRO); `convert merge` (MindSpore's transform_checkpoints)
     gives back every full tensor, and a stage's rank folder holds only that stage's parameters."""
     from pangu_pro.config import ModelConfig
-    from pangu_pro.convert.merge import merge_run
-    from pangu_pro.io import load_tensors
+    from pangu_pro.train.merge import merge_run
+    from pangu_pro.tensors import load_tensors
     from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
 
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -166,7 +166,7 @@ def test_resume_on_another_layout_merges_once(tmp_path, semi_auto):
     """The trainer's resume on a new layout: rank 0 merges the old run into checkpoints/merged/step_N,
     the other ranks wait for that folder (and give up after the time-out, naming it)."""
     from pangu_pro.config import ModelConfig
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
     from pangu_pro.model.distributed_ckpt import rank_checkpoint_dir
     from pangu_pro.train.trainer import merged_for_new_layout
 

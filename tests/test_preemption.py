@@ -23,7 +23,7 @@ ENV = {**os.environ, "GLOG_v": "3"}
 
 
 def weights(folder: Path) -> dict[str, np.ndarray]:
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
 
     model, _ = load_tensors(folder / "model.safetensors")
     moments, _ = load_tensors(folder / "optimizer.safetensors")

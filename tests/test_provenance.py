@@ -92,7 +92,7 @@ def test_eval_and_export_refuse_a_tokenizer_other_than_the_checkpoints(shards, t
         provenance.check_tokenizer_for_checkpoint(shards["tok_b"], ckpt / "model.safetensors")
     provenance.check_tokenizer_for_checkpoint(shards["tok_a"], ckpt)  # the same one passes
     provenance.check_tokenizer_for_checkpoint(shards["tok_b"], tmp_path)  # nothing recorded: nothing to compare
-    from pangu_pro.io import save_tensors  # a remapped weights file records its tokenizer in its metadata
+    from pangu_pro.tensors import save_tensors  # a remapped weights file records its tokenizer in its metadata
     save_tensors(tmp_path / "remapped.safetensors", {"w": np.zeros(2, np.float32)},
                  {"tokenizer_sha256": file_sha256(shards["tok_a"])})
     with pytest.raises(ProvenanceError, match="recorded in .*remapped.safetensors"):
@@ -232,7 +232,7 @@ def test_select_refuses_scores_of_other_shards(shards, tmp_path, capsys):
 # ---------------------------------------------------------------- 4. inheritance resumed with another teacher
 
 def test_a_weights_record_tells_two_teachers_apart(tmp_path):
-    from pangu_pro.io import save_tensors
+    from pangu_pro.tensors import save_tensors
 
     save_tensors(tmp_path / "a.safetensors", {"w": np.zeros(4, np.float32)})
     save_tensors(tmp_path / "b.safetensors", {"w": np.ones(4, np.float32)})

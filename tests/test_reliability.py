@@ -87,15 +87,14 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(checkpoint):
 
 
 def test_choosing_and_loading_a_checkpoint_hashes_each_file_once(checkpoint, monkeypatch):
-    import pangu_pro.io as io
     from pangu_pro import digests
     from pangu_pro.train.checkpoint import intact_resume, load_checkpoint
 
     model, root = checkpoint
     digests._verified.clear()  # as in a fresh process
     hashed = []
-    real = io.file_sha256
-    monkeypatch.setattr(io, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path))
+    real = digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path))
     folder = intact_resume(root / "step_00000004", True, print)
     load_checkpoint(folder, model)
     assert sorted(hashed) == ["model.safetensors", "state.json"]

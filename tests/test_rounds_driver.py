@@ -11,10 +11,10 @@ import pytest
 
 from pangu_pro.config import MultiRoundConfig, config_from_dict
 from pangu_pro.configtools import ConfigError, to_mapping
-from pangu_pro.io import save_tensors
 from pangu_pro.rounds import driver, sampling
 from pangu_pro.rounds.scoring import save_scores
 from pangu_pro.rounds.selection import select_from_scores, write_selection
+from pangu_pro.tensors import save_tensors
 from tests.test_rounds_score import BATCH, N, write_data
 
 
@@ -226,7 +226,7 @@ def test_semi_auto_rounds_score_and_continue_from_the_merged_weights(data, tmp_p
     """Under semi-auto parallel no rank holds the whole model: the driver merges the ranks' slices
     (MindSpore's transform_checkpoints) once per round into checkpoints/merged/step_N, and scoring,
     held-out evaluation and the next round's init_weights all load exactly the full tensors."""
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
 
     config = config_from_dict({**to_mapping(rounds_config(data, tmp_path / "run")),
                                "parallel": {"data_parallel": 2, "model_parallel": 2, "pipeline_stage": 2,

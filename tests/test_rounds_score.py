@@ -160,7 +160,7 @@ def test_scores_are_exact_and_scoring_resumes(setup, expected, monkeypatch):
 
 
 def test_non_finite_scores_fail_clearly(setup, tmp_path):
-    from pangu_pro.io import load_tensors, save_tensors
+    from pangu_pro.tensors import load_tensors, save_tensors
 
     _, _, config, weights = setup
     tensors, meta = load_tensors(weights)

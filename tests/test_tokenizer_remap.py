@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from pangu_pro.config import load_config
-from pangu_pro.io import load_tensors, save_tensors
+from pangu_pro.tensors import load_tensors, save_tensors
 from pangu_pro.tokenizer.remap import EMBEDDING, LM_HEAD, remap_checkpoint, remap_tensors
 
 OLD_VOCAB = 50

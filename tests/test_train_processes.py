@@ -89,7 +89,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 @pytest.mark.distributed
 def test_msrun_data_parallel_matches_doubled_batch(tmp_path):
     """2 CPU workers, batch 4 each == 1 process, batch 8: same losses; both ranks end with equal weights."""
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
 
     shard = str(write_shard(tmp_path / "train.mindrecord", make_rows(96, 0)))
     steps = 6

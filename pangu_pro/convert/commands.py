@@ -30,7 +30,7 @@ def _from_hf(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from pangu_pro.convert.merge import merge_run
+    from pangu_pro.train.merge import merge_run
 
     print(json.dumps(merge_run(args.run, args.out, step=args.step, overwrite=args.overwrite), indent=2))
     return 0

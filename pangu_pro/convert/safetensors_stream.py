@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from pangu_pro.io import atomic_path
+from pangu_pro.digests import atomic_digested_path
 
 NUMPY_DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -120,7 +120,7 @@ def write_safetensors(path: str | Path, entries: Iterable[tuple[str, tuple[int, 
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % ALIGNMENT)
-    with atomic_path(path, digest=True) as tmp:
+    with atomic_digested_path(path) as tmp:
         with open(tmp, "wb") as handle:
             handle.write(len(encoded).to_bytes(8, "little"))
             handle.write(encoded)

@@ -193,7 +193,8 @@ def write_student(out_dir: str | Path, tensors: Mapping[str, np.ndarray], plan: 
     """Write ``out_dir/model.safetensors``, ``out_dir/config.yaml`` (`student_config`) and
     ``out_dir/selection.json``; returns `out_dir`."""
     from pangu_pro.config import save_config
-    from pangu_pro.io import atomic_write_json, save_tensors
+    from pangu_pro.io import atomic_write_json
+    from pangu_pro.tensors import save_tensors
     from pangu_pro.model.weights import WEIGHTS_NAME
 
     out_dir = Path(out_dir)

@@ -113,7 +113,7 @@ def load_teacher(config: Config, plan: StudentPlan, device: str, say=print):
     if plan.new2old is None:
         teacher = build_model(cfg, ic.teacher_checkpoint, seed=ic.seed)
         return store_teacher(teacher, teacher_dtype(config, device), say), plan
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
     from pangu_pro.tokenizer.remap import remap_config, remap_tensors
 
     if ic.teacher_checkpoint is not None:

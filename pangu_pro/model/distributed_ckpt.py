@@ -16,7 +16,7 @@ row-major order (the last dimension varies fastest). With pipeline parallel ever
 own strategy file; its device matrix covers the ranks of that stage, which are consecutive.
 
 Merging (whole tensors for export, or a resume on another layout) is MindSpore's
-`transform_checkpoints`, driven by `pangu_pro.convert.merge`. `slice_for_rank` is our NumPy statement
+`transform_checkpoints`, driven by `pangu_pro.train.merge`. `slice_for_rank` is our NumPy statement
 of the same layout rules (tests build synthetic rank files with it, and MindSpore's merge must give
 the full tensors back); `write_strategy_file` writes strategy files as MindSpore does.
 """

@@ -13,7 +13,8 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from pangu_pro.config import ModelConfig
-from pangu_pro.io import WEIGHTS_NAME, load_tensors, resolve_weights, save_tensors  # noqa: F401  (re-exported)
+from pangu_pro.io import WEIGHTS_NAME, resolve_weights  # noqa: F401  (re-exported)
+from pangu_pro.tensors import load_tensors, save_tensors
 
 
 def model_state(model: nn.Cell) -> dict[str, np.ndarray]:

@@ -211,14 +211,14 @@ def final_checkpoint(train_out: Path, steps: int, semi_auto: bool = False) -> Pa
     """The whole-tensor checkpoint of a finished round at step `steps`, which scoring, held-out
     evaluation and the next round's `train.init_weights` load (whole tensors: a semi-auto compile slices
     them). Under semi-auto parallel each rank saved only its slices (checkpoints/rank_<r>/step_N, with
-    the strategy files): they are merged once on the CPU (`convert.merge.merge_run`, MindSpore's
+    the strategy files): they are merged once on the CPU (`train.merge.merge_run`, MindSpore's
     transform_checkpoints) into `whole_checkpoint_path`; a re-run reuses the merged folder."""
     from pangu_pro.train.checkpoint import CHECKPOINTS, STATE_NAME, list_checkpoints
 
     if semi_auto:
         merged = whole_checkpoint_path(train_out, steps, True)
         if not (merged / STATE_NAME).is_file():  # written last: a complete merge
-            from pangu_pro.convert.merge import merge_run
+            from pangu_pro.train.merge import merge_run
 
             merge_run(train_out, merged, step=steps, overwrite=merged.exists())
         return merged

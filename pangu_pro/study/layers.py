@@ -47,7 +47,7 @@ def without_layer(tensors: dict[str, np.ndarray], layer: int) -> dict[str, np.nd
 def layer_drop_losses(config, checkpoint, batch_size: int) -> dict:
     """Held-out loss of the whole model, of the model without each layer, and the cosine layer scores."""
     from pangu_pro.inherit.criteria import cosine_layer_scores
-    from pangu_pro.io import load_tensors
+    from pangu_pro.tensors import load_tensors
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.weights import build_model, load_state, resolve_weights
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss

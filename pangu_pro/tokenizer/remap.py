@@ -19,7 +19,8 @@ from typing import Mapping, Optional
 import numpy as np
 
 from pangu_pro.config import Config, load_config, replace_model, save_config
-from pangu_pro.io import WEIGHTS_NAME, file_sha256, load_tensors, resolve_weights, save_tensors
+from pangu_pro.io import WEIGHTS_NAME, file_sha256, resolve_weights
+from pangu_pro.tensors import load_tensors, save_tensors
 from pangu_pro.tokenizer.vocab import old2new_array
 
 EMBEDDING = "model.embed_tokens.weight"

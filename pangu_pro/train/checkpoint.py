@@ -16,7 +16,7 @@ Under semi-auto parallel (tensor/pipeline parallel, ZeRO) every rank writes the 
 owns: its pipeline stage's parameters and their moments, each as the slice the rank holds (tensor
 parallel and ZeRO split). MindSpore writes ``OUTPUT_DIR/strategy/strategy_rank_<r>.ckpt`` at compile
 time. Their state.json adds ``rank``, ``layout`` and ``strategy``; `resolve_rank_resume` finds this
-rank's folder; `pangu_pro.convert.merge` turns the rank folders into one whole checkpoint.
+rank's folder; `pangu_pro.train.merge` turns the rank folders into one whole checkpoint.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ from typing import Optional
 
 import numpy as np
 
-from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, load_tensors, read_json, save_tensors
+from pangu_pro.digests import seal, verify, verify_folder
+from pangu_pro.io import WEIGHTS_NAME, atomic_write_json, read_json
+from pangu_pro.tensors import load_tensors, save_tensors
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 STATE_NAME = "state.json"
@@ -106,7 +108,8 @@ def write_checkpoint(directory: str | Path, weights: dict[str, np.ndarray],
         save_tensors(tmp / WEIGHTS_NAME, weights, {"format": "pangu-pro", "step": str(state.get("step", ""))})
         if moments is not None:
             save_tensors(tmp / OPTIMIZER_NAME, moments)
-        atomic_write_json(tmp / STATE_NAME, state, digest=True)
+        atomic_write_json(tmp / STATE_NAME, state)
+        seal(tmp / STATE_NAME)
     except Exception as err:  # OSError, or safetensors' own error type wrapping one
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(directory, needed, _free_bytes(directory.parent), str(err)) from err
@@ -192,7 +195,8 @@ def read_state(directory: str | Path) -> dict:
     state_path = Path(directory) / STATE_NAME
     if not state_path.is_file():
         raise FileNotFoundError(f"{directory}: not a training checkpoint (no {STATE_NAME})")
-    return read_json(state_path, verify=True)
+    verify(state_path)
+    return read_json(state_path)
 
 
 def load_checkpoint(directory: str | Path, model, optimizer=None, names: Optional[set[str]] = None) -> dict:
@@ -213,7 +217,7 @@ def load_checkpoint(directory: str | Path, model, optimizer=None, names: Optiona
     if optimizer is not None:
         opt_tensors, _ = load_tensors(directory / OPTIMIZER_NAME)
         load_optimizer_state(optimizer, opt_tensors, str(directory / OPTIMIZER_NAME), names)
-    return read_json(state_path, verify=True)
+    return read_state(directory)
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[tuple[int, Path]]:
@@ -251,8 +255,6 @@ def resolve_resume(path: str | Path) -> Path:
 def intact_resume(chosen: Path, fallback: bool, announce=print) -> Path:
     """`chosen` if its files match their digests and its state.json reads; with `fallback`, else the
     newest older checkpoint beside it that does, announcing each one skipped and why."""
-    from pangu_pro.digests import verify_folder
-
     step = int(_STEP_DIR.match(chosen.name).group(1)) if _STEP_DIR.match(chosen.name) else None
     older = [p for s, p in reversed(list_checkpoints(chosen.parent)) if step is not None and s < step]
     for candidate in [chosen] + (older if fallback else []):

@@ -267,9 +267,9 @@ MERGE_WAIT_S = 7200  # how long the other ranks wait for rank 0 to merge a check
 def merged_for_new_layout(rank_ckpt: Path, rank: int, wait_s: float = MERGE_WAIT_S) -> Path:
     """The whole-tensor checkpoint of the run that wrote the rank folder `rank_ckpt`
     (<run>/checkpoints/rank_<r>/step_N), merged once by rank 0 into <run>/checkpoints/merged/step_N
-    (`convert.merge.merge_run`); the other ranks wait for it."""
-    from pangu_pro.convert.merge import merge_run
+    (`train.merge.merge_run`); the other ranks wait for it."""
     from pangu_pro.train.checkpoint import STATE_NAME, merged_checkpoint_dir
+    from pangu_pro.train.merge import merge_run
 
     run, step = rank_ckpt.parent.parent.parent, int(rank_ckpt.name.split("_")[1])
     merged = merged_checkpoint_dir(run, step)

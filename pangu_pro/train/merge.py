@@ -1,4 +1,5 @@
-"""`convert merge`: one whole checkpoint from a distributed run (dp, tp, pp, ZeRO, any mix).
+"""One whole checkpoint from a distributed run (dp, tp, pp, ZeRO, any mix): `convert merge`, the
+trainer's resume onto another layout, the multi-round driver and `convert to-hf` of a distributed run.
 
 A semi-auto run holds, per rank, `checkpoints/rank_<r>/step_N/{model,optimizer}.safetensors` with
 only that rank's pipeline stage and its tensor-parallel / ZeRO slices, and `strategy/strategy_rank_<r>.ckpt`
@@ -15,15 +16,64 @@ model) needs no merge: its newest checkpoint is copied.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from pangu_pro.convert.checkpoints import latest_common_step, rank_dirs, rank_weights, strategy_files
-from pangu_pro.io import load_tensors
+from pangu_pro.io import WEIGHTS_NAME
+from pangu_pro.tensors import load_tensors
+from pangu_pro.train.checkpoint import (OPTIMIZER_NAME, STATE_NAME, read_state, resolve_resume,
+                                        write_checkpoint)
 
 MERGED_KEYS_DROPPED = ("rank", "layout", "strategy")
+RANK_DIR = re.compile(r"rank_(\d+)")
+
+
+def rank_dirs(path: Path) -> list[Path]:
+    """The `rank_<i>` sub-folders of `path` in rank order; they must be numbered 0..N-1."""
+    found = {int(m.group(1)): p for p in path.iterdir() if p.is_dir() and (m := RANK_DIR.fullmatch(p.name))}
+    if found and sorted(found) != list(range(len(found))):
+        raise ValueError(f"{path}: rank folders {sorted(found)} are not numbered 0..{len(found) - 1}")
+    return [found[i] for i in range(len(found))]
+
+
+def latest_common_step(ranks: list[Path]) -> list[Path]:
+    """The trainer writes `rank_<i>/step_N/` folders: pick the newest step every rank has finished.
+
+    Rank folders without step folders are returned unchanged."""
+    steps = [{p.name for p in r.glob("step_*") if (p / WEIGHTS_NAME).is_file()} for r in ranks]
+    if not any(steps):
+        return ranks
+    common = set.intersection(*steps)
+    if not common:
+        raise ValueError(f"{ranks[0].parent}: no step_* checkpoint is present in every rank folder "
+                         f"(found {[sorted(s) for s in steps]})")
+    newest = max(common, key=lambda name: int(name.split("_")[1]))
+    return [r / newest for r in ranks]
+
+
+def rank_weights(rank_dir: Path) -> Path:
+    """The weights file of one rank: `model.safetensors`, or the only `*.safetensors` file."""
+    if (rank_dir / WEIGHTS_NAME).is_file():
+        return rank_dir / WEIGHTS_NAME
+    files = sorted(rank_dir.glob("*.safetensors"))
+    if len(files) != 1:
+        what = "no safetensors file" if not files else f"several safetensors files {[f.name for f in files]}"
+        raise ValueError(f"{rank_dir}: {what}; each rank folder must hold exactly one weights file "
+                         f"(or a {WEIGHTS_NAME})")
+    return files[0]
+
+
+def strategy_files(run: Path, ranks_dir: Path) -> list[Path]:
+    """Strategy files of a run: `strategy/*.ckpt|json` beside the rank folders or in the run folder
+    (training writes `<out>/strategy/strategy_rank_<i>.ckpt` next to `<out>/checkpoints/rank_<i>`)."""
+    folders = dict.fromkeys([run / "strategy", ranks_dir.parent / "strategy"])
+    found = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
+             if p.suffix in (".ckpt", ".json")]
+    found += sorted(p for p in run.glob("*strategy*") if p.is_file() and p.suffix in (".ckpt", ".json"))
+    return found
 
 
 def find_rank_steps(run: Path, step: Optional[int] = None) -> tuple[list[Path], Path]:
@@ -49,9 +99,6 @@ def merge_run(run: str | Path, out: str | Path, step: Optional[int] = None, over
               rank_folders: Optional[list[Path]] = None) -> dict:
     """Write the whole checkpoint of distributed run `run` (at `step`, default the newest complete
     one; or the given `rank_folders`, one per rank) as the checkpoint folder `out`; returns a summary."""
-    from pangu_pro.train.checkpoint import (OPTIMIZER_NAME, STATE_NAME, read_state, resolve_resume,
-                                            write_checkpoint)
-
     run, out = Path(run), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
