@@ -1,18 +1,13 @@
 """Process-wide MindSpore set-up: graph mode on the device named by PANGU_PRO_DEVICE (CPU by default)."""
 from __future__ import annotations
 
-import json
 import os
-import sys
-import time
 
 import mindspore as ms
 
+from pangu_pro.compile_log import COMPILE_LOG_ENV, log_compiles_at_exit
+
 DEVICE_ENV = "PANGU_PRO_DEVICE"
-# PANGU_PRO_COMPILE_LOG=FILE: every process appends one JSON line at exit with the graphs it compiled and
-# the seconds compiling took (the quickstart's summary table; `pangu-pro` commands run in graph mode,
-# where a compile costs seconds and a recompile is the usual hidden cost).
-COMPILE_LOG_ENV = "PANGU_PRO_COMPILE_LOG"
 
 
 # Why there is no GPU target (docs/ascend.md, "GPUs"): say it before MindSpore fails somewhere deeper.
@@ -47,52 +42,6 @@ def init_mindspore(seed: int | None = None) -> str:
     return target
 
 
-class CompileCounter:
-    """Graphs compiled in this process and the seconds it took: counts the calls of MindSpore's cell graph
-    executor that compile (a cached phase returns `(phase, False)` without compiling)."""
-
-    def __init__(self):
-        self.graphs, self.seconds, self._installed = 0, 0.0, False
-
-    def install(self) -> "CompileCounter":
-        if self._installed:
-            return self
-        from mindspore.graph.api import _CellGraphExecutor
-
-        compile_graph = _CellGraphExecutor.compile
-        counter = self
-
-        def counted(executor, obj, *args, **kwargs):
-            start = time.perf_counter()
-            phase, compiled = compile_graph(executor, obj, *args, **kwargs)
-            if compiled:
-                counter.graphs += 1
-                counter.seconds += time.perf_counter() - start
-            return phase, compiled
-
-        _CellGraphExecutor.compile = counted
-        self._installed = True
-        return self
-
-
-COMPILES = CompileCounter()
-
-
-def log_compiles_at_exit(path: str) -> None:
-    """Count this process's compiles and append `{"argv", "pid", "graphs", "compile_seconds"}` to PATH at exit."""
-    import atexit
-
-    if COMPILES._installed:
-        return
-    COMPILES.install()
-
-    def write():
-        record = {"argv": sys.argv[1:], "pid": os.getpid(), "graphs": COMPILES.graphs,
-                  "compile_seconds": round(COMPILES.seconds, 2)}
-        with open(path, "a", encoding="utf-8") as log:  # one short line per process: appends do not interleave
-            log.write(json.dumps(record) + "\n")
-
-    atexit.register(write)
 
 
 def apply_device_config(device_cfg, target: str | None = None) -> dict:

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import numpy as np, mindspore as ms
-from pangu_pro.runtime import COMPILES, init_mindspore
+from pangu_pro.compile_log import COMPILES
+from pangu_pro.runtime import init_mindspore
 init_mindspore(0)
 dense = ms.nn.Dense(4, 3)
 for rows in (2, 2, 5, 2):
@@ -31,3 +32,17 @@ def test_compiles_are_counted_and_logged_at_exit(tmp_path):
     assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "line"}
     record = json.loads(lines[1])
     assert record["graphs"] == 2 and record["argv"] == ["an-argument"] and record["compile_seconds"] > 0
+
+
+def test_the_stage_table_counts_each_process_in_the_stage_it_ended(tmp_path):
+    from pangu_pro.compile_log import read_stages, stage_table
+
+    (tmp_path / "stages.tsv").write_text("100\t1. corpus\n110.5\t2. train\n200\tdone\n")
+    stages = read_stages(tmp_path / "stages.tsv")
+    assert stages == [("1. corpus", 100.0, 110.5), ("2. train", 110.5, 200.0)]
+    records = [{"graphs": 0, "compile_seconds": 0.0, "ended": 105.0},
+               {"graphs": 3, "compile_seconds": 12.4, "ended": 150.0},
+               {"graphs": 1, "compile_seconds": 2.0, "ended": 199.9},
+               {"graphs": 9, "compile_seconds": 9.0, "ended": 250.0}]  # after the last stage: not counted
+    assert stage_table(stages, records).splitlines()[2:] == [
+        "| 1. corpus | 10 | 1 | 0 | 0 |", "| 2. train | 90 | 2 | 4 | 14 |", "| **total** | **100** | **3** | **4** | **14** |"]

@@ -78,8 +78,8 @@ def test_tokenizer_tools_import_no_other_stage():
 
 # The layer order (docs/design.md, "Layers"): a module may import its own layer and the layers below.
 LAYERS = {
-    0: ("io", "digests", "tensors", "runtime", "configtools", "config", "overrides", "progress", "plotting",
-        "provenance", "tokens", "runlock", "collective"),
+    0: ("io", "digests", "tensors", "compile_log", "runtime", "configtools", "config", "overrides", "progress",
+        "plotting", "provenance", "tokens", "runlock", "collective"),
     1: ("model",),
     2: ("data", "tokenizer"),
     3: ("train",),
