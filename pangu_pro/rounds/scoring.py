@@ -88,7 +88,7 @@ def scoring_network(config, par, weights=None):
 
         raise ConfigError("parallel.pipeline_stage", f"is {config.parallel.pipeline_stage}: scoring runs no pipeline "
                           "forward; score with parallel.pipeline_stage=1 (tensor/data parallel) on merged weights")
-    _, net = build_loss_network(config, par, loss_cell=per_sample_loss_cell, weights=weights)
+    _, net = build_loss_network(config, loss_cell=per_sample_loss_cell, weights=weights)
     if par.semi_auto:
         net = parallelize(net, config.parallel, forward_only=True).net
         net.row_sum.shard(((1, 1),))

@@ -215,8 +215,8 @@ def build_training(config: Config, par: Parallel):
 
     tc, pcfg = config.train, config.parallel
     ms.set_seed(tc.seed)
-    if not par.semi_auto:
-        model, loss_net = build_loss_network(config, par)
+    if not par.semi_auto:  # data parallel: the net as built (`parallel.recompute` does not apply here)
+        model, loss_net = build_loss_network(config)
         optimizer = build_optimizer(model.trainable_params(), tc)
         return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
                                                      grad_accum_steps=tc.grad_accum_steps, world=par.world)
@@ -225,7 +225,7 @@ def build_training(config: Config, par: Parallel):
     # called once per micro batch by the wrapper when it sums micro losses: one reusable sub-graph,
     # a choice made before the cell is built (`parallelize`'s docstring)
     lazy = summed_micro_losses(pcfg, tc.grad_accum_steps) > 1
-    model, loss_net = build_loss_network(config, par, loss_cell=LazyInlineWithLoss if lazy else None)
+    model, loss_net = build_loss_network(config, loss_cell=LazyInlineWithLoss if lazy else None)
     laid = parallelize(loss_net, pcfg, grad_accum_steps=tc.grad_accum_steps)
     optimizer = build_optimizer(laid.net.trainable_params(), tc)
     reducer = (nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard)
@@ -235,7 +235,7 @@ def build_training(config: Config, par: Parallel):
     return model, loss_net, optimizer, step_fn
 
 
-def build_loss_network(config: Config, par: Parallel, loss_cell=None, weights=None):
+def build_loss_network(config: Config, loss_cell=None, weights=None):
     """(model, loss cell) for `config`, as built: the caller sets it up for the layout
     (`sharding.parallelize`). Training and multi-round scoring (`rounds.scoring`) both build here.
     `loss_cell` defaults to PanGuPiWithLoss; `weights` loads whole tensors (the compile slices them)."""
