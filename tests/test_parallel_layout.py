@@ -14,9 +14,9 @@ from mindspore.ops.primitive import Primitive
 
 from pangu_pro.config import ModelConfig, ParallelConfig
 from pangu_pro.model.pangu_pi import PanGuPiForCausalLM, PanGuPiWithLoss
-from pangu_pro.model.sharding import (apply_recompute, assign_pipeline_stages, configure_model, dataset_shard,
-                                      parallel_context_kwargs, set_parallel_context, shard_model,
-                                      summed_micro_losses, wrap_for_pipeline)
+from pangu_pro.model.sharding import (Parallelized, apply_recompute, assign_pipeline_stages, configure_model,
+                                      dataset_shard, parallel_context_kwargs, parallelize, set_parallel_context,
+                                      shard_model, summed_micro_losses, wrap_for_pipeline)
 
 MHA = ModelConfig(vocab_size=256, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
                   seq_length=32, aug_shortcut_ratio=8, siaf_terms=3)
@@ -259,3 +259,61 @@ def test_wrap_for_pipeline(semi_auto):
     assert summed_micro_losses(ParallelConfig(data_parallel=8), 4) == 4
     assert summed_micro_losses(ParallelConfig(data_parallel=4, pipeline_stage=2, micro_batch_num=8)) == 8
     assert wrap_for_pipeline(network, ParallelConfig(data_parallel=8)) is network
+
+
+def _sharded(network) -> dict[str, tuple]:
+    return {k: v for k, v in read_strategies(network).items() if k.rsplit(".", 1)[-1] not in UNSHARDED}
+
+
+def test_parallelize_pipeline_sets_up_every_piece(semi_auto):
+    """pp 2 x mp 2 x dp 2 with ZeRO and full recompute: strategies, stages, recompute, ZeRO opt-outs
+    and the PipelineCell summing micro_batch_num losses, which needs the gradient reducer."""
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    cfg = ParallelConfig(data_parallel=2, model_parallel=2, pipeline_stage=2, micro_batch_num=4,
+                         optimizer_shard=True, recompute="full")
+    laid = parallelize(network, cfg)
+    assert isinstance(laid.net, nn.PipelineCell) and laid.net.micro_size == 4 and laid.net.network is network
+    assert (laid.micro_batches, laid.needs_grad_reducer) == (4, True)
+    assert _sharded(network) == expected_layout(MHA, 2, 2, False, False)
+    assert [layer.pipeline_stage for layer in network.network.model.layers] == [0, 0, 1, 1]
+    assert all(layer._has_config_recompute for layer in network.network.model.layers)
+    assert network.network.model.norm.weight.parallel_optimizer is False
+
+
+def test_parallelize_accumulates_in_one_graph(semi_auto):
+    """ZeRO over dp 8 (semi-auto) with 4 accumulation steps: GradAccumulation of 4 micro losses,
+    selective recompute, no pipeline stages; forward_only sets up the same net without a wrapper."""
+    from mindspore.parallel.nn import GradAccumulation
+
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    cfg = ParallelConfig(data_parallel=8, optimizer_shard=True, recompute="selective")
+    laid = parallelize(network, cfg, grad_accum_steps=4)
+    assert isinstance(laid.net, GradAccumulation) and laid.net.micro_size == 4 and laid.net.network is network
+    assert (laid.micro_batches, laid.needs_grad_reducer) == (4, True)
+    assert _sharded(network) == expected_layout(MHA, 8, 1, False, False)
+    assert network.network.model.layers[0].attention.softmax.attrs.get("recompute") is True
+    assert not hasattr(network.network.model.layers[0], "pipeline_stage")
+
+    scorer = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    assert parallelize(scorer, cfg, grad_accum_steps=4, forward_only=True) == Parallelized(scorer)
+    assert _sharded(scorer) == expected_layout(MHA, 8, 1, False, False)
+
+
+def test_parallelize_tensor_parallel_without_accumulation_keeps_the_net(semi_auto):
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    assert parallelize(network, ParallelConfig(data_parallel=4, model_parallel=2)) == Parallelized(network, 1, False)
+    assert _sharded(network) == expected_layout(MHA, 4, 2, False, False)
+
+
+def test_parallelize_data_parallel_applies_only_recompute(semi_auto):
+    """A data-parallel layout attaches no strategy and no wrapper (even under a semi-auto context, and
+    with accumulation: the data-parallel step accumulates on its own); only recompute applies."""
+    network = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    laid = parallelize(network, ParallelConfig(data_parallel=8, recompute="full", micro_batch_interleave_num=2),
+                       grad_accum_steps=4)
+    assert laid == Parallelized(network, 1, False)
+    assert all(v is None for v in read_strategies(network).values())
+    assert all(layer._has_config_recompute for layer in network.network.model.layers)
+    plain = PanGuPiWithLoss(PanGuPiForCausalLM(MHA))
+    assert parallelize(plain, ParallelConfig(data_parallel=8)).net is plain
+    assert not any(layer._has_config_recompute for layer in plain.network.model.layers)

@@ -255,19 +255,19 @@ def test_two_data_parallel_workers_score_like_one_process(setup, expected, tmp_p
 
 def test_semi_auto_scoring_builds_with_the_layouts_strategies(semi_auto):
     """Under the (patched, 8-device) semi-auto context the scorer builds through the trainer's
-    builder: every primitive carries the same strategy as the training network of that layout (dp 2,
-    mp 4), and the per-row sum runs replicated so each rank holds every row's loss."""
+    builder and `parallelize`: every primitive carries the same strategy as the training network of
+    that layout (dp 2, mp 4), and the per-row sum runs replicated so each rank holds every row's loss."""
     import dataclasses
 
     from pangu_pro.config import ParallelConfig
-    from pangu_pro.train.trainer import Parallel, build_loss_network
+    from pangu_pro.train.trainer import Parallel, build_training
     from tests.test_parallel_layout import MHA, UNSHARDED, expected_layout, read_strategies
 
     parallel = ParallelConfig(data_parallel=2, model_parallel=4)
     config = dataclasses.replace(tiny_config(Path("unused"), Path("unused")), model=MHA, parallel=parallel)
     par = Parallel(rank=0, world=8, semi_auto=True, replicas=2, num_shards=1, shard_id=0, read_factor=2)
     found = read_strategies(scoring.scoring_network(config, par))
-    training = read_strategies(build_loss_network(config, par)[1])
+    training = read_strategies(build_training(config, par)[1])
     expected = expected_layout(MHA, 2, 4, False, False)
     sharded = {k: v for k, v in found.items() if k.rsplit(".", 1)[-1] not in UNSHARDED | {"row_sum"}}
     assert sharded == expected

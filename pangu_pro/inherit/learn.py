@@ -149,7 +149,7 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     from pangu_pro.inherit.cells import GradientAscent, InheritMasks, MaskedTeacherLoss, MaskTrainStep
     from pangu_pro.collective import agree
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
-    from pangu_pro.model.sharding import apply_recompute
+    from pangu_pro.model.sharding import parallelize
     from pangu_pro.provenance import check_same_weights
     from pangu_pro.train.checkpoint import (checkpoint_name, clean_partial, latest_checkpoint, load_checkpoint,
                                             prune_checkpoints, read_state, resolve_resume, save_checkpoint)
@@ -165,11 +165,10 @@ def learn_masks(config: Config, plan: StudentPlan, teacher, kept_layers: Optiona
     layers_fixed = kept_layers is not None and len(kept_layers) < cfg.num_layers
     masks = InheritMasks(cfg, types, layers=kept_layers if layers_fixed else None,
                          init_keep=ic.init_keep_probability)
-    apply_recompute(teacher, config.parallel)
     teacher_params = teacher.trainable_params()
     if ic.lr_weights == 0:
         _frozen(teacher_params)
-    loss = MaskedTeacherLoss(PanGuPiWithLoss(teacher), masks)
+    loss = MaskedTeacherLoss(parallelize(PanGuPiWithLoss(teacher), config.parallel).net, masks)
     mask_opt = _adamw(masks.mask_parameters(), "masks", 0.0, config.train, ic.mask_beta1)
     lambda_opt = GradientAscent([loss.lambda1, loss.lambda2])
     weight_opt = (_adamw(teacher_params, "weights", config.train.weight_decay, config.train)

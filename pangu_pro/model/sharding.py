@@ -3,7 +3,8 @@
 The cells (`layers.py`, `pangu_pi.py`) create every primitive in ``__init__`` and stay layout-free;
 this module walks them and attaches strategies with ``prim.shard(...)`` (only under semi-auto or
 auto parallel), assigns pipeline stages, marks recomputation and opts small parameters out of the
-parallel optimizer. `set_parallel_context` and `wrap_for_pipeline` are what a trainer calls.
+parallel optimizer. A tool calls two things: `set_parallel_context` (process set-up, once) and
+`parallelize` (one loss network: strategies, stages, recompute, the pipeline/accumulation wrapper).
 
 Layout (Megatron style, as MindFormers' LLaMA; weights are stored [out, in]; dp, mp = data and model
 parallel; s = mp with sequence parallel, else 1). Linear layers flatten tokens to [B*T, in]:
@@ -29,6 +30,7 @@ the shortcut then runs on 1/mp of the tokens per device with no communication an
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import mindspore as ms
@@ -290,6 +292,12 @@ def parallel_mode(parallel_cfg: ParallelConfig) -> str:
     return "data_parallel" if parallel_cfg.data_parallel > 1 else "stand_alone"
 
 
+def needs_semi_auto(parallel_cfg: ParallelConfig) -> bool:
+    """Tensor/pipeline parallel (`parallel_mode`), or ZeRO: the parallel optimizer slices the
+    parameters our own AdamW updates only under semi-auto parallel."""
+    return parallel_mode(parallel_cfg) == "semi_auto_parallel" or parallel_cfg.optimizer_shard
+
+
 def gradients_mean(mode: str) -> bool:
     """Whether the gradient all-reduce must divide by the group size, from how the loss is reduced.
 
@@ -435,3 +443,42 @@ def wrap_for_pipeline(network_with_loss: nn.Cell, parallel_cfg: ParallelConfig, 
     if grad_accum_steps > 1:
         return GradAccumulation(network, grad_accum_steps)
     return network
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallelized:
+    """A loss network set up for its layout (`parallelize`).
+
+    `net` is what the step calls and the optimizer's parameters come from; it sums `micro_batches`
+    micro losses per call (the step divides loss and gradients by it); `needs_grad_reducer`: the
+    step must hand the accumulated gradients over through `nn.PipelineGradReducer`.
+    """
+
+    net: nn.Cell
+    micro_batches: int = 1
+    needs_grad_reducer: bool = False
+
+
+def parallelize(loss_net: nn.Cell, parallel_cfg: ParallelConfig, *, grad_accum_steps: int = 1,
+                forward_only: bool = False) -> Parallelized:
+    """Set up the built loss network `loss_net` for the layout `parallel_cfg`, after
+    `set_parallel_context` (the trainer's `setup_parallel`): the one call every tool makes.
+
+    Semi-auto layouts (`needs_semi_auto`): strategies, pipeline stages, recompute and ZeRO opt-outs
+    (`configure_model`), then, unless `forward_only` (scoring: no backward, no wrapper), the
+    interleave, pipeline or one-graph accumulation wrapper (`wrap_for_pipeline`), which sums
+    `summed_micro_losses(parallel_cfg, grad_accum_steps)` micro losses and then needs the reducer.
+    Other layouts (data parallel, stand-alone): only `parallel.recompute` applies; the net is
+    returned itself and the step accumulates on its own.
+
+    The cell class is chosen before construction, so a caller whose wrapper will sum micro losses
+    (`needs_semi_auto` and `summed_micro_losses(...) > 1`) builds `loss_net` as `LazyInlineWithLoss`.
+    """
+    if not needs_semi_auto(parallel_cfg):
+        apply_recompute(loss_net, parallel_cfg)
+        return Parallelized(loss_net)
+    configure_model(loss_net, parallel_cfg)
+    if forward_only:
+        return Parallelized(loss_net)
+    summed = summed_micro_losses(parallel_cfg, grad_accum_steps)
+    return Parallelized(wrap_for_pipeline(loss_net, parallel_cfg, grad_accum_steps), summed, summed > 1)

@@ -193,7 +193,7 @@ class StageRunner:
 
 def semi_auto_layout(config: Config) -> bool:
     """Whether `config` trains under semi-auto parallel, where each rank saves only its slices."""
-    from pangu_pro.train.trainer import needs_semi_auto
+    from pangu_pro.model.sharding import needs_semi_auto
 
     return needs_semi_auto(config.parallel)
 

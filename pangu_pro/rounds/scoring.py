@@ -11,8 +11,8 @@ not. The order's recipe is recorded in the meta (`unit_order`). The model runs `
 shape), U being a multiple of it. A sample's score is its token-mean next-token loss; a unit's score is
 the token-mean loss over its samples (= `PanGuPiWithLoss` on the whole unit).
 
-Parallel layout. The scorer builds the model through the trainer (`trainer.build_loss_network`),
-under the layout `setup_parallel` sets from the config:
+Parallel layout. The scorer builds the model through the trainer (`trainer.build_loss_network`)
+and sets it up with `sharding.parallelize`, under the layout `setup_parallel` sets from the config:
   * data parallel (msrun, w ranks): rank r scores units ``r, r + w, ...`` and saves them to
     ``OUT.parts/rank{r:03d}-of{w:03d}.npz``; rank 0 checks and merges every part;
   * semi-auto parallel (tensor parallel / ZeRO, Ascend): the ranks run one sharded graph with the
@@ -77,8 +77,10 @@ def per_sample_loss_cell(network):
 
 def scoring_network(config, par, weights=None):
     """The per-row loss network of `config` under this process's layout (the trainer's builder):
-    under semi-auto parallel it carries the layout's strategies; the per-row sum runs replicated
-    (its [B, T] input gathered), so every rank holds every row's loss."""
+    under semi-auto parallel it is set up as a forward-only net (`sharding.parallelize`: the layout's
+    strategies, no wrapper); the per-row sum runs replicated (its [B, T] input gathered), so every
+    rank holds every row's loss."""
+    from pangu_pro.model.sharding import parallelize
     from pangu_pro.train.trainer import build_loss_network
 
     if par.semi_auto and config.parallel.pipeline_stage > 1:
@@ -86,8 +88,9 @@ def scoring_network(config, par, weights=None):
 
         raise ConfigError("parallel.pipeline_stage", f"is {config.parallel.pipeline_stage}: scoring runs no pipeline "
                           "forward; score with parallel.pipeline_stage=1 (tensor/data parallel) on merged weights")
-    _, net = build_loss_network(config, par, loss_cell=per_sample_loss_cell, weights=weights)
+    _, net = build_loss_network(config, loss_cell=per_sample_loss_cell, weights=weights)
     if par.semi_auto:
+        net = parallelize(net, config.parallel, forward_only=True).net
         net.row_sum.shard(((1, 1),))
     net.set_train(False)
     return net

@@ -210,7 +210,7 @@ class TrainStep:
 
     `semi_auto`: the step of a semi-auto parallel run (`ParallelGradientUpdate`, one graph). There
     `grad_accum_steps` > 1 needs `loss_net` to be the framework's one-graph accumulation wrapper
-    (`sharding.wrap_for_pipeline`), which sums `micro_batches` = k micro losses; the k batches are
+    (`sharding.parallelize`), which sums `micro_batches` = k micro losses; the k batches are
     concatenated along the batch axis and the wrapper slices them again inside the graph.
     """
 

@@ -85,14 +85,6 @@ class Parallel:
         self.shard_id = self.rank if self.shard_id is None else self.shard_id
 
 
-def needs_semi_auto(parallel_cfg) -> bool:
-    """Tensor/pipeline parallel (`sharding.parallel_mode`), or ZeRO: the parallel optimizer slices the
-    parameters our own AdamW updates only under semi-auto parallel."""
-    from pangu_pro.model.sharding import parallel_mode
-
-    return parallel_mode(parallel_cfg) == "semi_auto_parallel" or parallel_cfg.optimizer_shard
-
-
 def _semi_auto_key(par) -> str:
     if par.model_parallel > 1:
         return "parallel.model_parallel"
@@ -107,6 +99,8 @@ def setup_parallel(config: Config) -> Parallel:
     CPU"); there the auto-parallel context comes from `sharding.set_parallel_context`.
     """
     import mindspore as ms
+
+    from pangu_pro.model.sharding import needs_semi_auto
 
     launched = "MS_WORKER_NUM" in os.environ or int(os.environ.get("RANK_SIZE", "1")) > 1
     par = config.parallel
@@ -206,11 +200,11 @@ def train_dataset(config: Config, par: Parallel, skip_batches: int):
 def build_training(config: Config, par: Parallel):
     """Model, AdamW and TrainStep for `config` (model section already adapted to the device).
 
-    Under semi-auto parallel (`par.semi_auto`, context set by `setup_parallel`) the loss network gets
-    its strategies, pipeline stages, recompute and ZeRO opt-outs (`sharding.configure_model`), is
-    wrapped for interleaving, the pipeline or one-graph accumulation (`wrap_for_pipeline`), and the
-    framework reduces the gradients (no DistributedGradReducer; `nn.PipelineGradReducer` when the
-    wrapper sums micro losses); the step computes the global norm and overflow flag over all ranks.
+    Under semi-auto parallel (`par.semi_auto`, context set by `setup_parallel`) the loss network is
+    set up for the layout by `sharding.parallelize` (strategies, pipeline stages, recompute, ZeRO
+    opt-outs, the interleave/pipeline/one-graph accumulation wrapper) and the framework reduces the
+    gradients (no DistributedGradReducer; `nn.PipelineGradReducer` when the wrapper sums micro
+    losses); the step computes the global norm and overflow flag over all ranks.
     Nothing is compiled here. Returns (model, loss_net, optimizer, step_fn).
     """
     import mindspore as ms
@@ -221,39 +215,35 @@ def build_training(config: Config, par: Parallel):
 
     tc, pcfg = config.train, config.parallel
     ms.set_seed(tc.seed)
-    if not par.semi_auto:
-        model, loss_net = build_loss_network(config, par)
+    if not par.semi_auto:  # data parallel: the net as built (`parallel.recompute` does not apply here)
+        model, loss_net = build_loss_network(config)
         optimizer = build_optimizer(model.trainable_params(), tc)
         return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
                                                      grad_accum_steps=tc.grad_accum_steps, world=par.world)
-    from pangu_pro.model.sharding import LazyInlineWithLoss, summed_micro_losses, wrap_for_pipeline
+    from pangu_pro.model.sharding import LazyInlineWithLoss, parallelize, summed_micro_losses
 
-    summed = summed_micro_losses(pcfg, tc.grad_accum_steps)
-    # called once per micro batch by the wrapper when summed > 1: one reusable sub-graph
-    model, loss_net = build_loss_network(config, par, loss_cell=LazyInlineWithLoss if summed > 1 else None)
-    step_net = wrap_for_pipeline(loss_net, pcfg, tc.grad_accum_steps)
-    optimizer = build_optimizer(step_net.trainable_params(), tc)
-    reducer = nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard) if summed > 1 else None
-    step_fn = TrainStep(step_net, optimizer, grad_clip=tc.grad_clip, grad_accum_steps=tc.grad_accum_steps,
-                        micro_batches=summed, grad_reducer=reducer, semi_auto=True)
+    # called once per micro batch by the wrapper when it sums micro losses: one reusable sub-graph,
+    # a choice made before the cell is built (`parallelize`'s docstring)
+    lazy = summed_micro_losses(pcfg, tc.grad_accum_steps) > 1
+    model, loss_net = build_loss_network(config, loss_cell=LazyInlineWithLoss if lazy else None)
+    laid = parallelize(loss_net, pcfg, grad_accum_steps=tc.grad_accum_steps)
+    optimizer = build_optimizer(laid.net.trainable_params(), tc)
+    reducer = (nn.PipelineGradReducer(optimizer.params, opt_shard=pcfg.optimizer_shard)
+               if laid.needs_grad_reducer else None)
+    step_fn = TrainStep(laid.net, optimizer, grad_clip=tc.grad_clip, grad_accum_steps=tc.grad_accum_steps,
+                        micro_batches=laid.micro_batches, grad_reducer=reducer, semi_auto=True)
     return model, loss_net, optimizer, step_fn
 
 
-def build_loss_network(config: Config, par: Parallel, loss_cell=None, weights=None):
-    """(model, loss cell) for `config` under this process's layout: under semi-auto parallel the loss
-    cell gets the layout's strategies, pipeline stages, recompute and ZeRO opt-outs
-    (`sharding.configure_model`). Training and multi-round scoring (`rounds.scoring`) both build here.
+def build_loss_network(config: Config, loss_cell=None, weights=None):
+    """(model, loss cell) for `config`, as built: the caller sets it up for the layout
+    (`sharding.parallelize`). Training and multi-round scoring (`rounds.scoring`) both build here.
     `loss_cell` defaults to PanGuPiWithLoss; `weights` loads whole tensors (the compile slices them)."""
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.weights import build_model
 
     model = build_model(config.model, weights=weights, seed=config.train.seed)
-    loss_net = (loss_cell or PanGuPiWithLoss)(model)
-    if par.semi_auto:
-        from pangu_pro.model.sharding import configure_model
-
-        configure_model(loss_net, config.parallel)
-    return model, loss_net
+    return model, (loss_cell or PanGuPiWithLoss)(model)
 
 
 def layout_of(config: Config, par: Parallel) -> dict:
