@@ -11,15 +11,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf"
 cd "$REPO"
 OUT="${1:-quickstart_out}"
 CFG=configs/tiny_cpu.yaml
-STEPS="${QUICKSTART_STEPS:-300}"
+STEPS="${QUICKSTART_STEPS:-120}"
+BATCH=4  # sequences of 256 tokens a step: tiny_cpu says 8, half of it keeps each stage short on 2 cores
 rm -rf "$OUT"
 mkdir -p "$OUT"
 START=$(date +%s)
-step() { printf '\n[quickstart %3ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+# every MindSpore process appends its graph compiles here; stages.tsv marks when each stage began
+export PANGU_PRO_COMPILE_LOG="$OUT/compiles.jsonl"
+mark() { printf '%s\t%s\n' "$(date +%s.%N)" "$1" >> "$OUT/stages.tsv"; }
+step() { printf '\n[quickstart %3ss] %s\n' "$(( $(date +%s) - START ))" "$*"; [[ "$1" == [0-9]* ]] && mark "$*"; true; }
 DATA="data.train_files=[$OUT/data/train] data.eval_files=[$OUT/data/heldout] data.tokenizer=$OUT/tokenizer/compact.model"
 
 step "1. built-in corpus (the standard library's docstrings and comments)"
-pangu-pro corpus builtin "$OUT/corpus"
+pangu-pro corpus builtin "$OUT/corpus" --size-mb 1
 
 step "2. the big tokenizer: SentencePiece BPE, 16k pieces, byte fallback"
 pangu-pro tokenizer train "$OUT/corpus/train.txt" --out "$OUT/tokenizer/big.model" --vocab-size 16000
@@ -40,7 +44,7 @@ pangu-pro preprocess --tokenizer "$OUT/tokenizer/compact.model" --seq-length 256
 step "6. train tiny_cpu (PanGu-pi, both modules on) in two rounds: $STEPS steps on everything, then score"
 step "   every sample with the frozen model and train $(( STEPS / 4 )) more steps on the hardest half"
 pangu-pro params "$CFG"
-pangu-pro rounds "$CFG" $DATA train.steps="$STEPS" train.warmup_steps=15 train.output_dir="$OUT/train" \
+pangu-pro rounds "$CFG" $DATA train.batch_size=$BATCH train.steps="$STEPS" train.warmup_steps=10 train.output_dir="$OUT/train" \
   multi_round.rounds=2 multi_round.rate=0.5 multi_round.round_steps=$(( STEPS / 4 )) multi_round.round_lr=3.0e-4
 cat "$OUT/train/rounds_summary.md"
 CKPT=$(ls -d "$OUT"/train/round_2/train/checkpoints/step_* | tail -n 1)
@@ -52,15 +56,15 @@ pangu-pro generate "$CFG" $DATA --checkpoint "$CKPT" --prompt "Return a list of"
 pangu-pro plot "$OUT/train"
 
 step "8. parameter inheritance: learned masks on the trained model, a 3-layer half-width student, trained on"
-# 40 mask steps show the pipeline, they do not converge: --force writes the student anyway (docs/inherit.md)
+# 20 mask steps show the pipeline, they do not converge: --force writes the student anyway (docs/inherit.md)
 pangu-pro inherit configs/inherit_tiny_cpu.yaml $DATA inherit.teacher_checkpoint="$CKPT" \
-  inherit.steps=40 inherit.checkpoint_every=20 inherit.output_dir="$OUT/inherit" --force
+  inherit.steps=20 inherit.checkpoint_every=10 inherit.output_dir="$OUT/inherit" --force
 pangu-pro plot "$OUT/inherit"
 STUDENT_CFG="$OUT/inherit/student/config.yaml"
 pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/inherit/student"
-pangu-pro train "$STUDENT_CFG" $DATA train.init_weights="$OUT/inherit/student/model.safetensors" \
-  train.steps=40 train.lr=3.0e-4 train.warmup_fraction=0.1 train.output_dir="$OUT/student_train"
-pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/student_train/checkpoints/step_00000040"
+pangu-pro train "$STUDENT_CFG" $DATA train.batch_size=$BATCH train.init_weights="$OUT/inherit/student/model.safetensors" \
+  train.steps=20 train.lr=3.0e-4 train.warmup_fraction=0.1 train.output_dir="$OUT/student_train"
+pangu-pro perplexity "$STUDENT_CFG" $DATA --checkpoint "$OUT/student_train/checkpoints/step_00000020"
 
 step "9. export to Hugging Face format and generate with transformers"
 pangu-pro convert to-hf --checkpoint "$CKPT" --config "$CFG" --tokenizer "$OUT/tokenizer/compact.model" --out "$OUT/hf"
@@ -76,6 +80,9 @@ print("transformers:", tok.decode(out[0], skip_special_tokens=True))
 PY
 
 step "done"
+mark end
+echo "where the time went (graphs compiled by the MindSpore processes of each stage):"
+python -m pangu_pro.compile_log "$OUT/stages.tsv" "$PANGU_PRO_COMPILE_LOG"
 cat <<EOF
 outputs in $OUT/:
   corpus/                     built-in corpus (train.txt, heldout.txt, manifest.json)
