@@ -571,3 +571,24 @@ def test_bench_subcommands_pass_their_options_through():
     assert args.benchmark == "train" and args.bench_args == ["--steps", "3", "--skip", "pytorch", "mindformers"]
     with pytest.raises(ValueError, match="bench 'nosuch' is not available yet"):
         _runner("bench", "nosuch", "")(args)
+
+
+def test_data_parallel_training_applies_the_configured_recompute(data, tmp_path):
+    """`parallel.recompute` holds on the data-parallel path too (it was silently ignored there while the
+    memory plan counted it): the layers are marked, and a step computes the same loss and gradient norm."""
+    import dataclasses
+
+    from mindspore import Tensor
+
+    from pangu_pro.train.trainer import Parallel, build_training
+
+    batch = [Tensor(data["train_rows"][:4])]
+    results = {}
+    for mode in ("none", "full"):
+        config = make_config(data, tmp_path / mode)
+        config = dataclasses.replace(config, parallel=dataclasses.replace(config.parallel, recompute=mode))
+        model, _, _, step_fn = build_training(config, Parallel())
+        assert all(layer._has_config_recompute == (mode == "full") for layer in model.model.layers)
+        out = step_fn(batch, lr=1e-3)
+        results[mode] = (out.loss, out.grad_norm)
+    assert results["full"] == pytest.approx(results["none"], rel=1e-5)

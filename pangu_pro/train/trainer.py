@@ -213,15 +213,16 @@ def build_training(config: Config, par: Parallel):
     from pangu_pro.train.optim import build_optimizer
     from pangu_pro.train.step import TrainStep
 
+    from pangu_pro.model.sharding import LazyInlineWithLoss, parallelize, summed_micro_losses
+
     tc, pcfg = config.train, config.parallel
     ms.set_seed(tc.seed)
-    if not par.semi_auto:  # data parallel: the net as built (`parallel.recompute` does not apply here)
+    if not par.semi_auto:  # data parallel: recompute only; the step accumulates and all-reduces itself
         model, loss_net = build_loss_network(config)
+        loss_net = parallelize(loss_net, pcfg).net
         optimizer = build_optimizer(model.trainable_params(), tc)
         return model, loss_net, optimizer, TrainStep(loss_net, optimizer, grad_clip=tc.grad_clip,
                                                      grad_accum_steps=tc.grad_accum_steps, world=par.world)
-    from pangu_pro.model.sharding import LazyInlineWithLoss, parallelize, summed_micro_losses
-
     # called once per micro batch by the wrapper when it sums micro losses: one reusable sub-graph,
     # a choice made before the cell is built (`parallelize`'s docstring)
     lazy = summed_micro_losses(pcfg, tc.grad_accum_steps) > 1
