@@ -38,6 +38,11 @@ def test_plan_command_prints_the_inheritance_plan_and_refuses_what_does_not_fit(
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["plan", "configs/inherit_7b_to_1b_pro.yaml", "--set", "parallel.model_parallel=8"]) == 2
     assert "data parallel only" in capsys.readouterr().err
+    # ZeRO would put the mask step under semi-auto parallel (sharding.parallelize): refused as well
+    assert main(["plan", "configs/inherit_7b_to_1b_pro.yaml", "--set", "parallel.optimizer_shard=true"]) == 2
+    assert "optimizer_shard true" in capsys.readouterr().err
+    assert main(["inherit", "configs/inherit_tiny_cpu.yaml", "parallel.optimizer_shard=true"]) == 2  # the run itself
+    assert "parallel: mask learning is data parallel only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("devices", [16, 64])

@@ -198,6 +198,17 @@ def mask_bytes_per_token(m: ModelConfig, mode: str) -> float:
     return c * m.hidden_size + c * m.intermediate_size + 8 * m.hidden_size
 
 
+def check_data_parallel(config) -> None:
+    """Mask learning replicates the frozen teacher: data parallel only (a ZeRO layout would put the mask
+    step under semi-auto parallel, tensor or pipeline parallel would slice the teacher)."""
+    p = config.parallel
+    if p.model_parallel != 1 or p.pipeline_stage != 1 or p.optimizer_shard:
+        raise ConfigError("parallel", "mask learning is data parallel only (model_parallel 1, pipeline_stage 1, "
+                          f"optimizer_shard false), got model_parallel {p.model_parallel}, pipeline_stage "
+                          f"{p.pipeline_stage}, optimizer_shard {str(p.optimizer_shard).lower()}: the frozen "
+                          "teacher is replicated (docs/inherit.md)", config.source or None)
+
+
 def mask_plan(config) -> MaskPlan:
     """The per-device memory terms and the step arithmetic of `config`'s mask learning."""
     from pangu_pro.model.params import count_parameters
@@ -205,10 +216,7 @@ def mask_plan(config) -> MaskPlan:
     from pangu_pro.train.metrics import train_flops_per_token
 
     m, p, ic = config.model, config.parallel, config.inherit
-    if p.model_parallel != 1 or p.pipeline_stage != 1:
-        raise ConfigError("parallel", f"mask learning is data parallel only (model_parallel 1, pipeline_stage 1), "
-                          f"got model_parallel {p.model_parallel}, pipeline_stage {p.pipeline_stage}: the frozen "
-                          f"teacher is replicated (docs/inherit.md)", config.source or None)
+    check_data_parallel(config)
     total = count_parameters(m).total
     terms = [("teacher weights", float(total * teacher_bytes_per_parameter(config)))]
     if ic.lr_weights > 0:

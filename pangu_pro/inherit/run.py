@@ -244,10 +244,12 @@ def run_inherit(config: Config, resume: Optional[str] = None, *, progress: bool 
                 force: bool = False) -> dict:
     """Run the whole inheritance as `config` says (see the module doc); returns the summary. Rank 0
     holds inherit.output_dir's run lock (`pangu_pro.runlock`) throughout."""
+    from pangu_pro.inherit.plan import check_data_parallel
     from pangu_pro.runtime import init_mindspore
     from pangu_pro.train.trainer import setup_parallel
 
     began = time.perf_counter()
+    check_data_parallel(config)  # before any parallel set-up
     target = init_mindspore()
     par = setup_parallel(config)
     with contextlib.ExitStack() as held:
