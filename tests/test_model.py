@@ -30,6 +30,26 @@ def randomized(model, seed=0, scale=0.2):
     return state
 
 
+def next_token_logits(model, seqs: list[list[int]], width: int = SMALL.seq_length) -> np.ndarray:
+    """The logits after each sequence's last token, from one full forward of the fixed shape
+    [len(seqs), width]: right padding is invisible to a causal model, and one shape compiles one graph
+    (a forward per sequence length compiled a graph per length)."""
+    ids = np.zeros((len(seqs), width), np.int32)
+    for row, seq in zip(ids, seqs):
+        row[:len(seq)] = seq
+    logits = model(Tensor(ids)).asnumpy()
+    return np.stack([logits[i, len(seq) - 1] for i, seq in enumerate(seqs)])
+
+
+def greedy_by_full_forwards(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy continuations recomputed with a full forward per token (no cache)."""
+    seqs = [list(p) for p in prompts]
+    for _ in range(new_tokens):
+        for seq, token in zip(seqs, next_token_logits(model, seqs).argmax(-1)):
+            seq.append(int(token))
+    return [seq[len(p):] for seq, p in zip(seqs, prompts)]
+
+
 @pytest.fixture(scope="module")
 def small_model():
     ms.set_seed(0)
@@ -154,11 +174,7 @@ def test_generator_greedy_equals_recomputed_argmax_with_ragged_prompts(small_mod
     generator = Generator(model, max_length=SMALL.seq_length)
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15]]
     outputs = generator.generate(prompts, SamplingConfig(max_new_tokens=12))
-    for prompt, out in zip(prompts, outputs):
-        seq = list(prompt)
-        for _ in range(12):
-            seq.append(int(model(Tensor([seq], ms.int32)).asnumpy()[0, -1].argmax()))
-        assert out == seq[len(prompt):]
+    assert outputs == greedy_by_full_forwards(model, prompts, 12)
     assert len(generator.steps[2].compile_cache) == 2, "a long generation must not recompile per token"
 
 
@@ -175,11 +191,7 @@ def test_greedy_generation_equals_full_forward_loop_with_left_padding(pangu, bat
     new_tokens = 10
     generator = Generator(model, max_length=cfg.seq_length)
     outputs = generator.generate(prompts, SamplingConfig(max_new_tokens=new_tokens))
-    for prompt, out in zip(prompts, outputs):
-        seq = list(prompt)
-        for _ in range(new_tokens):
-            seq.append(int(model(Tensor([seq], ms.int32)).asnumpy()[0, -1].argmax()))
-        assert out == seq[len(prompt):]
+    assert outputs == greedy_by_full_forwards(model, prompts, new_tokens)
     assert len(generator.steps[batch].compile_cache) == 2, "one prefill graph and one decode graph"
     again = generator.generate(prompts, SamplingConfig(max_new_tokens=new_tokens))
     assert again == outputs and len(generator.steps[batch].compile_cache) == 2, "a second run reuses both"
@@ -195,7 +207,7 @@ def test_sampled_generation_equals_sampling_full_forward_logits(small_model):
     rng = np.random.default_rng(3)
     seqs = [list(p) for p in prompts]
     for _ in range(6):
-        logits = model(Tensor(seqs, ms.int32)).asnumpy()[:, -1]
+        logits = next_token_logits(model, seqs)
         for seq, token in zip(seqs, sample_next_tokens(logits, 1.0, 20, 1.0, rng)):
             seq.append(int(token))
     assert outputs == [seq[4:] for seq in seqs]
