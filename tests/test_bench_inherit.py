@@ -51,23 +51,26 @@ def test_bench_keeps_each_student_and_redoes_only_a_removed_one(tmp_path, monkey
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--teacher-steps", "2", "--mask-steps", "2", "--steps", "2", "--batch-size", "2",
-                              "--eval-batches", "1", "--criteria", "l1", "learned"])
+                              "--eval-batches", "1", "--seq", "16", "--criteria", "l1"])
+    # what is tested is the bookkeeping, not the shapes or the criterion: 3- and 2-layer models and L1 (no
+    # mask learning) compile a fraction of the graphs
+    teacher, student = bench.teacher_model, bench.student_model
+    monkeypatch.setattr(bench, "teacher_model", lambda seq: {**teacher(seq), "num_layers": 3})
+    monkeypatch.setattr(bench, "student_model", lambda seq: {**student(seq), "num_layers": 2})
     init_mindspore(1)
     corpus = tmp_path / "corpus"
     build_builtin_corpus(corpus, 0.05, progress=False)
     work = tmp_path / "seed_1"
     first = bench.run_seed(args, 1, corpus, work)
-    assert sorted(first["students"]) == ["l1", "learned", "random init"]
-    assert sorted(p.name for p in work.glob("arm_*.json")) == ["arm_l1.json", "arm_learned.json",
-                                                              "arm_random_init.json"]
+    assert sorted(first["students"]) == ["l1", "random init"]
+    assert sorted(p.name for p in work.glob("arm_*.json")) == ["arm_l1.json", "arm_random_init.json"]
     derived = []
     real = bench.continue_pretraining
     monkeypatch.setattr(bench, "continue_pretraining", lambda *a: derived.append(1) or real(*a))
     (work / "result.json").unlink()
-    (work / "arm_learned.json").unlink()
+    (work / "arm_l1.json").unlink()
     again = bench.run_seed(args, 1, corpus, work)
-    assert len(derived) == 1  # only the learned student trained again
+    assert len(derived) == 1  # only the L1 student trained again
     kept = json.loads(json.dumps(first["students"]))  # as stored (tuples become lists)
-    assert again["students"]["l1"] == kept["l1"] and again["students"]["random init"] == kept["random init"]
-    assert again["students"]["learned"]["convergence"]["target_size"] == \
-        first["students"]["learned"]["convergence"]["target_size"]
+    assert again["students"]["random init"] == kept["random init"]
+    assert again["students"]["l1"]["kept_layers"] == kept["l1"]["kept_layers"]  # derived again, the same way

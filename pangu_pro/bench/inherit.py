@@ -99,12 +99,12 @@ def student_model(seq: int) -> dict:
             "aug_shortcut": True, "compute_dtype": "float32"}
 
 
-def held_out_loss(model, heldout: Path, batch_size: int) -> float:
-    """The trainer's held-out loss (`evaluate_loss`) over the held-out shards."""
-    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
+def held_out_loss(loss_net, heldout: Path, batch_size: int) -> float:
+    """The trainer's held-out loss (`evaluate_loss`) of `loss_net` (a PanGuPiWithLoss) over the held-out
+    shards. Keep one loss cell per model: each new cell compiles its graph again."""
     from pangu_pro.train.evaluate import eval_dataset, evaluate_loss
 
-    return evaluate_loss(PanGuPiWithLoss(model), eval_dataset(heldout, batch_size))["loss"]
+    return evaluate_loss(loss_net, eval_dataset(heldout, batch_size))["loss"]
 
 
 def continue_pretraining(model, rows: np.ndarray, heldout: Path, args, lr: float) -> list[tuple[int, float]]:
@@ -120,15 +120,16 @@ def continue_pretraining(model, rows: np.ndarray, heldout: Path, args, lr: float
     tc = TrainConfig(batch_size=args.batch_size, lr=lr, warmup_steps=max(1, args.steps // 20), steps=args.steps,
                      weight_decay=0.1, grad_clip=1.0)
     step_fn = TrainStep(PanGuPiWithLoss(model), build_optimizer(model.trainable_params(), tc), grad_clip=tc.grad_clip)
+    evaluator = PanGuPiWithLoss(model)  # one cell for the three held-out passes: one compile
     every = max(1, args.steps // 2)
-    curve = [(0, held_out_loss(model, heldout, args.batch_size))]
+    curve = [(0, held_out_loss(evaluator, heldout, args.batch_size))]
     for step in range(1, args.steps + 1):
         start = ((step - 1) * args.batch_size) % (len(rows) - args.batch_size)
         batch = Tensor(rows[start:start + args.batch_size])
         step_fn([batch], lr_at(step, lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                min_lr_ratio=tc.min_lr_ratio))
         if step % every == 0 or step == args.steps:
-            curve.append((step, held_out_loss(model, heldout, args.batch_size)))
+            curve.append((step, held_out_loss(evaluator, heldout, args.batch_size)))
     return curve
 
 
@@ -147,6 +148,7 @@ def run_seed(args, seed: int, corpus: Path, work: Path) -> dict:
     from pangu_pro.inherit.config import InheritConfig, InheritRunConfig
     from pangu_pro.inherit.run import run_inherit
     from pangu_pro.io import atomic_write_json, read_json
+    from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.weights import build_model
     from pangu_pro.train.trainer import train
 
@@ -175,7 +177,7 @@ def run_seed(args, seed: int, corpus: Path, work: Path) -> dict:
         shutil.rmtree(teacher_dir, ignore_errors=True)
         train(teacher_cfg, progress=False, announce=lambda *_: None)
     teacher_seconds = time.perf_counter() - t0
-    teacher_loss = held_out_loss(build_model(teacher_cfg.model, ckpt), heldout, args.batch_size)
+    teacher_loss = held_out_loss(PanGuPiWithLoss(build_model(teacher_cfg.model, ckpt)), heldout, args.batch_size)
     print(f"seed {seed}: teacher {args.teacher_steps} steps in {teacher_seconds:.0f} s, held-out loss "
           f"{teacher_loss:.3f}", flush=True)
 
