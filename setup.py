@@ -21,7 +21,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "rouge-score"],
+        "test": ["pytest", "pytest-xdist", "rouge-score"],
         "hf": ["torch==2.13.0", "transformers==4.57.1"],
         # EleutherAI's harness as a client of exports (docs/eval.md); 0.4.13 keeps the torch, transformers,
         # numpy<2 and datasets pins above as they are

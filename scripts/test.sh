@@ -4,4 +4,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf,lmeval"
 cd "$REPO"
-exec python -m pytest "$@"
+# Two pytest workers, the machine's two cores (PANGU_PRO_TEST_WORKERS=N to change, 0 for one process); each
+# starts on its half of the tests and takes over the rest of the other's when it runs out (worksteal).
+exec python -m pytest -n "${PANGU_PRO_TEST_WORKERS:-2}" --dist worksteal "$@"
