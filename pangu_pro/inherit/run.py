@@ -198,20 +198,30 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
     ic = config.inherit
     files = config.data.eval_files or config.data.train_files
     ds = create_dataset(files, ic.batch_size, shuffle=False, drop_remainder=False)
+    # (ids, loss mask, rows): a short last batch is padded with masked copies of its first row, so each
+    # net compiles one graph, and the mean is over samples (as the trainer's `evaluate_loss`)
     batches = []
     for (ids,) in ds.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        batches.append(Tensor(np.asarray(ids, np.int32)))
+        n = len(ids)
+        mask = np.ones((ic.batch_size, ids.shape[1]), np.float32)
+        mask[n:] = 0.0
+        ids = np.concatenate([ids, np.repeat(ids[:1], ic.batch_size - n, 0)]).astype(np.int32)
+        batches.append((Tensor(ids), Tensor(mask), n))
         if len(batches) == ic.heldout_batches:
             break
+    rows = sum(n for _, _, n in batches)
     cfg = teacher.config
     groups = cfg.num_heads // cfg.kv_heads
+
+    def mean_loss(run) -> float:
+        return sum(float(run(ids, mask).asnumpy()) * n for ids, mask, n in batches) / rows
 
     def masked(net, masks: UnitArrays):
         args = (Tensor(head_mask_from_groups(masks.heads, groups).astype(np.float32)),
                 Tensor(masks.neurons.astype(np.float32)), Tensor(masks.hidden.astype(np.float32)),
                 Tensor(masks.layers.astype(np.float32)),
                 Tensor(masks.bottleneck.astype(np.float32)) if cfg.aug_shortcut else None)
-        return float(np.mean([net(ids, None, *args).asnumpy() for ids in batches]))
+        return mean_loss(lambda ids, mask: net(ids, mask, *args))
 
     net = PanGuPiWithLoss(teacher)
     original = teacher_state(teacher)
@@ -222,7 +232,7 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
     student = build_model(adapt_to_device(plan.student, None, lambda *_: None))
     load_state(student, student_tensors)
     student_net = PanGuPiWithLoss(student)
-    student_loss = float(np.mean([student_net(ids).asnumpy() for ids in batches]))
+    student_loss = mean_loss(student_net)
     return {"data": "data.eval_files" if config.data.eval_files else "first training batches (not held out)",
             "batches": len(batches), "masked_teacher_soft": soft, "masked_teacher_selected": binary,
             "student": student_loss}
