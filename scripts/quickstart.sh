@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh" "test,hf"
 cd "$REPO"
 OUT="${1:-quickstart_out}"
 CFG=configs/tiny_cpu.yaml
-STEPS="${QUICKSTART_STEPS:-64}"
+STEPS="${QUICKSTART_STEPS:-48}"
 BATCH=4  # sequences of 256 tokens a step: tiny_cpu says 8, half of it keeps each stage short on 2 cores
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -23,7 +23,7 @@ step() { printf '\n[quickstart %3ss] %s\n' "$(( $(date +%s) - START ))" "$*"; [[
 DATA="data.train_files=[$OUT/data/train] data.eval_files=[$OUT/data/heldout] data.tokenizer=$OUT/tokenizer/compact.model"
 
 step "1. built-in corpus (the standard library's docstrings and comments)"
-pangu-pro corpus builtin "$OUT/corpus" --size-mb 0.4
+pangu-pro corpus builtin "$OUT/corpus" --size-mb 0.3
 
 step "2. the big tokenizer: SentencePiece BPE, 16k pieces, byte fallback"
 pangu-pro tokenizer train "$OUT/corpus/train.txt" --out "$OUT/tokenizer/big.model" --vocab-size 16000
@@ -55,14 +55,14 @@ pangu-pro generate "$CFG" $DATA --checkpoint "$CKPT" --prompt "Return a list of"
 pangu-pro plot "$OUT/train"
 
 step "8. parameter inheritance: learned masks on the trained model, a 3-layer half-width student, trained on"
-# 12 mask steps show the pipeline, they do not converge: --force writes the student anyway (docs/inherit.md);
-# the run ends with the student's held-out loss, and its training with the held-out loss after 20 steps
+# 8 mask steps show the pipeline, they do not converge: --force writes the student anyway (docs/inherit.md);
+# the run ends with the student's held-out loss, and its training with the held-out loss after 12 steps
 pangu-pro inherit configs/inherit_tiny_cpu.yaml $DATA inherit.teacher_checkpoint="$CKPT" \
-  inherit.steps=12 inherit.checkpoint_every=6 inherit.output_dir="$OUT/inherit" --force
+  inherit.steps=8 inherit.checkpoint_every=4 inherit.output_dir="$OUT/inherit" --force
 pangu-pro plot "$OUT/inherit"
 STUDENT_CFG="$OUT/inherit/student/config.yaml"
 pangu-pro train "$STUDENT_CFG" $DATA train.batch_size=$BATCH train.init_weights="$OUT/inherit/student/model.safetensors" \
-  train.steps=20 train.lr=3.0e-4 train.warmup_fraction=0.1 train.eval_every=20 train.eval_batches=4 \
+  train.steps=12 train.lr=3.0e-4 train.warmup_fraction=0.1 train.eval_every=12 train.eval_batches=4 \
   train.output_dir="$OUT/student_train"
 
 step "9. export to Hugging Face format and generate with transformers"
