@@ -23,7 +23,7 @@ step() { printf '\n[quickstart %3ss] %s\n' "$(( $(date +%s) - START ))" "$*"; [[
 DATA="data.train_files=[$OUT/data/train] data.eval_files=[$OUT/data/heldout] data.tokenizer=$OUT/tokenizer/compact.model"
 
 step "1. built-in corpus (the standard library's docstrings and comments)"
-pangu-pro corpus builtin "$OUT/corpus" --size-mb 0.3
+pangu-pro corpus builtin "$OUT/corpus" --size-mb 0.4
 
 step "2. the big tokenizer: SentencePiece BPE, 16k pieces, byte fallback"
 pangu-pro tokenizer train "$OUT/corpus/train.txt" --out "$OUT/tokenizer/big.model" --vocab-size 16000
