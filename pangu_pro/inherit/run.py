@@ -194,19 +194,17 @@ def heldout_losses(config: Config, teacher, plan: StudentPlan, sel, folded: dict
     from pangu_pro.model.pangu_pi import PanGuPiWithLoss
     from pangu_pro.model.weights import build_model, load_state
     from pangu_pro.runtime import adapt_to_device
+    from pangu_pro.train.evaluate import pad_batch
 
     ic = config.inherit
     files = config.data.eval_files or config.data.train_files
     ds = create_dataset(files, ic.batch_size, shuffle=False, drop_remainder=False)
-    # (ids, loss mask, rows): a short last batch is padded with masked copies of its first row, so each
-    # net compiles one graph, and the mean is over samples (as the trainer's `evaluate_loss`)
+    # (ids, loss mask, rows): a short last batch is padded (`pad_batch`), so each net compiles one graph,
+    # and the mean is over samples (as the trainer's `evaluate_loss`)
     batches = []
     for (ids,) in ds.create_tuple_iterator(num_epochs=1, output_numpy=True):
-        n = len(ids)
-        mask = np.ones((ic.batch_size, ids.shape[1]), np.float32)
-        mask[n:] = 0.0
-        ids = np.concatenate([ids, np.repeat(ids[:1], ic.batch_size - n, 0)]).astype(np.int32)
-        batches.append((Tensor(ids), Tensor(mask), n))
+        padded, mask = pad_batch(np.asarray(ids, np.int32), ic.batch_size)
+        batches.append((Tensor(padded), Tensor(mask), len(ids)))
         if len(batches) == ic.heldout_batches:
             break
     rows = sum(n for _, _, n in batches)

@@ -17,6 +17,17 @@ def eval_dataset(files, batch_size: int, rank: int = 0, world: int = 1):
     return create_dataset(files, batch_size, shuffle=False, rank=rank, world=world, drop_remainder=False)
 
 
+def pad_batch(input_ids, rows: int):
+    """(input_ids, loss mask) of `rows` rows: a short batch is padded with copies of its first row that the
+    mask leaves out, so every batch runs at one shape (one compiled graph)."""
+    import numpy as np
+
+    n = int(input_ids.shape[0])
+    mask = np.ones((rows, input_ids.shape[1]), np.float32)
+    mask[n:] = 0.0
+    return np.concatenate([input_ids, np.repeat(input_ids[:1], rows - n, 0)]), mask
+
+
 def evaluate_loss(loss_net, dataset, max_batches: Optional[int] = None) -> dict:
     """Mean loss and perplexity of `loss_net` (a PanGuPiWithLoss) over `dataset`'s input_ids batches.
 
@@ -33,10 +44,7 @@ def evaluate_loss(loss_net, dataset, max_batches: Optional[int] = None) -> dict:
             break
         n = int(input_ids.shape[0])
         rows = rows or n
-        mask = np.ones((rows, input_ids.shape[1]), np.float32)
-        if n < rows:
-            input_ids = np.concatenate([input_ids, np.repeat(input_ids[:1], rows - n, 0)])
-            mask[n:] = 0.0
+        input_ids, mask = pad_batch(input_ids, rows)
         total += float(loss_net(Tensor(input_ids), Tensor(mask)).asnumpy()) * n
         samples += n
         batches += 1
